@@ -1,0 +1,260 @@
+//! Finding the one credential of a request in its headers.
+//!
+//! Composio knows three credential headers and refuses a request that carries more
+//! than one of them, or one of them twice; this module does the same before any
+//! upstream call, and refuses keys that cannot be keys (empty, over 256 bytes, or with
+//! bytes outside visible ASCII).
+
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::envelope::Rejection;
+
+/// Longest key accepted, in bytes. Composio's keys are 23 to 47 bytes long.
+pub const MAX_KEY_LEN: usize = 256;
+
+/// One of Composio's credential headers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CredentialHeader {
+    /// `x-api-key`: a project API key (accepted by default).
+    ApiKey,
+    /// `x-user-api-key`: a user API key.
+    UserApiKey,
+    /// `x-org-api-key`: an organisation API key.
+    OrgApiKey,
+}
+
+impl CredentialHeader {
+    /// Every credential header Composio knows, in the order they are looked for.
+    pub const ALL: [Self; 3] = [Self::ApiKey, Self::UserApiKey, Self::OrgApiKey];
+
+    /// The header's name, e.g. `"x-api-key"`.
+    #[must_use]
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ApiKey => "x-api-key",
+            Self::UserApiKey => "x-user-api-key",
+            Self::OrgApiKey => "x-org-api-key",
+        }
+    }
+
+    pub(crate) const fn header_name(self) -> HeaderName {
+        HeaderName::from_static(self.as_str())
+    }
+
+    const fn bit(self) -> u8 {
+        match self {
+            Self::ApiKey => 1,
+            Self::UserApiKey => 2,
+            Self::OrgApiKey => 4,
+        }
+    }
+}
+
+/// The set of credential headers a layer accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct AcceptedHeaders(u8);
+
+impl AcceptedHeaders {
+    pub(crate) const DEFAULT: Self = Self(CredentialHeader::ApiKey.bit());
+
+    pub(crate) fn from_headers(headers: impl IntoIterator<Item = CredentialHeader>) -> Self {
+        Self(headers.into_iter().fold(0, |bits, h| bits | h.bit()))
+    }
+
+    pub(crate) fn is_empty(self) -> bool {
+        self.0 == 0
+    }
+
+    pub(crate) fn contains(self, header: CredentialHeader) -> bool {
+        self.0 & header.bit() != 0
+    }
+
+    /// The accepted headers' names, for messages: `"x-api-key or x-org-api-key"`.
+    pub(crate) fn names(self) -> String {
+        CredentialHeader::ALL
+            .into_iter()
+            .filter(|h| self.contains(*h))
+            .map(CredentialHeader::as_str)
+            .collect::<Vec<_>>()
+            .join(" or ")
+    }
+}
+
+/// Why a request has no usable credential.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum CredentialError {
+    /// No credential header at all.
+    Missing,
+    /// A credential header this layer does not accept.
+    NotAccepted(CredentialHeader),
+    /// More than one credential value.
+    Ambiguous,
+    /// The key cannot be a key.
+    Malformed(CredentialHeader),
+}
+
+impl CredentialError {
+    pub(crate) fn rejection(self, accepted: AcceptedHeaders) -> Rejection {
+        match self {
+            Self::Missing => Rejection::no_credential(&accepted.names()),
+            Self::NotAccepted(header) => {
+                Rejection::header_not_accepted(header.as_str(), &accepted.names())
+            }
+            Self::Ambiguous => Rejection::ambiguous(),
+            Self::Malformed(header) => Rejection::malformed(header.as_str()),
+        }
+    }
+}
+
+/// Finds the request's one credential, marks its header value sensitive (so that
+/// `Debug` of the headers and HTTP/2 header compression leave it out) and returns it.
+pub(crate) fn extract(
+    headers: &mut HeaderMap,
+    accepted: AcceptedHeaders,
+) -> Result<(CredentialHeader, &HeaderValue), CredentialError> {
+    let mut found = None;
+    for header in CredentialHeader::ALL {
+        for _ in headers.get_all(header.header_name()) {
+            if found.is_some() {
+                return Err(CredentialError::Ambiguous);
+            }
+            found = Some(header);
+        }
+    }
+    let header = found.ok_or(CredentialError::Missing)?;
+    if !accepted.contains(header) {
+        return Err(CredentialError::NotAccepted(header));
+    }
+    let value = headers
+        .get_mut(header.header_name())
+        .ok_or(CredentialError::Missing)?;
+    value.set_sensitive(true);
+    if !is_well_formed(value.as_bytes()) {
+        return Err(CredentialError::Malformed(header));
+    }
+    Ok((header, value))
+}
+
+/// 1 to [`MAX_KEY_LEN`] bytes, each visible ASCII (`0x21..=0x7E`).
+pub(crate) fn is_well_formed(key: &[u8]) -> bool {
+    (1..=MAX_KEY_LEN).contains(&key.len()) && key.iter().all(|b| (0x21..=0x7E).contains(b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    fn run(
+        pairs: &[(&str, &[u8])],
+        accepted: AcceptedHeaders,
+    ) -> Result<(CredentialHeader, Vec<u8>), CredentialError> {
+        let mut map = headers(pairs);
+        extract(&mut map, accepted).map(|(h, v)| (h, v.as_bytes().to_vec()))
+    }
+
+    const ALL: AcceptedHeaders = AcceptedHeaders(7);
+
+    #[test]
+    fn finds_the_one_key_and_marks_it_sensitive() {
+        let mut map = headers(&[("x-api-key", b"ak_abc"), ("cookie", b"c=1")]);
+        let (header, value) = extract(&mut map, AcceptedHeaders::DEFAULT).unwrap();
+        assert_eq!(header, CredentialHeader::ApiKey);
+        assert_eq!(value, "ak_abc");
+        assert!(map["x-api-key"].is_sensitive());
+        assert!(!format!("{map:?}").contains("ak_abc"));
+    }
+
+    #[test]
+    fn missing() {
+        assert_eq!(
+            run(&[("authorization", b"Bearer x")], ALL),
+            Err(CredentialError::Missing)
+        );
+    }
+
+    #[test]
+    fn two_values_or_two_headers_are_ambiguous() {
+        let twice = [("x-api-key", &b"a"[..]), ("x-api-key", b"b")];
+        assert_eq!(run(&twice, ALL), Err(CredentialError::Ambiguous));
+        // Even when the second header is not one this layer accepts.
+        let two = [("x-api-key", &b"a"[..]), ("x-org-api-key", b"b")];
+        assert_eq!(
+            run(&two, AcceptedHeaders::DEFAULT),
+            Err(CredentialError::Ambiguous)
+        );
+    }
+
+    #[test]
+    fn headers_not_enabled_are_refused() {
+        assert_eq!(
+            run(&[("x-user-api-key", b"uak_x")], AcceptedHeaders::DEFAULT),
+            Err(CredentialError::NotAccepted(CredentialHeader::UserApiKey))
+        );
+        assert_eq!(
+            run(&[("x-user-api-key", b"uak_x")], ALL).unwrap().0,
+            CredentialHeader::UserApiKey
+        );
+    }
+
+    #[test]
+    fn malformed_keys() {
+        let long = vec![b'a'; MAX_KEY_LEN + 1];
+        for bad in [&b""[..], b"with space", b"tab\there", &long, b"caf\xc3\xa9"] {
+            assert_eq!(
+                run(&[("x-api-key", bad)], ALL),
+                Err(CredentialError::Malformed(CredentialHeader::ApiKey)),
+                "{bad:?}"
+            );
+        }
+        assert!(run(&[("x-api-key", &vec![b'~'; MAX_KEY_LEN])], ALL).is_ok());
+    }
+
+    #[test]
+    fn names_for_messages() {
+        assert_eq!(AcceptedHeaders::DEFAULT.names(), "x-api-key");
+        assert_eq!(ALL.names(), "x-api-key or x-user-api-key or x-org-api-key");
+        assert!(AcceptedHeaders::from_headers([]).is_empty());
+    }
+
+    proptest! {
+        /// Any headers at all: never a panic, and a key is returned only when it is the
+        /// request's single credential value and well formed.
+        #[test]
+        fn any_headers_get_a_clear_answer(
+            values in proptest::collection::vec((0usize..4, proptest::collection::vec(any::<u8>(), 0..300)), 0..5)
+        ) {
+            let names = ["x-api-key", "x-user-api-key", "x-org-api-key", "x-other"];
+            let mut map = HeaderMap::new();
+            let mut credentials = 0;
+            for (name, bytes) in &values {
+                if let Ok(value) = HeaderValue::from_bytes(bytes) {
+                    map.append(HeaderName::from_static(names[*name]), value);
+                    credentials += usize::from(*name < 3);
+                }
+            }
+            match extract(&mut map, ALL) {
+                Ok((_, value)) => {
+                    prop_assert_eq!(credentials, 1);
+                    prop_assert!(is_well_formed(value.as_bytes()));
+                }
+                Err(CredentialError::Ambiguous) => prop_assert!(credentials > 1),
+                Err(CredentialError::Missing) => prop_assert_eq!(credentials, 0),
+                Err(CredentialError::Malformed(_)) => prop_assert_eq!(credentials, 1),
+                Err(CredentialError::NotAccepted(_)) => prop_assert!(false, "all accepted"),
+            }
+        }
+    }
+}

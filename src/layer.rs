@@ -1,0 +1,537 @@
+//! [`ComposioAuthLayer`], its builder, and the validated configuration they share.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tower_layer::Layer;
+
+use crate::cache::{CachePolicy, VerdictCache};
+use crate::credential::{AcceptedHeaders, CredentialHeader};
+use crate::envelope::Rejection;
+use crate::service::ComposioAuth;
+use crate::session::SessionInfo;
+use crate::verify::Upstream;
+use crate::{Error, TRACING_TARGET};
+
+/// Composio's production API, used when neither [`ComposioAuthBuilder::base_url`] nor
+/// `COMPOSIO_BASE_URL` says otherwise.
+pub const DEFAULT_BASE_URL: &str = "https://backend.composio.dev";
+/// The session endpoint's path.
+pub const DEFAULT_SESSION_PATH: &str = "/api/v3/auth/session/info";
+/// The environment variable that overrides the base URL (as in Composio's SDKs).
+pub const BASE_URL_ENV: &str = "COMPOSIO_BASE_URL";
+
+const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Authorize = Arc<dyn Fn(&SessionInfo) -> bool + Send + Sync>;
+
+/// A tower [`Layer`] that lets a request through only with a Composio API key that
+/// Composio vouches for, and hands its [`SessionInfo`] to the inner service.
+///
+/// Clones share one cache, one HTTP client and one concurrency budget, so build it
+/// once and clone it wherever it is needed.
+///
+/// ```no_run
+/// use axum::{routing::get, Extension, Router};
+/// use composio_auth::{ComposioAuthLayer, SessionInfo};
+///
+/// async fn me(Extension(session): Extension<SessionInfo>) -> String {
+///     session.org_member.email.clone()
+/// }
+///
+/// let app: Router = Router::new().route("/me", get(me)).layer(ComposioAuthLayer::new());
+/// ```
+#[derive(Clone)]
+pub struct ComposioAuthLayer {
+    pub(crate) state: Arc<LayerState>,
+}
+
+/// What every service made by one layer shares.
+pub(crate) struct LayerState {
+    pub(crate) accepted: AcceptedHeaders,
+    pub(crate) authorize: Option<Authorize>,
+    pub(crate) timeout: Duration,
+    pub(crate) base_url: String,
+    pub(crate) upstream: Upstream,
+    pub(crate) cache: Arc<VerdictCache>,
+    pub(crate) permits: Semaphore,
+    /// Rendered once: the answer of every request the `authorize` predicate refuses.
+    pub(crate) forbidden: Arc<Rejection>,
+}
+
+impl ComposioAuthLayer {
+    /// A layer with the documented defaults (see [`ComposioAuthBuilder`]), against
+    /// `COMPOSIO_BASE_URL` if set, else [`DEFAULT_BASE_URL`].
+    ///
+    /// Never touches the network. If `COMPOSIO_BASE_URL` is unusable, the error is
+    /// logged and every request with a key is answered 503 (fail closed); use
+    /// [`ComposioAuthLayer::builder`] and [`ComposioAuthBuilder::build`] to get that
+    /// error at start-up instead.
+    #[must_use]
+    pub fn new() -> Self {
+        let builder = ComposioAuthBuilder::new();
+        match builder.clone().build() {
+            Ok(layer) => layer,
+            Err(error) => {
+                tracing::error!(target: TRACING_TARGET, %error, "composio-auth is misconfigured; every key will get 503");
+                builder.into_state(
+                    DEFAULT_BASE_URL.to_owned(),
+                    Upstream::Misconfigured(error.to_string()),
+                )
+            }
+        }
+    }
+
+    /// A builder to configure the layer.
+    #[must_use]
+    pub fn builder() -> ComposioAuthBuilder {
+        ComposioAuthBuilder::new()
+    }
+
+    /// Forgets what the cache knows about `api_key` (under every accepted header),
+    /// e.g. right after revoking it; its next request is verified again. A
+    /// verification of it already in flight does not re-fill the cache.
+    pub async fn invalidate(&self, api_key: &str) {
+        let state = &self.state;
+        state.cache.invalidate(
+            CredentialHeader::ALL
+                .into_iter()
+                .filter(|h| state.accepted.contains(*h))
+                .map(|h| state.cache.digest(h, api_key.as_bytes())),
+        );
+    }
+
+    /// Forgets every cached session and rejection.
+    pub fn invalidate_all(&self) {
+        self.state.cache.invalidate_all();
+    }
+
+    /// Number of cached sessions and of cached rejections, after pending maintenance.
+    #[must_use]
+    pub fn cached(&self) -> (u64, u64) {
+        self.state.cache.entry_counts()
+    }
+
+    /// The base URL this layer verifies keys against.
+    #[must_use]
+    pub fn base_url(&self) -> &str {
+        &self.state.base_url
+    }
+}
+
+impl Default for ComposioAuthLayer {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<S> Layer<S> for ComposioAuthLayer {
+    type Service = ComposioAuth<S>;
+
+    fn layer(&self, inner: S) -> ComposioAuth<S> {
+        ComposioAuth::new(inner, Arc::clone(&self.state))
+    }
+}
+
+impl fmt::Debug for ComposioAuthLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComposioAuthLayer")
+            .field("base_url", &self.state.base_url)
+            .field("accepted", &self.state.accepted.names())
+            .field("timeout", &self.state.timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Configures a [`ComposioAuthLayer`].
+///
+/// | setter | default |
+/// |---|---|
+/// | [`base_url`](Self::base_url) | `COMPOSIO_BASE_URL`, else [`DEFAULT_BASE_URL`] |
+/// | [`session_path`](Self::session_path) | [`DEFAULT_SESSION_PATH`] |
+/// | [`ttl`](Self::ttl) | 60 s |
+/// | [`negative_ttl`](Self::negative_ttl) | 10 s |
+/// | [`stale_if_error`](Self::stale_if_error) | off |
+/// | [`timeout`](Self::timeout) | 5 s |
+/// | [`max_capacity`](Self::max_capacity) | 10,000 sessions |
+/// | [`negative_max_capacity`](Self::negative_max_capacity) | 10,000 rejections |
+/// | [`max_concurrent_verifications`](Self::max_concurrent_verifications) | 64 |
+/// | [`credential_headers`](Self::credential_headers) | `x-api-key` |
+/// | [`authorize`](Self::authorize) | every valid session |
+#[derive(Clone)]
+#[must_use]
+pub struct ComposioAuthBuilder {
+    base_url: Option<String>,
+    session_path: String,
+    ttl: Duration,
+    negative_ttl: Duration,
+    stale_if_error: Duration,
+    timeout: Duration,
+    max_capacity: u64,
+    negative_max_capacity: u64,
+    max_concurrent_verifications: usize,
+    accepted: AcceptedHeaders,
+    authorize: Option<Authorize>,
+}
+
+impl Default for ComposioAuthBuilder {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl ComposioAuthBuilder {
+    /// A builder with the defaults in the table above.
+    pub fn new() -> Self {
+        Self {
+            base_url: None,
+            session_path: DEFAULT_SESSION_PATH.to_owned(),
+            ttl: Duration::from_secs(60),
+            negative_ttl: Duration::from_secs(10),
+            stale_if_error: Duration::ZERO,
+            timeout: Duration::from_secs(5),
+            max_capacity: 10_000,
+            negative_max_capacity: 10_000,
+            max_concurrent_verifications: 64,
+            accepted: AcceptedHeaders::DEFAULT,
+            authorize: None,
+        }
+    }
+
+    /// Composio's API origin, e.g. `https://backend.composio.dev` (a path prefix is
+    /// kept). Must be `https`, except loopback (`localhost`, `*.localhost`,
+    /// `127.0.0.0/8`, `[::1]`), which may be `http`.
+    pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
+        self.base_url = Some(base_url.into());
+        self
+    }
+
+    /// Path of the session endpoint under the base URL. Composio serves the same
+    /// document for user keys at `/api/v3.1/auth/session/info`.
+    pub fn session_path(mut self, path: impl Into<String>) -> Self {
+        self.session_path = path.into();
+        self
+    }
+
+    /// How long a valid session is served from the cache: the longest a revoked key
+    /// keeps working (unless [`ComposioAuthLayer::invalidate`] is called).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// How long a rejection is served from the cache; zero caches no rejection.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// When Composio cannot decide (down, slow, 5xx, 429), serve a session that
+    /// expired less than this long ago instead of answering 503. Off by default:
+    /// turning it on trades revocation latency for availability.
+    pub fn stale_if_error(mut self, window: Duration) -> Self {
+        self.stale_if_error = window;
+        self
+    }
+
+    /// Budget of one verification: waiting for a verification slot, connecting and
+    /// reading Composio's answer. Past it the request gets 503.
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Most valid sessions cached at once.
+    pub fn max_capacity(mut self, sessions: u64) -> Self {
+        self.max_capacity = sessions;
+        self
+    }
+
+    /// Most rejections cached at once (a budget separate from valid sessions, so a
+    /// flood of bad keys never evicts a good one).
+    pub fn negative_max_capacity(mut self, rejections: u64) -> Self {
+        self.negative_max_capacity = rejections;
+        self
+    }
+
+    /// Most upstream calls in flight at once; further verifications wait for a slot
+    /// within their [`timeout`](Self::timeout).
+    pub fn max_concurrent_verifications(mut self, calls: usize) -> Self {
+        self.max_concurrent_verifications = calls;
+        self
+    }
+
+    /// Which credential headers are accepted (default: only `x-api-key`). A request
+    /// carrying any other of Composio's credential headers, or two of them, is
+    /// refused with 401 either way.
+    pub fn credential_headers(
+        mut self,
+        headers: impl IntoIterator<Item = CredentialHeader>,
+    ) -> Self {
+        self.accepted = AcceptedHeaders::from_headers(headers);
+        self
+    }
+
+    /// A predicate every valid session must pass, checked on every request (cached
+    /// or not); a session it refuses gets 403.
+    ///
+    /// ```
+    /// # use composio_auth::ComposioAuthLayer;
+    /// let layer = ComposioAuthLayer::builder()
+    ///     .authorize(|session| session.org_member.role == "admin")
+    ///     .build()?;
+    /// # Ok::<(), composio_auth::Error>(())
+    /// ```
+    pub fn authorize<F>(mut self, predicate: F) -> Self
+    where
+        F: Fn(&SessionInfo) -> bool + Send + Sync + 'static,
+    {
+        self.authorize = Some(Arc::new(predicate));
+        self
+    }
+
+    /// Validates the configuration and makes the layer. Touches no network.
+    ///
+    /// # Errors
+    ///
+    /// When the base URL (or `COMPOSIO_BASE_URL`) is not a URL, is not `https` and
+    /// not loopback, or carries credentials, a query or a fragment; when the session
+    /// path does not start with `/`; when `ttl` or `timeout` is zero; when a duration
+    /// exceeds a year; when a capacity or `max_concurrent_verifications` is zero;
+    /// when no credential header is accepted; or when the HTTP client cannot be built.
+    /// The message says which setting to fix.
+    pub fn build(self) -> Result<ComposioAuthLayer, Error> {
+        let base_url = match &self.base_url {
+            Some(url) => url.clone(),
+            None => std::env::var(BASE_URL_ENV).unwrap_or_else(|_| DEFAULT_BASE_URL.to_owned()),
+        };
+        let (url, loopback) = endpoint(&base_url, &self.session_path)?;
+        self.validate()?;
+        let connect_timeout = self.timeout.min(MAX_CONNECT_TIMEOUT);
+        let upstream = Upstream::new(url, loopback, connect_timeout).map_err(Error::new)?;
+        let base_url = base_url.trim_end_matches('/').to_owned();
+        Ok(self.into_state(base_url, upstream))
+    }
+
+    fn validate(&self) -> Result<(), Error> {
+        let durations = [
+            ("ttl", self.ttl),
+            ("negative_ttl", self.negative_ttl),
+            ("stale_if_error", self.stale_if_error),
+            ("timeout", self.timeout),
+        ];
+        for (name, value) in durations {
+            if value > YEAR {
+                return Err(Error::new(format!(
+                    "{name} is {value:?}; it must be at most a year"
+                )));
+            }
+        }
+        if self.ttl.is_zero() {
+            return Err(Error::new("ttl must be greater than zero"));
+        }
+        if self.timeout.is_zero() {
+            return Err(Error::new("timeout must be greater than zero"));
+        }
+        if self.max_capacity == 0 || self.negative_max_capacity == 0 {
+            return Err(Error::new(
+                "max_capacity and negative_max_capacity must be at least 1",
+            ));
+        }
+        if !(1..=Semaphore::MAX_PERMITS).contains(&self.max_concurrent_verifications) {
+            return Err(Error::new(format!(
+                "max_concurrent_verifications must be between 1 and {}",
+                Semaphore::MAX_PERMITS
+            )));
+        }
+        if self.accepted.is_empty() {
+            return Err(Error::new(
+                "credential_headers must name at least one header",
+            ));
+        }
+        Ok(())
+    }
+
+    fn into_state(self, base_url: String, upstream: Upstream) -> ComposioAuthLayer {
+        let policy = CachePolicy {
+            ttl: self.ttl,
+            negative_ttl: self.negative_ttl,
+            stale_if_error: self.stale_if_error,
+            max_capacity: self.max_capacity,
+            negative_max_capacity: self.negative_max_capacity,
+        };
+        ComposioAuthLayer {
+            state: Arc::new(LayerState {
+                accepted: self.accepted,
+                authorize: self.authorize,
+                timeout: self.timeout,
+                cache: Arc::new(VerdictCache::new(policy, &base_url)),
+                base_url,
+                upstream,
+                permits: Semaphore::new(self.max_concurrent_verifications),
+                forbidden: Arc::new(Rejection::forbidden()),
+            }),
+        }
+    }
+}
+
+impl fmt::Debug for ComposioAuthBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ComposioAuthBuilder")
+            .field("base_url", &self.base_url)
+            .field("session_path", &self.session_path)
+            .field("ttl", &self.ttl)
+            .field("negative_ttl", &self.negative_ttl)
+            .field("stale_if_error", &self.stale_if_error)
+            .field("timeout", &self.timeout)
+            .field("max_capacity", &self.max_capacity)
+            .field("negative_max_capacity", &self.negative_max_capacity)
+            .field(
+                "max_concurrent_verifications",
+                &self.max_concurrent_verifications,
+            )
+            .field("credential_headers", &self.accepted.names())
+            .field(
+                "authorize",
+                &self.authorize.as_ref().map(|_| "Fn(&SessionInfo) -> bool"),
+            )
+            .finish()
+    }
+}
+
+/// The endpoint's URL, and whether it is loopback (where `http` is allowed).
+fn endpoint(base_url: &str, session_path: &str) -> Result<(reqwest::Url, bool), Error> {
+    // A URL with credentials in it is never echoed back.
+    let shown = if base_url.contains('@') {
+        "(hidden: it contains '@')"
+    } else {
+        base_url
+    };
+    let base = reqwest::Url::parse(base_url)
+        .map_err(|e| Error::new(format!("base_url {shown} is not a URL: {e}")))?;
+    if !base.username().is_empty() || base.password().is_some() {
+        return Err(Error::new(
+            "base_url must not carry a user name or password",
+        ));
+    }
+    if base.query().is_some() || base.fragment().is_some() {
+        return Err(Error::new(format!(
+            "base_url {shown} must not have a query or fragment"
+        )));
+    }
+    let loopback = match base.host() {
+        Some(url::Host::Domain(domain)) => domain == "localhost" || domain.ends_with(".localhost"),
+        Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
+        Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
+        None => false,
+    };
+    match base.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        "http" => return Err(Error::new(format!(
+            "base_url {shown} must use https: API keys are sent over plain http only to loopback"
+        ))),
+        other => {
+            return Err(Error::new(format!(
+                "base_url {shown} has scheme {other}; use https"
+            )))
+        }
+    }
+    if !session_path.starts_with('/') || session_path.contains(['?', '#']) {
+        return Err(Error::new(format!(
+            "session_path {session_path:?} must be a path starting with '/'"
+        )));
+    }
+    let joined = format!("{}{session_path}", base.as_str().trim_end_matches('/'));
+    let url = reqwest::Url::parse(&joined).map_err(|e| {
+        Error::new(format!(
+            "session_path {session_path:?} does not form a URL: {e}"
+        ))
+    })?;
+    Ok((url, loopback))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn url(base: &str) -> Result<(String, bool), String> {
+        endpoint(base, DEFAULT_SESSION_PATH)
+            .map(|(u, l)| (u.to_string(), l))
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn https_anywhere_http_only_on_loopback() {
+        assert_eq!(
+            url("https://backend.composio.dev").unwrap(),
+            (
+                "https://backend.composio.dev/api/v3/auth/session/info".into(),
+                false
+            )
+        );
+        assert_eq!(
+            url("https://gw.example/composio/").unwrap().0,
+            "https://gw.example/composio/api/v3/auth/session/info"
+        );
+        for ok in [
+            "http://localhost:1",
+            "http://api.localhost",
+            "http://127.0.0.1:9",
+            "http://127.8.9.10",
+            "http://[::1]:80",
+        ] {
+            assert!(url(ok).unwrap().1, "{ok}");
+        }
+        for bad in [
+            "http://backend.composio.dev",
+            "http://10.0.0.1",
+            "http://localhost.evil.com",
+            "http://[::2]",
+            "ftp://x",
+        ] {
+            let error = url(bad).unwrap_err();
+            assert!(error.contains("https"), "{bad}: {error}");
+        }
+    }
+
+    #[test]
+    fn malformed_base_urls_are_explained_without_secrets() {
+        assert!(url("not a url").unwrap_err().contains("not a URL"));
+        let error = url("https://user:hunter2@backend.composio.dev").unwrap_err();
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(url("https://x.dev/?a=1").unwrap_err().contains("query"));
+        let error = endpoint("https://x.dev", "api/v3").unwrap_err().to_string();
+        assert!(error.contains("session_path"), "{error}");
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        let b = || ComposioAuthLayer::builder().base_url("https://backend.composio.dev");
+        let error = |b: ComposioAuthBuilder| b.build().unwrap_err().to_string();
+        assert!(error(b().ttl(Duration::ZERO)).contains("ttl"));
+        assert!(error(b().timeout(Duration::ZERO)).contains("timeout"));
+        assert!(error(b().negative_ttl(YEAR * 2)).contains("negative_ttl"));
+        assert!(error(b().max_capacity(0)).contains("max_capacity"));
+        assert!(error(b().max_concurrent_verifications(0)).contains("max_concurrent_verifications"));
+        assert!(error(b().credential_headers([])).contains("credential_headers"));
+        assert!(b().negative_ttl(Duration::ZERO).build().is_ok());
+    }
+
+    #[test]
+    fn debug_shows_the_configuration() {
+        let layer = ComposioAuthLayer::builder()
+            .base_url("https://backend.composio.dev/")
+            .authorize(|_| true)
+            .build()
+            .unwrap();
+        assert_eq!(layer.base_url(), "https://backend.composio.dev");
+        assert!(format!("{layer:?}").contains("backend.composio.dev"));
+        let builder = format!("{:?}", ComposioAuthLayer::builder().authorize(|_| true));
+        assert!(builder.contains("Fn(&SessionInfo) -> bool"), "{builder}");
+    }
+}

@@ -1,0 +1,79 @@
+//! A tower [`Layer`](tower_layer::Layer) that lets a request through only with a
+//! Composio API key that Composio vouches for.
+//!
+//! On every request [`ComposioAuthLayer`] finds the key (`x-api-key` by default),
+//! looks its verdict up in a TTL cache, asks Composio's
+//! `GET /api/v3/auth/session/info` on a miss (one call per key, however many requests
+//! wait for it), and either calls the inner service with the key's [`SessionInfo`] in
+//! the request's extensions, or answers itself: 401/403 with Composio's error
+//! envelope, 503 when Composio cannot decide, or the matching `grpc-status` for gRPC
+//! requests.
+//!
+//! ```no_run
+//! use axum::{routing::get, Router};
+//! use composio_auth::{ComposioAuthLayer, SessionInfo};
+//!
+//! async fn me(session: SessionInfo) -> String {
+//!     format!("hello {}", session.org_member.email)
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() {
+//!     let app = Router::new().route("/me", get(me)).layer(ComposioAuthLayer::new());
+//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
+//!     axum::serve(listener, app).await.unwrap();
+//! }
+//! ```
+//!
+//! The same layer protects a tonic server:
+//! `tonic::transport::Server::builder().layer(ComposioAuthLayer::new())`; handlers
+//! read `request.extensions().get::<SessionInfo>()`.
+//!
+//! Configuration lives on [`ComposioAuthBuilder`]; the [`testing`] module (feature
+//! `test-util`) has a loopback stand-in of Composio for tests.
+//!
+//! # Features
+//!
+//! - `axum` (default): [`SessionInfo`] and `Option<SessionInfo>` as axum extractors.
+//! - `test-util`: the [`testing`] module.
+//!
+//! # Logs
+//!
+//! Events go to the `composio_auth` target: cache hits (`trace`), misses, upstream
+//! status and latency, and verdicts (`debug`), upstream failures (`warn`). No event
+//! ever contains a key.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
+#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+
+mod body;
+mod cache;
+mod credential;
+mod envelope;
+mod error;
+#[cfg(feature = "axum")]
+mod extract;
+mod future;
+mod layer;
+mod service;
+mod session;
+#[cfg(feature = "test-util")]
+pub mod testing;
+mod verify;
+
+pub use body::ResponseBody;
+pub use credential::{CredentialHeader, MAX_KEY_LEN};
+pub use envelope::{ErrorBody, ErrorEnvelope};
+pub use error::Error;
+#[cfg(feature = "axum")]
+pub use extract::MissingSession;
+pub use future::ResponseFuture;
+pub use layer::{
+    ComposioAuthBuilder, ComposioAuthLayer, BASE_URL_ENV, DEFAULT_BASE_URL, DEFAULT_SESSION_PATH,
+};
+pub use service::ComposioAuth;
+pub use session::{ApiKey, Org, OrgMember, Project, SessionDocument, SessionInfo, WebhookVersion};
+pub use verify::MAX_UPSTREAM_BODY_BYTES;
+
+/// The `tracing` target of every event this crate emits.
+pub(crate) const TRACING_TARGET: &str = "composio_auth";

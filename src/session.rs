@@ -1,0 +1,452 @@
+//! What Composio says about a key: the session document and the [`SessionInfo`]
+//! handle that handlers receive.
+//!
+//! Field types follow Composio's reference and its documented nullability
+//! (`project` and `api_key` may be null, `org_member` never is). Unknown fields are
+//! ignored, an unknown `webhook_version` is kept as [`WebhookVersion::Other`], and the
+//! two secrets of the document (`api_key.key`, `project.webhook_secret`) never appear
+//! in `Debug` output.
+
+use std::fmt;
+use std::ops::Deref;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use serde::{Deserialize, Deserializer};
+
+const REDACTED: &str = "[redacted]";
+
+/// The verified session of a request: what Composio answered for its key.
+///
+/// The layer inserts it into the request's extensions, so handlers take it as
+/// `Extension<SessionInfo>` (or, with the `axum` feature, as `SessionInfo` /
+/// `Option<SessionInfo>` directly). Cloning it is one reference-count increment; the
+/// document's fields are reachable through `Deref`:
+///
+/// ```
+/// # use composio_auth::SessionInfo;
+/// fn who(session: &SessionInfo) -> String {
+///     let project = session.project.as_ref().map_or("-", |p| p.name.as_str());
+///     format!("{} in {project}", session.org_member.email)
+/// }
+/// ```
+#[derive(Clone)]
+pub struct SessionInfo {
+    state: Arc<SessionState>,
+}
+
+struct SessionState {
+    document: SessionDocument,
+    verified_at: Instant,
+    /// Set by the first request that starts a refresh-ahead of this entry, so that one
+    /// entry starts at most one.
+    refresh_started: AtomicBool,
+}
+
+impl SessionInfo {
+    /// Wraps a session document, as verified now.
+    ///
+    /// The layer builds these from Composio's answers; tests build their own to call
+    /// handlers directly.
+    #[must_use]
+    pub fn new(document: SessionDocument) -> Self {
+        Self::verified_at(document, Instant::now())
+    }
+
+    pub(crate) fn verified_at(document: SessionDocument, verified_at: Instant) -> Self {
+        Self {
+            state: Arc::new(SessionState {
+                document,
+                verified_at,
+                refresh_started: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// The session document, as Composio answered it.
+    #[must_use]
+    pub fn document(&self) -> &SessionDocument {
+        &self.state.document
+    }
+
+    /// When Composio answered for this session (the start of its TTL).
+    #[must_use]
+    pub fn verified(&self) -> Instant {
+        self.state.verified_at
+    }
+
+    /// Claims the one refresh-ahead of this entry; `true` for the first caller only.
+    pub(crate) fn claim_refresh(&self) -> bool {
+        !self.state.refresh_started.load(Ordering::Relaxed)
+            && !self.state.refresh_started.swap(true, Ordering::AcqRel)
+    }
+
+    /// Whether `self` and `other` are the same verified entry (not just equal documents).
+    #[must_use]
+    pub fn same_entry(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.state, &other.state)
+    }
+}
+
+impl Deref for SessionInfo {
+    type Target = SessionDocument;
+
+    fn deref(&self) -> &SessionDocument {
+        &self.state.document
+    }
+}
+
+impl fmt::Debug for SessionInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SessionInfo")
+            .field("document", &self.state.document)
+            .field("verified_at", &self.state.verified_at)
+            .finish()
+    }
+}
+
+/// The `200` answer of `GET /api/v3/auth/session/info`.
+#[derive(Clone, Debug, Deserialize)]
+#[non_exhaustive]
+pub struct SessionDocument {
+    /// The project the key belongs to; `null` with org-level credentials.
+    pub project: Option<Project>,
+    /// The API key itself; `null` with session or user authentication.
+    pub api_key: Option<ApiKey>,
+    /// The organisation member the credential acts for; never `null`.
+    pub org_member: OrgMember,
+}
+
+impl SessionDocument {
+    /// Whether Composio marks the key or its project as deleted.
+    #[must_use]
+    pub fn is_deleted(&self) -> bool {
+        self.api_key.as_ref().is_some_and(|k| k.deleted)
+            || self.project.as_ref().is_some_and(|p| p.deleted)
+    }
+}
+
+/// A Composio project (`project` in the session document).
+#[derive(Clone, Deserialize)]
+#[non_exhaustive]
+pub struct Project {
+    /// Numeric id.
+    pub auto_id: i64,
+    /// Project id (UUID).
+    pub id: String,
+    /// Organisation id.
+    pub org_id: String,
+    /// Display name.
+    pub name: String,
+    /// The project's email address.
+    pub email: String,
+    /// Short id (`proj_...`); `api_key.project_id` refers to it.
+    pub nano_id: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Last update time, RFC 3339.
+    pub updated_at: String,
+    /// Trigger webhook URL.
+    pub webhook_url: Option<String>,
+    /// Event webhook URL.
+    pub event_webhook_url: Option<String>,
+    /// Secret that signs webhook deliveries. Redacted in `Debug`.
+    pub webhook_secret: Option<String>,
+    /// Whether triggers are enabled.
+    pub triggers_enabled: bool,
+    /// Last trigger subscription time, RFC 3339.
+    pub last_subscribed_at: Option<String>,
+    /// Whether the project is deleted (the layer rejects such sessions).
+    pub deleted: bool,
+    /// Deprecated by Composio; `false` when absent.
+    #[serde(default)]
+    pub is_new_webhook: bool,
+    /// Webhook payload version.
+    pub webhook_version: WebhookVersion,
+    /// The organisation that owns the project.
+    pub org: Org,
+}
+
+impl fmt::Debug for Project {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Project")
+            .field("auto_id", &self.auto_id)
+            .field("id", &self.id)
+            .field("org_id", &self.org_id)
+            .field("name", &self.name)
+            .field("email", &self.email)
+            .field("nano_id", &self.nano_id)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("webhook_url", &self.webhook_url)
+            .field("event_webhook_url", &self.event_webhook_url)
+            .field(
+                "webhook_secret",
+                &self.webhook_secret.as_ref().map(|_| REDACTED),
+            )
+            .field("triggers_enabled", &self.triggers_enabled)
+            .field("last_subscribed_at", &self.last_subscribed_at)
+            .field("deleted", &self.deleted)
+            .field("is_new_webhook", &self.is_new_webhook)
+            .field("webhook_version", &self.webhook_version)
+            .field("org", &self.org)
+            .finish()
+    }
+}
+
+/// The organisation of a project (`project.org`).
+#[derive(Clone, Debug, Deserialize)]
+#[non_exhaustive]
+pub struct Org {
+    /// Organisation id.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Billing plan, e.g. `BUSINESS`.
+    pub plan: String,
+}
+
+/// Webhook payload version of a project. Values Composio adds later parse as
+/// [`WebhookVersion::Other`] instead of failing the document.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WebhookVersion {
+    /// `"V1"`
+    V1,
+    /// `"V2"`
+    V2,
+    /// `"V3"`
+    V3,
+    /// Any other value, kept as sent.
+    Other(String),
+}
+
+impl<'de> Deserialize<'de> for WebhookVersion {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = String::deserialize(deserializer)?;
+        Ok(match value.as_str() {
+            "V1" => Self::V1,
+            "V2" => Self::V2,
+            "V3" => Self::V3,
+            _ => Self::Other(value),
+        })
+    }
+}
+
+/// The API key of the session (`api_key` in the session document).
+#[derive(Clone, Deserialize)]
+#[non_exhaustive]
+pub struct ApiKey {
+    /// Numeric id.
+    pub auto_id: i64,
+    /// Key id (UUID); safe to log, unlike the key.
+    pub id: String,
+    /// Display name of the key.
+    pub name: String,
+    /// The project's nano id.
+    pub project_id: String,
+    /// The member who created the key.
+    pub org_member_id: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+    /// Last update time, RFC 3339.
+    pub updated_at: String,
+    /// Deletion time, RFC 3339.
+    pub deleted_at: Option<String>,
+    /// The key itself; absent from some payloads (older ones named it `api_key`).
+    /// Redacted in `Debug`.
+    #[serde(default, alias = "api_key")]
+    pub key: Option<String>,
+    /// Whether the key is deleted (the layer rejects such sessions).
+    pub deleted: bool,
+}
+
+impl fmt::Debug for ApiKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ApiKey")
+            .field("auto_id", &self.auto_id)
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("project_id", &self.project_id)
+            .field("org_member_id", &self.org_member_id)
+            .field("created_at", &self.created_at)
+            .field("updated_at", &self.updated_at)
+            .field("deleted_at", &self.deleted_at)
+            .field("key", &self.key.as_ref().map(|_| REDACTED))
+            .field("deleted", &self.deleted)
+            .finish()
+    }
+}
+
+/// The organisation member the credential acts for (`org_member`).
+#[derive(Clone, Debug, Deserialize)]
+#[non_exhaustive]
+pub struct OrgMember {
+    /// Member id (UUID).
+    pub id: String,
+    /// Email address.
+    pub email: String,
+    /// Display name.
+    pub name: String,
+    /// Role in the organisation, e.g. `admin`.
+    pub role: String,
+    /// User id; sent by newer payloads only.
+    #[serde(default)]
+    pub user_id: Option<String>,
+    /// Free-form metadata; sent by newer payloads only.
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// The example document of Composio's reference page.
+    fn reference() -> serde_json::Value {
+        json!({
+          "project": {
+            "auto_id": 12345, "id": "550e8400-e29b-41d4-a716-446655440000",
+            "org_id": "550e8400-e29b-41d4-a716-446655440001", "name": "Production API",
+            "email": "project-123@composio.dev", "nano_id": "proj_abc123xyz456",
+            "created_at": "2023-05-16T14:30:00.000Z", "updated_at": "2023-05-18T09:15:30.000Z",
+            "webhook_url": "https://example.com/webhook", "event_webhook_url": "https://example.com/events",
+            "webhook_secret": "whsec_a1b2c3d4e5f6g7h8i9j0", "triggers_enabled": true,
+            "last_subscribed_at": "2023-05-17T10:00:00.000Z", "deleted": false,
+            "is_new_webhook": true, "webhook_version": "V2",
+            "org": {"id": "org_abc123xyz456", "name": "Acme Corp", "plan": "BUSINESS"}
+          },
+          "api_key": {
+            "auto_id": 7890, "id": "550e8400-e29b-41d4-a716-446655440003", "name": "Development Key",
+            "project_id": "proj_abc123xyz456", "org_member_id": "550e8400-e29b-41d4-a716-446655440002",
+            "created_at": "2023-05-01T10:00:00.000Z", "updated_at": "2023-05-01T10:00:00.000Z",
+            "deleted_at": "string", "key": "sk_live_abc123xyz456", "deleted": false
+          },
+          "org_member": {
+            "id": "550e8400-e29b-41d4-a716-446655440002", "email": "user@example.com",
+            "name": "John Doe", "role": "admin"
+          }
+        })
+    }
+
+    fn parse(value: serde_json::Value) -> Result<SessionDocument, serde_json::Error> {
+        serde_json::from_value(value)
+    }
+
+    #[test]
+    fn parses_the_reference_example() {
+        let doc = parse(reference()).unwrap();
+        let project = doc.project.as_ref().unwrap();
+        assert_eq!(project.name, "Production API");
+        assert_eq!(project.webhook_version, WebhookVersion::V2);
+        assert_eq!(project.org.plan, "BUSINESS");
+        assert_eq!(
+            doc.api_key.as_ref().unwrap().key.as_deref(),
+            Some("sk_live_abc123xyz456")
+        );
+        assert_eq!(doc.org_member.email, "user@example.com");
+        assert!(!doc.is_deleted());
+    }
+
+    #[test]
+    fn project_and_api_key_may_be_null() {
+        let mut value = reference();
+        value["project"] = json!(null);
+        value["api_key"] = json!(null);
+        let doc = parse(value).unwrap();
+        assert!(doc.project.is_none() && doc.api_key.is_none());
+        assert_eq!(doc.org_member.role, "admin");
+    }
+
+    #[test]
+    fn org_member_is_required() {
+        let mut value = reference();
+        value["org_member"] = json!(null);
+        assert!(parse(value.clone()).is_err());
+        value.as_object_mut().unwrap().remove("org_member");
+        assert!(parse(value).is_err());
+    }
+
+    #[test]
+    fn key_may_be_absent_or_named_api_key() {
+        let mut value = reference();
+        value["api_key"].as_object_mut().unwrap().remove("key");
+        assert_eq!(parse(value.clone()).unwrap().api_key.unwrap().key, None);
+        value["api_key"]["api_key"] = json!("ak_older");
+        assert_eq!(
+            parse(value).unwrap().api_key.unwrap().key.as_deref(),
+            Some("ak_older")
+        );
+    }
+
+    #[test]
+    fn unknown_fields_and_webhook_versions_are_accepted() {
+        let mut value = reference();
+        value["project"]["webhook_version"] = json!("V9");
+        value["project"]["brand_new_field"] = json!({"nested": [1, 2]});
+        value["org_member"]["user_id"] = json!("user_1");
+        value["org_member"]["metadata"] = json!({"team": "infra"});
+        value["project"]["org"]["org_members"] = json!([{"id": "m"}]);
+        value["extra_top_level"] = json!(true);
+        let doc = parse(value).unwrap();
+        let project = doc.project.unwrap();
+        assert_eq!(project.webhook_version, WebhookVersion::Other("V9".into()));
+        assert_eq!(doc.org_member.user_id.as_deref(), Some("user_1"));
+        assert_eq!(doc.org_member.metadata.unwrap()["team"], "infra");
+    }
+
+    #[test]
+    fn deprecated_is_new_webhook_may_be_absent() {
+        let mut value = reference();
+        value["project"]
+            .as_object_mut()
+            .unwrap()
+            .remove("is_new_webhook");
+        assert!(!parse(value).unwrap().project.unwrap().is_new_webhook);
+    }
+
+    #[test]
+    fn wrong_types_fail_the_parse() {
+        let mut value = reference();
+        value["org_member"]["email"] = json!(42);
+        assert!(parse(value).is_err());
+    }
+
+    #[test]
+    fn deleted_key_or_project_is_reported() {
+        let mut value = reference();
+        value["api_key"]["deleted"] = json!(true);
+        assert!(parse(value).unwrap().is_deleted());
+        let mut value = reference();
+        value["project"]["deleted"] = json!(true);
+        assert!(parse(value).unwrap().is_deleted());
+    }
+
+    #[test]
+    fn debug_redacts_secrets() {
+        let session = SessionInfo::new(parse(reference()).unwrap());
+        let debug = format!("{session:?} {:#?}", session.document());
+        assert!(!debug.contains("sk_live_abc123xyz456"), "{debug}");
+        assert!(!debug.contains("whsec_a1b2c3d4e5f6g7h8i9j0"), "{debug}");
+        assert!(debug.contains(REDACTED));
+        assert!(debug.contains("Production API"));
+    }
+
+    #[test]
+    fn clones_share_one_allocation() {
+        let session = SessionInfo::new(parse(reference()).unwrap());
+        let clone = session.clone();
+        assert!(session.same_entry(&clone));
+        assert_eq!(Arc::strong_count(&session.state), 2);
+        assert!(!session.same_entry(&SessionInfo::new(session.document().clone())));
+    }
+
+    #[test]
+    fn refresh_is_claimed_once() {
+        let session = SessionInfo::new(parse(reference()).unwrap());
+        assert!(session.claim_refresh());
+        assert!(!session.clone().claim_refresh());
+    }
+}

@@ -1,0 +1,336 @@
+//! The upstream call: one `GET` of Composio's session endpoint per verification, and
+//! the classification of its answer into a [`Verdict`].
+//!
+//! Only the one credential header goes upstream (with `accept` and a `user-agent`
+//! naming this crate); redirects are never followed; bodies are read up to
+//! [`MAX_UPSTREAM_BODY_BYTES`]. A verdict about the key comes from a `200` session
+//! document or from a well-formed error envelope; anything else (a proxy's HTML, a
+//! `429`, a `5xx`, a redirect, a body that is not the envelope) decides nothing and
+//! becomes [`Verdict::Undecided`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use http::header::{ACCEPT, CONTENT_LENGTH, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, StatusCode};
+
+use crate::credential::CredentialHeader;
+use crate::envelope::{ErrorEnvelope, Rejection};
+use crate::session::{SessionDocument, SessionInfo};
+use crate::TRACING_TARGET;
+
+/// Largest upstream body read, in bytes. Session documents are about 2 KiB; a larger
+/// answer is refused (503) as soon as its `content-length` or its bytes pass this.
+pub const MAX_UPSTREAM_BODY_BYTES: usize = 64 * 1024;
+
+/// The `user-agent` of every upstream call.
+pub(crate) const USER_AGENT: &str = concat!("composio-auth/", env!("CARGO_PKG_VERSION"));
+
+/// What the layer decided about a key.
+#[derive(Clone, Debug)]
+pub(crate) enum Verdict {
+    /// Composio vouches for the key.
+    Allowed(SessionInfo),
+    /// Composio refuses the key (or the session is deleted): 401/403.
+    Rejected(Arc<Rejection>),
+    /// Nobody could decide: 503, nothing cached.
+    Undecided(Arc<Rejection>),
+}
+
+impl Verdict {
+    pub(crate) fn undecided(reason: impl Into<String>, retry_after_secs: Option<u64>) -> Self {
+        Self::Undecided(Arc::new(Rejection::unavailable(reason, retry_after_secs)))
+    }
+
+    /// A word for logs.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            Self::Allowed(_) => "allowed",
+            Self::Rejected(_) => "rejected",
+            Self::Undecided(_) => "undecided",
+        }
+    }
+}
+
+/// The HTTP client and the endpoint's URL, or why there is none.
+pub(crate) enum Upstream {
+    Ready {
+        client: reqwest::Client,
+        url: reqwest::Url,
+    },
+    /// The layer was made by `new()` from an unusable configuration: every key is
+    /// undecided (503) and the reason is logged.
+    Misconfigured(String),
+}
+
+impl Upstream {
+    pub(crate) fn new(
+        url: reqwest::Url,
+        loopback: bool,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .user_agent(USER_AGENT)
+            .connect_timeout(connect_timeout)
+            .pool_idle_timeout(Duration::from_secs(60));
+        builder = if loopback {
+            // A loopback stand-in is never reached through a proxy.
+            builder.no_proxy()
+        } else {
+            builder.https_only(true)
+        };
+        let client = builder
+            .build()
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        Ok(Self::Ready { client, url })
+    }
+
+    /// Asks Composio about one key. Never panics, never logs the key.
+    pub(crate) async fn verify(&self, header: CredentialHeader, key: HeaderValue) -> Verdict {
+        let (client, url) = match self {
+            Self::Ready { client, url } => (client, url),
+            Self::Misconfigured(reason) => {
+                tracing::error!(target: TRACING_TARGET, %reason, "composio-auth is misconfigured; answering 503");
+                return Verdict::undecided(
+                    "this service's Composio authentication is misconfigured",
+                    None,
+                );
+            }
+        };
+        let started = Instant::now();
+        let response = client
+            .get(url.clone())
+            .header(header.header_name(), key)
+            .header(ACCEPT, HeaderValue::from_static("application/json"))
+            .send()
+            .await;
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                let error = error.without_url();
+                tracing::warn!(target: TRACING_TARGET, %error, latency_ms = elapsed_ms(started), "Composio unreachable");
+                return Verdict::undecided(
+                    format!("Composio could not be reached: {}", describe(&error)),
+                    None,
+                );
+            }
+        };
+        let status = response.status();
+        let retry_after = retry_after_secs(response.headers());
+        let body = read_capped(response, MAX_UPSTREAM_BODY_BYTES).await;
+        let verdict = match body {
+            Ok(body) => classify(status, retry_after, &body),
+            Err(reason) => Verdict::undecided(reason, retry_after),
+        };
+        tracing::debug!(
+            target: TRACING_TARGET,
+            status = status.as_u16(),
+            latency_ms = elapsed_ms(started),
+            verdict = verdict.kind(),
+            "Composio answered"
+        );
+        verdict
+    }
+}
+
+fn elapsed_ms(started: Instant) -> f64 {
+    started.elapsed().as_secs_f64() * 1e3
+}
+
+fn describe(error: &reqwest::Error) -> &'static str {
+    if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "the connection broke"
+    }
+}
+
+/// `Retry-After` in whole seconds, when the upstream gives one in that form.
+fn retry_after_secs(headers: &HeaderMap) -> Option<u64> {
+    headers.get(RETRY_AFTER)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Reads the body, refusing it as soon as it is known to exceed `cap` bytes.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<u8>, String> {
+    let too_large = || format!("Composio's answer exceeds {cap} bytes");
+    let declared = response
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > cap as u64) {
+        return Err(too_large());
+    }
+    let mut body = Vec::with_capacity(declared.map_or(4096, |len| len as usize));
+    loop {
+        match response.chunk().await {
+            Ok(Some(chunk)) => {
+                if body.len() + chunk.len() > cap {
+                    return Err(too_large());
+                }
+                body.extend_from_slice(&chunk);
+            }
+            Ok(None) => return Ok(body),
+            Err(error) => {
+                let error = error.without_url();
+                tracing::warn!(target: TRACING_TARGET, %error, "Composio's answer broke off");
+                return Err(format!("Composio's answer broke off: {}", describe(&error)));
+            }
+        }
+    }
+}
+
+/// Turns Composio's answer into a verdict. Pure: tested beside, property-tested in
+/// `tests/`.
+pub(crate) fn classify(status: StatusCode, retry_after: Option<u64>, body: &[u8]) -> Verdict {
+    match status {
+        StatusCode::OK => match serde_json::from_slice::<SessionDocument>(body) {
+            Ok(document) if document.is_deleted() => {
+                Verdict::Rejected(Arc::new(Rejection::deleted()))
+            }
+            Ok(document) => Verdict::Allowed(SessionInfo::new(document)),
+            Err(_) => Verdict::undecided("Composio answered 200 without a session document", None),
+        },
+        StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => rejected(status, status, body),
+        StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => {
+            rejected(status, StatusCode::UNAUTHORIZED, body)
+        }
+        status if status.is_redirection() => Verdict::undecided(
+            format!(
+                "Composio answered a redirect ({}), which is not followed",
+                status.as_u16()
+            ),
+            None,
+        ),
+        status => Verdict::undecided(
+            format!("Composio answered {}", status.as_u16()),
+            retry_after,
+        ),
+    }
+}
+
+/// A verdict from an error envelope, or undecided when the body is not one.
+fn rejected(upstream: StatusCode, answer: StatusCode, body: &[u8]) -> Verdict {
+    match serde_json::from_slice::<ErrorEnvelope>(body) {
+        Ok(envelope) => Verdict::Rejected(Arc::new(Rejection::upstream(answer, envelope.error))),
+        Err(_) => Verdict::undecided(
+            format!(
+                "Composio answered {} without its error envelope",
+                upstream.as_u16()
+            ),
+            None,
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn document() -> serde_json::Value {
+        json!({
+            "project": null,
+            "api_key": {
+                "auto_id": 1, "id": "k1", "name": "n", "project_id": "p", "org_member_id": "m",
+                "created_at": "t", "updated_at": "t", "deleted_at": null, "key": "ak_secret", "deleted": false
+            },
+            "org_member": {"id": "m", "email": "a@b.c", "name": "A", "role": "admin"}
+        })
+    }
+
+    fn envelope(status: u16) -> Vec<u8> {
+        json!({"error": {"message": "Invalid API key: ak_**ESjq", "code": 801, "slug": "APIKey_InvalidAPIKey",
+                         "status": status, "request_id": "r-1", "suggested_fix": "fix", "errors": ["e"]}})
+        .to_string()
+        .into_bytes()
+    }
+
+    fn rejection(verdict: Verdict) -> Arc<Rejection> {
+        match verdict {
+            Verdict::Rejected(r) => r,
+            other => panic!("expected a rejection, got {}", other.kind()),
+        }
+    }
+
+    fn undecided(verdict: Verdict) -> Arc<Rejection> {
+        match verdict {
+            Verdict::Undecided(r) => r,
+            other => panic!("expected undecided, got {}", other.kind()),
+        }
+    }
+
+    #[test]
+    fn ok_document_is_allowed() {
+        let body = document().to_string();
+        match classify(StatusCode::OK, None, body.as_bytes()) {
+            Verdict::Allowed(session) => assert_eq!(session.org_member.email, "a@b.c"),
+            other => panic!("{}", other.kind()),
+        }
+    }
+
+    #[test]
+    fn deleted_key_or_project_is_rejected() {
+        let mut doc = document();
+        doc["api_key"]["deleted"] = json!(true);
+        let r = rejection(classify(StatusCode::OK, None, doc.to_string().as_bytes()));
+        assert_eq!(r.status(), 401);
+    }
+
+    #[test]
+    fn unparsable_200_is_undecided() {
+        for body in [&b"<html>"[..], b"{}", b"{\"project\":null", b""] {
+            assert_eq!(
+                undecided(classify(StatusCode::OK, None, body)).status(),
+                503
+            );
+        }
+    }
+
+    #[test]
+    fn envelopes_pass_through_with_the_answered_status() {
+        for (upstream, answered) in [(401, 401), (403, 403), (400, 401), (404, 401)] {
+            let status = StatusCode::from_u16(upstream).unwrap();
+            let r = rejection(classify(status, None, &envelope(upstream)));
+            assert_eq!(r.status().as_u16(), answered);
+            assert_eq!(r.body().status, answered);
+            assert_eq!(r.body().code, 801);
+            assert_eq!(r.body().slug.as_deref(), Some("APIKey_InvalidAPIKey"));
+            assert_eq!(r.body().request_id.as_deref(), Some("r-1"));
+            assert_eq!(r.body().suggested_fix.as_deref(), Some("fix"));
+            assert_eq!(r.body().errors, Some(vec!["e".to_owned()]));
+        }
+    }
+
+    #[test]
+    fn statuses_without_an_envelope_decide_nothing() {
+        let html = b"<html><body>401 Authorization Required</body></html>";
+        assert_eq!(
+            undecided(classify(StatusCode::UNAUTHORIZED, None, html)).status(),
+            503
+        );
+        let message = br#"{"message": "Rate limit exceeded..."}"#;
+        let r = undecided(classify(StatusCode::TOO_MANY_REQUESTS, Some(7), message));
+        assert_eq!(r.render(false, None).headers()[RETRY_AFTER], "7");
+        for status in [500, 502, 503, 504, 301, 302, 307, 308, 418] {
+            let status = StatusCode::from_u16(status).unwrap();
+            // Even a well-formed envelope on these statuses says nothing about the key.
+            undecided(classify(status, None, &envelope(status.as_u16())));
+        }
+    }
+
+    #[test]
+    fn retry_after_in_seconds_only() {
+        let mut headers = HeaderMap::new();
+        assert_eq!(retry_after_secs(&headers), None);
+        headers.insert(RETRY_AFTER, HeaderValue::from_static("12"));
+        assert_eq!(retry_after_secs(&headers), Some(12));
+        headers.insert(
+            RETRY_AFTER,
+            HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
+        );
+        assert_eq!(retry_after_secs(&headers), None);
+    }
+}
