@@ -432,9 +432,11 @@ fn endpoint(base_url: &str, session_path: &str) -> Result<(reqwest::Url, bool), 
     match base.scheme() {
         "https" => {}
         "http" if loopback => {}
-        "http" => return Err(Error::new(format!(
+        "http" => {
+            return Err(Error::new(format!(
             "base_url {shown} must use https: API keys are sent over plain http only to loopback"
-        ))),
+        )))
+        }
         other => {
             return Err(Error::new(format!(
                 "base_url {shown} has scheme {other}; use https"

@@ -223,6 +223,9 @@ struct Script {
     latency: Duration,
     calls_by_key: HashMap<String, u64>,
     last_headers: Option<HeaderMap>,
+    /// Calls being answered now, and the most there ever were at once.
+    in_progress: u64,
+    peak: u64,
 }
 
 struct Shared {
@@ -336,6 +339,12 @@ impl StandIn {
             .get(key)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// The most calls that were being answered at once.
+    #[must_use]
+    pub fn peak_concurrency(&self) -> u64 {
+        self.shared.script().peak
     }
 
     /// Waits until at least `n` calls have arrived.
@@ -473,8 +482,18 @@ async fn answer(
         let mut script = shared.script();
         *script.calls_by_key.entry(key.clone()).or_default() += 1;
         script.last_headers = Some(request.headers().clone());
+        script.in_progress += 1;
+        script.peak = script.peak.max(script.in_progress);
         script.latency
     };
+    // Counts the call as answered however it ends (the client may go away).
+    struct Answering(Arc<Shared>);
+    impl Drop for Answering {
+        fn drop(&mut self) {
+            self.0.script().in_progress -= 1;
+        }
+    }
+    let _answering = Answering(Arc::clone(&shared));
     shared.calls.send_modify(|calls| *calls += 1);
     let mut held = shared.held.subscribe();
     let _ = held.wait_for(|held| !held).await;

@@ -1,0 +1,202 @@
+//! Support shared by the integration tests: an axum app behind the layer served on
+//! loopback, a client, and a capture of `tracing` events.
+#![allow(dead_code)]
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use composio_auth::testing::StandIn;
+use composio_auth::{ComposioAuthBuilder, ComposioAuthLayer, ErrorEnvelope, SessionInfo};
+use tokio::sync::watch;
+use tracing::field::{Field, Visit};
+use tracing_subscriber::layer::{Context, SubscriberExt};
+
+pub const ALICE: &str = "ak_alice_0123456789abcdef";
+pub const BOB: &str = "ak_bob_0123456789abcdefgh";
+
+/// A stand-in with two valid keys: ALICE (admin) and BOB (member).
+pub async fn composio() -> StandIn {
+    let composio = StandIn::start().await.expect("bind the stand-in");
+    composio.add_session(
+        ALICE,
+        StandIn::document_for("alice@example.com", "Alice", "admin"),
+    );
+    composio.add_session(
+        BOB,
+        StandIn::document_for("bob@example.com", "Bob", "member"),
+    );
+    composio
+}
+
+pub fn builder(composio: &StandIn) -> ComposioAuthBuilder {
+    ComposioAuthLayer::builder().base_url(composio.base_url())
+}
+
+/// The protected app: `/me` answers the session's email (through `Extension`),
+/// `/whoami` the member's role (through the extractor), `/maybe` whether there is a
+/// session (through `Option<SessionInfo>`).
+pub fn app(layer: ComposioAuthLayer) -> Router {
+    Router::new()
+        .route(
+            "/me",
+            get(|Extension(session): Extension<SessionInfo>| async move {
+                session.org_member.email.clone()
+            }),
+        )
+        .route(
+            "/whoami",
+            get(|session: SessionInfo| async move {
+                Json(serde_json::json!({"role": session.org_member.role}))
+            }),
+        )
+        .layer(layer)
+        .route(
+            "/maybe",
+            get(|session: Option<SessionInfo>| async move {
+                if session.is_some() {
+                    "session"
+                } else {
+                    "none"
+                }
+            }),
+        )
+}
+
+/// Serves `app` on a free loopback port.
+pub async fn serve(app: Router) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+/// Starts a stand-in and serves the app behind a layer built by `configure`.
+pub async fn setup(
+    configure: impl FnOnce(ComposioAuthBuilder) -> ComposioAuthBuilder,
+) -> (StandIn, ComposioAuthLayer, Client) {
+    let composio = composio().await;
+    let layer = configure(builder(&composio))
+        .build()
+        .expect("valid configuration");
+    let addr = serve(app(layer.clone())).await;
+    (composio, layer, Client::new(addr))
+}
+
+/// A real HTTP client for the served app.
+#[derive(Clone)]
+pub struct Client {
+    pub addr: SocketAddr,
+    pub http: reqwest::Client,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Answer {
+    pub fn envelope(&self) -> ErrorEnvelope {
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("not an envelope ({e}): {}", self.body))
+    }
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Self {
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
+        Self { addr, http }
+    }
+
+    /// GET `path` with `headers`.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        let mut request = self.http.get(format!("http://{}{path}", self.addr));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the app answers");
+        let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+        let headers = response.headers().clone();
+        let body = response.text().await.unwrap();
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    /// GET `/me` with `key` in `x-api-key`.
+    pub async fn me(&self, key: &str) -> Answer {
+        self.get("/me", &[("x-api-key", key)]).await
+    }
+}
+
+/// Every `tracing` event (all levels, all targets) recorded on this thread while the
+/// guard lives, as text: level, target, message and every field.
+#[derive(Clone)]
+pub struct Capture {
+    events: Arc<Mutex<Vec<String>>>,
+    count: watch::Sender<usize>,
+}
+
+struct CaptureLayer(Capture);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CaptureLayer {
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
+        struct Fields(String);
+        impl Visit for Fields {
+            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+                let _ = write!(self.0, " {}={:?}", field.name(), value);
+            }
+            fn record_str(&mut self, field: &Field, value: &str) {
+                let _ = write!(self.0, " {}={}", field.name(), value);
+            }
+        }
+        let meta = event.metadata();
+        let mut fields = Fields(format!("{} {}", meta.level(), meta.target()));
+        event.record(&mut fields);
+        self.0.events.lock().unwrap().push(fields.0);
+        self.0.count.send_modify(|n| *n += 1);
+    }
+}
+
+impl Capture {
+    /// Captures events on this thread (use a current-thread runtime so spawned tasks
+    /// run here too).
+    pub fn install() -> (Self, tracing::subscriber::DefaultGuard) {
+        let capture = Self {
+            events: Arc::default(),
+            count: watch::Sender::new(0),
+        };
+        let subscriber = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::TRACE)
+            .with(CaptureLayer(capture.clone()));
+        let guard = tracing::subscriber::set_default(subscriber);
+        (capture, guard)
+    }
+
+    pub fn events(&self) -> Vec<String> {
+        self.events.lock().unwrap().clone()
+    }
+
+    pub fn count_containing(&self, needle: &str) -> usize {
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.contains(needle))
+            .count()
+    }
+
+    /// Waits until `n` events contain `needle`.
+    pub async fn wait_for(&self, needle: &str, n: usize) {
+        let mut changes = self.count.subscribe();
+        while self.count_containing(needle) < n {
+            changes.changed().await.unwrap();
+        }
+    }
+}

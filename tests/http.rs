@@ -1,0 +1,409 @@
+//! The verdict table over real TCP: an axum app behind the layer, called by a real
+//! HTTP client, verifying keys against the loopback stand-in.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::{serve, setup, Client, ALICE, BOB};
+use composio_auth::testing::{Reply, StandIn};
+use composio_auth::{ComposioAuthLayer, CredentialHeader};
+use serde_json::json;
+
+fn assert_local_401(answer: &common::Answer, code: i64, slug: &str) {
+    assert_eq!(answer.status, StatusCode::UNAUTHORIZED, "{}", answer.body);
+    assert_eq!(answer.headers["content-type"], "application/json");
+    assert!(answer.headers.contains_key("www-authenticate"));
+    let envelope = answer.envelope();
+    assert_eq!(envelope.error.code, code);
+    assert_eq!(envelope.error.slug.as_deref(), Some(slug));
+    assert_eq!(envelope.error.status, 401);
+}
+
+#[tokio::test]
+async fn no_credential_is_401_without_calling_composio() {
+    let (composio, _, client) = setup(|b| b).await;
+    let answer = client.get("/me", &[]).await;
+    assert_local_401(&answer, 906, "Auth_NoAuthProvided");
+    assert_eq!(answer.envelope().error.message, "No API key provided");
+    assert_eq!(composio.calls(), 0);
+}
+
+#[tokio::test]
+async fn local_envelopes_carry_the_inbound_request_id() {
+    let (_, _, client) = setup(|b| b).await;
+    let answer = client.get("/me", &[("x-request-id", "req-42")]).await;
+    assert_eq!(
+        answer.envelope().error.request_id.as_deref(),
+        Some("req-42")
+    );
+    let answer = client.get("/me", &[]).await;
+    assert_eq!(answer.envelope().error.request_id, None);
+}
+
+#[tokio::test]
+async fn malformed_keys_are_401_without_calling_composio() {
+    let (composio, _, client) = setup(|b| b).await;
+    let long = "k".repeat(257);
+    for key in ["", "ak with space", long.as_str()] {
+        let answer = client.me(key).await;
+        assert_local_401(&answer, 801, "APIKey_InvalidAPIKey");
+    }
+    // Bytes outside visible ASCII (the client sends them raw).
+    let response = client
+        .http
+        .get(format!("http://{}/me", client.addr))
+        .header(
+            "x-api-key",
+            reqwest::header::HeaderValue::from_bytes(b"ak_caf\xc3\xa9").unwrap(),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    // 256 visible bytes is a well-formed (if unknown) key: it is asked about.
+    assert_eq!(client.me(&"k".repeat(256)).await.status, 401);
+    assert_eq!(composio.calls(), 1);
+}
+
+#[tokio::test]
+async fn ambiguous_credentials_are_401_without_calling_composio() {
+    let (composio, _, client) = setup(|b| b).await;
+    let twice = client
+        .get("/me", &[("x-api-key", ALICE), ("x-api-key", BOB)])
+        .await;
+    assert_local_401(&twice, 10401, "HTTP_Unauthorized");
+    // The second header is not even one this layer accepts: still refused.
+    let two = client
+        .get("/me", &[("x-api-key", ALICE), ("x-org-api-key", "oak_x")])
+        .await;
+    assert_local_401(&two, 10401, "HTTP_Unauthorized");
+    assert_eq!(composio.calls(), 0);
+}
+
+#[tokio::test]
+async fn credential_headers_can_be_enabled() {
+    let (composio, _, client) = setup(|b| b).await;
+    let refused = client.get("/me", &[("x-org-api-key", ALICE)]).await;
+    assert_local_401(&refused, 906, "Auth_NoAuthProvided");
+    assert!(refused.envelope().error.message.contains("x-org-api-key"));
+    assert_eq!(composio.calls(), 0);
+
+    let (composio, _, client) =
+        setup(|b| b.credential_headers([CredentialHeader::ApiKey, CredentialHeader::OrgApiKey]))
+            .await;
+    let answer = client.get("/me", &[("x-org-api-key", ALICE)]).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    assert_eq!(answer.body, "alice@example.com");
+    // The key went upstream under the header it came in.
+    let sent = composio.last_request_headers().unwrap();
+    assert_eq!(sent["x-org-api-key"], ALICE);
+    assert!(!sent.contains_key("x-api-key"));
+}
+
+#[tokio::test]
+async fn a_valid_key_reaches_the_handler_with_its_session() {
+    let (composio, _, client) = setup(|b| b).await;
+    let answer = client.me(ALICE).await;
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "alice@example.com")
+    );
+    let answer = client.get("/whoami", &[("x-api-key", BOB)]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&answer.body).unwrap(),
+        json!({"role": "member"})
+    );
+    assert_eq!(composio.calls_for(ALICE), 1);
+    assert_eq!(composio.calls_for(BOB), 1);
+}
+
+#[tokio::test]
+async fn extractors_fail_closed_and_option_never_fails() {
+    let (_, _, client) = setup(|b| b).await;
+    // `/maybe` is outside the layer: no session, and no refusal.
+    assert_eq!(
+        client.get("/maybe", &[("x-api-key", ALICE)]).await.body,
+        "none"
+    );
+    // The `SessionInfo` extractor on a route without the layer answers 401.
+    let app = axum::Router::new().route(
+        "/unprotected",
+        axum::routing::get(
+            |s: composio_auth::SessionInfo| async move { s.org_member.email.clone() },
+        ),
+    );
+    let client = Client::new(serve(app).await);
+    let answer = client.get("/unprotected", &[("x-api-key", ALICE)]).await;
+    assert_eq!(answer.status, 401);
+    assert_eq!(answer.envelope().error.code, 906);
+}
+
+#[tokio::test]
+async fn only_the_credential_header_goes_upstream() {
+    let (composio, _, client) = setup(|b| b).await;
+    let answer = client
+        .get(
+            "/me",
+            &[
+                ("x-api-key", ALICE),
+                ("cookie", "session=secret-cookie"),
+                ("authorization", "Bearer secret-token"),
+                ("x-forwarded-for", "10.0.0.1"),
+                ("x-request-id", "req-1"),
+            ],
+        )
+        .await;
+    assert_eq!(answer.status, 200);
+    let sent = composio.last_request_headers().unwrap();
+    let mut names: Vec<_> = sent.keys().map(|k| k.as_str().to_owned()).collect();
+    names.sort();
+    assert_eq!(names, ["accept", "host", "user-agent", "x-api-key"]);
+    assert_eq!(sent["x-api-key"], ALICE);
+    assert!(sent["user-agent"]
+        .to_str()
+        .unwrap()
+        .starts_with("composio-auth/"));
+}
+
+#[tokio::test]
+async fn composio_401_and_403_pass_through_with_their_envelope() {
+    let (composio, _, client) = setup(|b| b).await;
+    let unknown = "ak_unknown_key_0000ESjq";
+    let answer = client.me(unknown).await;
+    assert_eq!(answer.status, 401);
+    assert!(answer.headers.contains_key("www-authenticate"));
+    let error = answer.envelope().error;
+    assert_eq!(
+        (error.code, error.slug.as_deref(), error.status),
+        (801, Some("APIKey_InvalidAPIKey"), 401)
+    );
+    assert_eq!(error.message, "Invalid API key: ak_**ESjq");
+    assert_eq!(error.request_id.as_deref(), Some("standin-request"));
+    assert!(error.suggested_fix.is_some());
+    assert_eq!(error.errors, Some(vec![]));
+
+    let scoped = "ak_scoped_key_without_rights";
+    composio.set_reply(
+        scoped,
+        Reply::envelope(
+            403,
+            812,
+            "APIKey_InsufficientPermissions",
+            "Insufficient permissions",
+        ),
+    );
+    let answer = client.me(scoped).await;
+    assert_eq!(answer.status, 403);
+    let error = answer.envelope().error;
+    assert_eq!((error.code, error.status), (812, 403));
+    assert_eq!(error.message, "Insufficient permissions");
+}
+
+#[tokio::test]
+async fn composio_400_and_404_envelopes_become_401() {
+    let (composio, _, client) = setup(|b| b).await;
+    for (key, status) in [("ak_bad_request_key", 400), ("ak_not_found_key", 404)] {
+        composio.set_reply(
+            key,
+            Reply::envelope(status, 601, "Request_Bad", "Bad key format"),
+        );
+        let answer = client.me(key).await;
+        assert_eq!(answer.status, 401, "{status}");
+        let error = answer.envelope().error;
+        assert_eq!(
+            (error.code, error.status, error.slug.as_deref()),
+            (601, 401, Some("Request_Bad"))
+        );
+        assert_eq!(error.message, "Bad key format");
+    }
+}
+
+#[tokio::test]
+async fn deleted_keys_and_projects_are_401() {
+    let (composio, _, client) = setup(|b| b).await;
+    let mut key_deleted = StandIn::example_document();
+    key_deleted["api_key"]["deleted"] = json!(true);
+    composio.add_session("ak_deleted_key", key_deleted);
+    let mut project_deleted = StandIn::example_document();
+    project_deleted["project"]["deleted"] = json!(true);
+    composio.add_session("ak_deleted_project", project_deleted);
+    for key in ["ak_deleted_key", "ak_deleted_project"] {
+        let answer = client.me(key).await;
+        assert_eq!(answer.status, 401, "{key}");
+        assert_eq!(
+            answer.envelope().error.slug.as_deref(),
+            Some("APIKey_InvalidAPIKey")
+        );
+        // Cached as a rejection.
+        assert_eq!(client.me(key).await.status, 401);
+        assert_eq!(composio.calls_for(key), 1);
+    }
+}
+
+#[tokio::test]
+async fn authorize_refusals_are_403_on_every_request_with_the_session_cached() {
+    let (composio, _, client) = setup(|b| b.authorize(|s| s.org_member.role == "admin")).await;
+    assert_eq!(client.me(ALICE).await.status, 200);
+    for _ in 0..3 {
+        let answer = client
+            .get("/me", &[("x-api-key", BOB), ("x-request-id", "r-7")])
+            .await;
+        assert_eq!(answer.status, 403);
+        assert!(!answer.headers.contains_key("www-authenticate"));
+        let error = answer.envelope().error;
+        assert_eq!(
+            (error.status, error.slug.as_deref()),
+            (403, Some("HTTP_Forbidden"))
+        );
+        assert_eq!(error.request_id.as_deref(), Some("r-7"));
+    }
+    assert_eq!(composio.calls_for(BOB), 1);
+    assert_eq!(client.me(ALICE).await.status, 200);
+    assert_eq!(composio.calls_for(ALICE), 1);
+}
+
+/// Asserts the documented 503: envelope, `Retry-After`, and nothing cached (a second
+/// request asks Composio again).
+async fn assert_undecided(composio: &StandIn, client: &Client, key: &str, reason: &str) {
+    let before = composio.calls_for(key);
+    for round in 1..=2 {
+        let answer = client.me(key).await;
+        assert_eq!(answer.status, 503, "{reason}: {}", answer.body);
+        assert_eq!(answer.headers["content-type"], "application/json");
+        assert!(answer.headers.contains_key("retry-after"), "{reason}");
+        let error = answer.envelope().error;
+        assert_eq!((error.status, error.code), (503, 10503));
+        let errors = error.errors.unwrap_or_default().join(" ");
+        assert!(
+            errors.contains(reason),
+            "{errors:?} should mention {reason:?}"
+        );
+        assert_eq!(
+            composio.calls_for(key),
+            before + round,
+            "{reason}: not cached"
+        );
+    }
+}
+
+#[tokio::test]
+async fn answers_that_decide_nothing_are_503_and_not_cached() {
+    let (composio, _, client) = setup(|b| b).await;
+    let cases: Vec<(&str, Reply, &str)> = vec![
+        (
+            "ak_case_500",
+            Reply::envelope(500, 500, "Internal", "boom"),
+            "answered 500",
+        ),
+        ("ak_case_502", Reply::html(502), "answered 502"),
+        (
+            "ak_case_html401",
+            Reply::html(401),
+            "401 without its error envelope",
+        ),
+        (
+            "ak_case_message",
+            Reply::Raw {
+                status: 401,
+                headers: vec![],
+                body: r#"{"message": "Unauthorized"}"#.into(),
+            },
+            "401 without its error envelope",
+        ),
+        (
+            "ak_case_bad200",
+            Reply::Raw {
+                status: 200,
+                headers: vec![],
+                body: "{\"project\": nul".into(),
+            },
+            "200 without a session document",
+        ),
+        (
+            "ak_case_huge200",
+            Reply::Raw {
+                status: 200,
+                headers: vec![],
+                body: vec![b' '; composio_auth::MAX_UPSTREAM_BODY_BYTES + 1].into(),
+            },
+            "exceeds",
+        ),
+    ];
+    for (key, reply, reason) in cases {
+        composio.set_reply(key, reply);
+        assert_undecided(&composio, &client, key, reason).await;
+    }
+}
+
+#[tokio::test]
+async fn rate_limits_are_503_with_the_upstream_retry_after() {
+    let (composio, _, client) = setup(|b| b).await;
+    composio.set_reply("ak_limited", Reply::rate_limited(7));
+    assert_undecided(&composio, &client, "ak_limited", "answered 429").await;
+    assert_eq!(client.me("ak_limited").await.headers["retry-after"], "7");
+}
+
+#[tokio::test]
+async fn redirects_are_never_followed() {
+    let (composio, _, client) = setup(|b| b).await;
+    let elsewhere = common::composio().await;
+    let location = format!(
+        "{}{}",
+        elsewhere.base_url(),
+        composio_auth::DEFAULT_SESSION_PATH
+    );
+    for status in [301, 302, 307, 308] {
+        let key = format!("ak_redirected_{status}");
+        composio.set_reply(
+            &key,
+            Reply::Raw {
+                status,
+                headers: vec![("location".into(), location.clone())],
+                body: "".into(),
+            },
+        );
+        assert_undecided(&composio, &client, &key, "redirect").await;
+    }
+    assert_eq!(elsewhere.calls(), 0);
+}
+
+#[tokio::test]
+async fn an_unreachable_composio_is_503() {
+    // A port that was just free: nothing listens there.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let layer = ComposioAuthLayer::builder()
+        .base_url(format!("http://127.0.0.1:{port}"))
+        .build()
+        .unwrap();
+    let client = Client::new(serve(common::app(layer)).await);
+    let answer = client.me(ALICE).await;
+    assert_eq!(answer.status, 503);
+    assert!(answer.envelope().error.errors.unwrap()[0].contains("could not be reached"));
+}
+
+#[tokio::test]
+async fn a_slow_composio_is_503_within_the_budget() {
+    let budget = Duration::from_millis(300);
+    let (composio, _, client) = setup(|b| b.timeout(budget)).await;
+    composio.hold();
+    let started = Instant::now();
+    let answer = client.me(ALICE).await;
+    let took = started.elapsed();
+    assert_eq!(answer.status, 503);
+    assert!(answer.envelope().error.errors.unwrap()[0].contains("timed out"));
+    assert!(
+        took >= budget,
+        "answered before the budget ran out: {took:?}"
+    );
+    composio.release();
+    // Nothing was cached: the next request verifies again and succeeds.
+    assert_eq!(client.me(ALICE).await.status, 200);
+    assert_eq!(composio.calls_for(ALICE), 2);
+}
