@@ -18,8 +18,18 @@ use composio_auth::{ComposioAuthLayer, SessionInfo, BASE_URL_ENV};
 use serde_json::{json, Value};
 
 const DEMO_KEYS: [(&str, &str, &str, &str); 2] = [
-    ("ak_demo_alice_0123456789", "alice@example.com", "Alice", "admin"),
-    ("ak_demo_bob_0123456789ab", "bob@example.com", "Bob", "member"),
+    (
+        "ak_demo_alice_0123456789",
+        "alice@example.com",
+        "Alice",
+        "admin",
+    ),
+    (
+        "ak_demo_bob_0123456789ab",
+        "bob@example.com",
+        "Bob",
+        "member",
+    ),
 ];
 
 /// What a handler behind the layer knows about its caller.
@@ -48,8 +58,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             for (key, email, name, role) in DEMO_KEYS {
                 stand_in.add_session(key, StandIn::document_for(email, name, role));
             }
-            println!("Verifying keys against a local stand-in of Composio at {}", stand_in.base_url());
-            let layer = ComposioAuthLayer::builder().base_url(stand_in.base_url()).build()?;
+            println!(
+                "Verifying keys against a local stand-in of Composio at {}",
+                stand_in.base_url()
+            );
+            let layer = ComposioAuthLayer::builder()
+                .base_url(stand_in.base_url())
+                .build()?;
             (Some(stand_in), layer)
         }
     };
@@ -81,7 +96,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("\nServing a protected GET /me on http://{addr}. Try:\n");
     for (what, key) in tries {
-        let header = key.map(|k| format!(" -H 'x-api-key: {k}'")).unwrap_or_default();
+        let header = key
+            .map(|k| format!(" -H 'x-api-key: {k}'"))
+            .unwrap_or_default();
         println!("  # {what}\n  curl -i{header} http://{addr}/me\n");
     }
     println!("Ctrl-C to stop.");
@@ -90,7 +107,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn call(addr: SocketAddr, key: Option<&str>) -> Result<(u16, String), reqwest::Error> {
-    let mut request = reqwest::Client::builder().no_proxy().build()?.get(format!("http://{addr}/me"));
+    let mut request = reqwest::Client::builder()
+        .no_proxy()
+        .build()?
+        .get(format!("http://{addr}/me"));
     if let Some(key) = key {
         request = request.header("x-api-key", key);
     }

@@ -28,7 +28,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     } else {
         let stand_in = StandIn::start().await?;
         stand_in.add_session(DEMO_KEY, StandIn::example_document());
-        let layer = ComposioAuthLayer::builder().base_url(stand_in.base_url()).build()?;
+        let layer = ComposioAuthLayer::builder()
+            .base_url(stand_in.base_url())
+            .build()?;
         (Some(stand_in), layer)
     };
 
@@ -59,9 +61,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         return Ok(());
     }
     tokio::spawn(server);
-    let channel = Channel::from_shared(format!("http://{addr}"))?.connect().await?;
+    let channel = Channel::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
     for key in [Some(DEMO_KEY), None] {
-        let mut request = Request::new(HealthCheckRequest { service: String::new() });
+        let mut request = Request::new(HealthCheckRequest {
+            service: String::new(),
+        });
         if let Some(key) = key {
             request.metadata_mut().insert("x-api-key", key.parse()?);
         }

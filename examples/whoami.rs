@@ -23,9 +23,14 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let layer = ComposioAuthLayer::builder().build()?;
     println!("Asking {} about the key", layer.base_url());
     let app = Router::new()
-        .route("/", get(|session: SessionInfo| async move { format!("{:#?}", session.document()) }))
+        .route(
+            "/",
+            get(|session: SessionInfo| async move { format!("{:#?}", session.document()) }),
+        )
         .layer(layer);
-    let request = Request::get("/").header("x-api-key", key).body(Body::empty())?;
+    let request = Request::get("/")
+        .header("x-api-key", key)
+        .body(Body::empty())?;
     let response = app.oneshot(request).await?;
     let status = response.status();
     let body = response.into_body().collect().await?.to_bytes();

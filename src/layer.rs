@@ -87,7 +87,6 @@ impl ComposioAuthLayer {
     }
 
     /// A builder to configure the layer.
-    #[must_use]
     pub fn builder() -> ComposioAuthBuilder {
         ComposioAuthBuilder::new()
     }

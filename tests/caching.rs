@@ -19,7 +19,10 @@ use futures_util::FutureExt;
 use tower::{Layer, Service, ServiceExt};
 
 fn request(key: &str) -> Request<Body> {
-    Request::get("/me").header("x-api-key", key).body(Body::empty()).unwrap()
+    Request::get("/me")
+        .header("x-api-key", key)
+        .body(Body::empty())
+        .unwrap()
 }
 
 #[tokio::test]
@@ -44,7 +47,9 @@ async fn concurrent_first_requests_share_one_call() {
         })
         .collect();
     // All twenty are waiting: one started the verification, nineteen joined it.
-    capture.wait_for("joining the verification in flight", 19).await;
+    capture
+        .wait_for("joining the verification in flight", 19)
+        .await;
     composio.wait_for_calls(1).await;
     assert_eq!(composio.calls(), 1);
     composio.release();
@@ -120,7 +125,8 @@ async fn layer_clones_share_one_cache() {
 #[tokio::test]
 async fn stale_sessions_are_served_while_composio_fails_only_if_enabled() {
     let ttl = Duration::from_millis(300);
-    let (stale_ok, _, with_stale) = setup(|b| b.ttl(ttl).stale_if_error(Duration::from_secs(60))).await;
+    let (stale_ok, _, with_stale) =
+        setup(|b| b.ttl(ttl).stale_if_error(Duration::from_secs(60))).await;
     let (no_stale, _, without_stale) = setup(|b| b.ttl(ttl)).await;
     assert_eq!(with_stale.me(ALICE).await.status, 200);
     assert_eq!(without_stale.me(ALICE).await.status, 200);
@@ -129,9 +135,15 @@ async fn stale_sessions_are_served_while_composio_fails_only_if_enabled() {
     tokio::time::sleep(ttl + Duration::from_millis(100)).await; // let the sessions expire
 
     let answer = with_stale.me(ALICE).await;
-    assert_eq!((answer.status, answer.body.as_str()), (StatusCode::OK, "alice@example.com"));
+    assert_eq!(
+        (answer.status, answer.body.as_str()),
+        (StatusCode::OK, "alice@example.com")
+    );
     assert_eq!(without_stale.me(ALICE).await.status, 503);
-    assert_eq!((stale_ok.calls_for(ALICE), no_stale.calls_for(ALICE)), (2, 2));
+    assert_eq!(
+        (stale_ok.calls_for(ALICE), no_stale.calls_for(ALICE)),
+        (2, 2)
+    );
 
     // A verdict from Composio wins over the stale session.
     stale_ok.recover();
@@ -163,12 +175,20 @@ async fn upstream_concurrency_never_exceeds_the_bound() {
         assert_eq!(request.await.unwrap(), StatusCode::UNAUTHORIZED);
     }
     assert_eq!(composio.calls(), 8);
-    assert!(composio.peak_concurrency() <= 2, "peak {}", composio.peak_concurrency());
+    assert!(
+        composio.peak_concurrency() <= 2,
+        "peak {}",
+        composio.peak_concurrency()
+    );
 }
 
 #[tokio::test]
 async fn excess_verifications_wait_within_the_budget_then_get_503() {
-    let (composio, _, client) = setup(|b| b.max_concurrent_verifications(1).timeout(Duration::from_millis(300))).await;
+    let (composio, _, client) = setup(|b| {
+        b.max_concurrent_verifications(1)
+            .timeout(Duration::from_millis(300))
+    })
+    .await;
     composio.hold();
     let first = {
         let client = client.clone();
@@ -201,7 +221,9 @@ async fn a_client_that_goes_away_does_not_cancel_the_verification() {
 
     // A second request joins the same verification instead of starting another.
     let second = tokio::spawn(app.clone().oneshot(request(ALICE)));
-    capture.wait_for("joining the verification in flight", 1).await;
+    capture
+        .wait_for("joining the verification in flight", 1)
+        .await;
     composio.release();
     assert_eq!(second.await.unwrap().unwrap().status(), StatusCode::OK);
     assert_eq!(composio.calls_for(ALICE), 1);
@@ -214,7 +236,10 @@ async fn a_client_that_goes_away_does_not_cancel_the_verification() {
     drop(lone);
     composio.release();
     capture.wait_for("Composio answered", 2).await;
-    assert_eq!(app.oneshot(request(BOB)).await.unwrap().status(), StatusCode::OK);
+    assert_eq!(
+        app.oneshot(request(BOB)).await.unwrap().status(),
+        StatusCode::OK
+    );
     assert_eq!(composio.calls_for(BOB), 1);
 }
 
@@ -237,13 +262,28 @@ impl Service<Request<Body>> for ReadyTracker {
     fn call(&mut self, _: Request<Body>) -> Self::Future {
         let ready = self.ready;
         self.ready = false;
-        Box::pin(async move { Ok(Response::new(Body::from(if ready { "ready" } else { "not ready" }))) })
+        Box::pin(async move {
+            Ok(Response::new(Body::from(if ready {
+                "ready"
+            } else {
+                "not ready"
+            })))
+        })
     }
 }
 
 async fn body_text(response: Response<composio_auth::ResponseBody<Body>>) -> String {
     use http_body_util::BodyExt;
-    String::from_utf8(response.into_body().collect().await.unwrap().to_bytes().to_vec()).unwrap()
+    String::from_utf8(
+        response
+            .into_body()
+            .collect()
+            .await
+            .unwrap()
+            .to_bytes()
+            .to_vec(),
+    )
+    .unwrap()
 }
 
 #[tokio::test]
@@ -257,12 +297,21 @@ async fn the_service_polled_ready_is_the_one_called_and_poll_ready_never_waits_o
     let miss = service.ready().await.unwrap().call(request(ALICE));
     let miss = tokio::spawn(miss);
     composio.wait_for_calls(1).await;
-    assert!(service.ready().now_or_never().is_some(), "poll_ready waited");
+    assert!(
+        service.ready().now_or_never().is_some(),
+        "poll_ready waited"
+    );
     composio.release();
     assert_eq!(body_text(miss.await.unwrap().unwrap()).await, "ready");
 
     // A hit.
-    let hit = service.ready().await.unwrap().call(request(ALICE)).await.unwrap();
+    let hit = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(ALICE))
+        .await
+        .unwrap();
     assert_eq!(body_text(hit).await, "ready");
     assert_eq!(composio.calls(), 1);
 }
@@ -270,7 +319,10 @@ async fn the_service_polled_ready_is_the_one_called_and_poll_ready_never_waits_o
 #[tokio::test]
 async fn new_honours_no_network_and_reports_its_base_url() {
     // Construction never touches the network: no runtime, no server needed.
-    let layer = ComposioAuthLayer::builder().base_url("https://backend.composio.dev").build().unwrap();
+    let layer = ComposioAuthLayer::builder()
+        .base_url("https://backend.composio.dev")
+        .build()
+        .unwrap();
     assert_eq!(layer.base_url(), "https://backend.composio.dev");
     assert_eq!(layer.cached(), (0, 0));
 }

@@ -19,7 +19,10 @@ async fn new_reads_composio_base_url() {
 
     // An unusable value: `build()` explains, `new()` fails closed.
     std::env::set_var(BASE_URL_ENV, "http://composio.example");
-    let error = ComposioAuthLayer::builder().build().unwrap_err().to_string();
+    let error = ComposioAuthLayer::builder()
+        .build()
+        .unwrap_err()
+        .to_string();
     assert!(error.contains("must use https"), "{error}");
     let layer = ComposioAuthLayer::new();
     assert_eq!(layer.base_url(), DEFAULT_BASE_URL);
@@ -30,7 +33,10 @@ async fn new_reads_composio_base_url() {
     assert_eq!(client.get("/me", &[]).await.status, 401);
 
     // An explicit base URL wins over the environment.
-    let layer = ComposioAuthLayer::builder().base_url(composio.base_url()).build().unwrap();
+    let layer = ComposioAuthLayer::builder()
+        .base_url(composio.base_url())
+        .build()
+        .unwrap();
     assert_eq!(layer.base_url(), composio.base_url());
     std::env::remove_var(BASE_URL_ENV);
     assert_eq!(ComposioAuthLayer::new().base_url(), DEFAULT_BASE_URL);

@@ -28,8 +28,14 @@ async fn serve(layer: ComposioAuthLayer) -> (SocketAddr, Seen) {
     let record = Arc::clone(&seen);
     let health = HealthService::from_health_reporter(HealthReporter::new());
     let health = HealthServer::with_interceptor(health, move |request: Request<()>| {
-        let session = request.extensions().get::<SessionInfo>().ok_or_else(|| Status::internal("no session"))?;
-        record.lock().unwrap().push(session.org_member.email.clone());
+        let session = request
+            .extensions()
+            .get::<SessionInfo>()
+            .ok_or_else(|| Status::internal("no session"))?;
+        record
+            .lock()
+            .unwrap()
+            .push(session.org_member.email.clone());
         Ok(request)
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -40,10 +46,18 @@ async fn serve(layer: ComposioAuthLayer) -> (SocketAddr, Seen) {
 }
 
 async fn check(addr: SocketAddr, key: Option<&str>) -> Result<ServingStatus, Status> {
-    let channel = Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
-    let mut request = Request::new(HealthCheckRequest { service: String::new() });
+    let channel = Channel::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut request = Request::new(HealthCheckRequest {
+        service: String::new(),
+    });
     if let Some(key) = key {
-        request.metadata_mut().insert("x-api-key", key.parse().unwrap());
+        request
+            .metadata_mut()
+            .insert("x-api-key", key.parse().unwrap());
     }
     let response = HealthClient::new(channel).check(request).await?;
     Ok(response.into_inner().status())
@@ -53,9 +67,18 @@ async fn check(addr: SocketAddr, key: Option<&str>) -> Result<ServingStatus, Sta
 async fn a_valid_key_reaches_the_grpc_handler_with_its_session() {
     let composio = composio().await;
     let (addr, seen) = serve(builder(&composio).build().unwrap()).await;
-    assert_eq!(check(addr, Some(ALICE)).await.unwrap(), ServingStatus::Serving);
-    assert_eq!(check(addr, Some(ALICE)).await.unwrap(), ServingStatus::Serving);
-    assert_eq!(*seen.lock().unwrap(), ["alice@example.com", "alice@example.com"]);
+    assert_eq!(
+        check(addr, Some(ALICE)).await.unwrap(),
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        check(addr, Some(ALICE)).await.unwrap(),
+        ServingStatus::Serving
+    );
+    assert_eq!(
+        *seen.lock().unwrap(),
+        ["alice@example.com", "alice@example.com"]
+    );
     assert_eq!(composio.calls_for(ALICE), 1);
 }
 
@@ -75,9 +98,15 @@ async fn missing_and_invalid_keys_are_unauthenticated() {
 #[tokio::test]
 async fn authorize_refusals_are_permission_denied() {
     let composio = composio().await;
-    let layer = builder(&composio).authorize(|s| s.org_member.role == "admin").build().unwrap();
+    let layer = builder(&composio)
+        .authorize(|s| s.org_member.role == "admin")
+        .build()
+        .unwrap();
     let (addr, _) = serve(layer).await;
-    assert_eq!(check(addr, Some(BOB)).await.unwrap_err().code(), Code::PermissionDenied);
+    assert_eq!(
+        check(addr, Some(BOB)).await.unwrap_err().code(),
+        Code::PermissionDenied
+    );
     assert!(check(addr, Some(ALICE)).await.is_ok());
 }
 
@@ -88,5 +117,8 @@ async fn an_undecided_upstream_is_unavailable() {
     let (addr, _) = serve(builder(&composio).build().unwrap()).await;
     let status = check(addr, Some(ALICE)).await.unwrap_err();
     assert_eq!(status.code(), Code::Unavailable);
-    assert_eq!(status.message(), "The API key could not be verified right now");
+    assert_eq!(
+        status.message(),
+        "The API key could not be verified right now"
+    );
 }
