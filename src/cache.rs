@@ -3,8 +3,8 @@
 //! - Two moka tiers with budgets of their own: valid sessions (`ttl`, plus the
 //!   `stale_if_error` window) and rejections (`negative_ttl`), so a flood of bad keys
 //!   can never evict a valid session.
-//! - Keyed by a SHA-256 digest of the base URL, the credential header and the key;
-//!   the key itself is never stored.
+//! - Keyed by a salted SHA-256 digest of the base URL, the credential header and the
+//!   key (see `digest.rs`); the key itself is never stored.
 //! - Lookups are synchronous (`moka::sync::Cache::get`): a hit costs no `await` and no
 //!   allocation.
 //! - Misses are coalesced: the first request for a digest starts one verification
@@ -21,15 +21,13 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::Shared;
 use moka::sync::Cache;
-use sha2::{Digest as _, Sha256};
+use moka::Expiry;
 
 use crate::credential::CredentialHeader;
+use crate::digest::{Digest, DigestHasher, Digester};
 use crate::envelope::Rejection;
-use crate::session::SessionInfo;
+use crate::session::{Age, SessionInfo};
 use crate::verify::Verdict;
-
-/// What the cache holds instead of a key: SHA-256 of (base URL, header, key).
-pub(crate) type Digest = [u8; 32];
 
 /// A verification in flight, awaited by every request for its digest.
 pub(crate) type Verification = Shared<Pin<Box<dyn Future<Output = Verdict> + Send>>>;
@@ -62,11 +60,9 @@ pub(crate) enum Lookup {
 
 pub(crate) struct VerdictCache {
     policy: CachePolicy,
-    refresh_after: Duration,
-    /// SHA-256 state after absorbing the base URL.
-    prefix: Sha256,
-    sessions: Cache<Digest, SessionInfo>,
-    rejections: Cache<Digest, Arc<Rejection>>,
+    digester: Digester,
+    sessions: Cache<Digest, SessionInfo, DigestHasher>,
+    rejections: Cache<Digest, Arc<Rejection>, DigestHasher>,
     in_flight: Mutex<HashMap<Digest, Verification>>,
     /// Bumped by every invalidation; a verification that started before one does not
     /// leave its verdict in the cache.
@@ -79,19 +75,19 @@ impl VerdictCache {
             .name("composio-auth sessions")
             .max_capacity(policy.max_capacity)
             .time_to_live(policy.ttl + policy.stale_if_error)
-            .build();
+            .expire_after(AgeWatch {
+                refresh_after: policy.ttl.mul_f64(REFRESH_AHEAD_AT),
+                ttl: policy.ttl,
+            })
+            .build_with_hasher(DigestHasher::default());
         let rejections = Cache::builder()
             .name("composio-auth rejections")
             .max_capacity(policy.negative_max_capacity)
             .time_to_live(policy.negative_ttl.max(Duration::from_millis(1)))
-            .build();
-        let mut prefix = Sha256::new();
-        prefix.update(base_url.as_bytes());
-        prefix.update([0]);
+            .build_with_hasher(DigestHasher::default());
         Self {
             policy,
-            refresh_after: policy.ttl.mul_f64(REFRESH_AHEAD_AT),
-            prefix,
+            digester: Digester::new(base_url),
             sessions,
             rejections,
             in_flight: Mutex::new(HashMap::new()),
@@ -100,22 +96,27 @@ impl VerdictCache {
     }
 
     pub(crate) fn digest(&self, header: CredentialHeader, key: &[u8]) -> Digest {
-        let mut hasher = self.prefix.clone();
-        hasher.update(header.as_str().as_bytes());
-        hasher.update([0]);
-        hasher.update(key);
-        hasher.finalize().into()
+        self.digester.digest(header, key)
     }
 
+    /// No clock read of its own: the session's [`Age`] was brought up to date by
+    /// [`AgeWatch`] inside moka's `get`, from the time moka read anyway.
     pub(crate) fn lookup(&self, digest: &Digest) -> Lookup {
         if let Some(session) = self.sessions.get(digest) {
-            let age = session.verified().elapsed();
-            if age < self.policy.ttl {
-                let refresh = age >= self.refresh_after && session.claim_refresh();
-                return Lookup::Fresh { session, refresh };
-            }
-            let stale = (age < self.policy.ttl + self.policy.stale_if_error).then_some(session);
-            return Lookup::Miss { stale };
+            return match session.age() {
+                Age::Fresh => Lookup::Fresh {
+                    session,
+                    refresh: false,
+                },
+                Age::RefreshDue => {
+                    let refresh = session.claim_refresh();
+                    Lookup::Fresh { session, refresh }
+                }
+                // moka keeps sessions `ttl + stale_if_error`: this one is usable stale.
+                Age::Expired => Lookup::Miss {
+                    stale: Some(session),
+                },
+            };
         }
         if let Some(rejection) = self.rejections.get(digest) {
             return Lookup::Rejected(rejection);
@@ -213,10 +214,31 @@ impl VerdictCache {
     pub(crate) fn usable_stale(&self, session: &SessionInfo) -> bool {
         session.verified().elapsed() < self.policy.ttl + self.policy.stale_if_error
     }
+}
 
-    #[cfg(test)]
-    fn verified_now(&self, digest: Digest, session: SessionInfo) {
-        self.sessions.insert(digest, session);
+/// Brings a session's [`Age`] up to date each time moka reads it, from moka's own
+/// reading of the clock and the entry's insertion time. Changes no expiry.
+struct AgeWatch {
+    refresh_after: Duration,
+    ttl: Duration,
+}
+
+impl Expiry<Digest, SessionInfo> for AgeWatch {
+    fn expire_after_read(
+        &self,
+        _digest: &Digest,
+        session: &SessionInfo,
+        read_at: Instant,
+        duration_until_expiry: Option<Duration>,
+        last_modified_at: Instant,
+    ) -> Option<Duration> {
+        let age = read_at.saturating_duration_since(last_modified_at);
+        if age >= self.ttl {
+            session.grow_to(Age::Expired);
+        } else if age >= self.refresh_after {
+            session.grow_to(Age::RefreshDue);
+        }
+        duration_until_expiry
     }
 }
 
@@ -257,6 +279,7 @@ pub(crate) fn age_ms(session: &SessionInfo) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::Digest;
     use crate::session::SessionDocument;
     use futures_util::FutureExt;
 
@@ -285,34 +308,13 @@ mod tests {
     }
 
     #[test]
-    fn digests_separate_base_urls_headers_and_keys() {
-        let a = VerdictCache::new(policy(), "https://a");
-        let b = VerdictCache::new(policy(), "https://b");
-        let key = b"ak_1";
-        assert_eq!(
-            a.digest(CredentialHeader::ApiKey, key),
-            a.digest(CredentialHeader::ApiKey, key)
-        );
-        assert_ne!(
-            a.digest(CredentialHeader::ApiKey, key),
-            b.digest(CredentialHeader::ApiKey, key)
-        );
-        assert_ne!(
-            a.digest(CredentialHeader::ApiKey, key),
-            a.digest(CredentialHeader::OrgApiKey, key)
-        );
-        assert_ne!(
-            a.digest(CredentialHeader::ApiKey, key),
-            a.digest(CredentialHeader::ApiKey, b"ak_2")
-        );
-        let expected: [u8; 32] = Sha256::digest(b"https://a\0x-api-key\0ak_1").into();
-        assert_eq!(a.digest(CredentialHeader::ApiKey, key), expected);
-    }
-
-    #[test]
     fn settle_then_lookup() {
         let cache = VerdictCache::new(policy(), "u");
-        let (good, bad, unsure) = ([1; 32], [2; 32], [3; 32]);
+        let (good, bad, unsure) = (
+            Digest::from_bytes([1; 32]),
+            Digest::from_bytes([2; 32]),
+            Digest::from_bytes([3; 32]),
+        );
         let session = SessionInfo::new(document());
         cache.settle(&good, &Verdict::Allowed(session.clone()), 0);
         cache.settle(&bad, &Verdict::Rejected(Arc::new(Rejection::deleted())), 0);
@@ -331,19 +333,22 @@ mod tests {
     fn a_verdict_from_before_an_invalidation_is_not_kept() {
         let cache = VerdictCache::new(policy(), "u");
         let generation = cache.generation.load(Ordering::SeqCst);
-        cache.invalidate([[1; 32]]);
+        cache.invalidate([Digest::from_bytes([1; 32])]);
         cache.settle(
-            &[1; 32],
+            &Digest::from_bytes([1; 32]),
             &Verdict::Allowed(SessionInfo::new(document())),
             generation,
         );
-        assert!(matches!(cache.lookup(&[1; 32]), Lookup::Miss { .. }));
+        assert!(matches!(
+            cache.lookup(&Digest::from_bytes([1; 32])),
+            Lookup::Miss { .. }
+        ));
     }
 
     #[test]
     fn a_rejection_replaces_a_session_and_back() {
         let cache = VerdictCache::new(policy(), "u");
-        let d = [1; 32];
+        let d = Digest::from_bytes([1; 32]);
         cache.settle(&d, &Verdict::Allowed(SessionInfo::new(document())), 0);
         cache.settle(&d, &Verdict::Rejected(Arc::new(Rejection::deleted())), 0);
         assert!(matches!(cache.lookup(&d), Lookup::Rejected(_)));
@@ -361,29 +366,27 @@ mod tests {
             "u",
         );
         cache.settle(
-            &[1; 32],
+            &Digest::from_bytes([1; 32]),
             &Verdict::Rejected(Arc::new(Rejection::deleted())),
             0,
         );
         assert!(matches!(
-            cache.lookup(&[1; 32]),
+            cache.lookup(&Digest::from_bytes([1; 32])),
             Lookup::Miss { stale: None }
         ));
     }
 
     #[test]
-    fn old_sessions_ask_for_refresh_once_then_go_stale() {
-        let cache = VerdictCache::new(
-            CachePolicy {
-                ttl: Duration::from_secs(10),
-                stale_if_error: Duration::from_secs(10),
-                ..policy()
-            },
-            "u",
-        );
-        let d = [1; 32];
-        let at = |secs| Instant::now() - Duration::from_secs(secs);
-        cache.verified_now(d, SessionInfo::verified_at(document(), at(9)));
+    fn aged_sessions_ask_for_refresh_once_then_go_stale() {
+        let cache = VerdictCache::new(policy(), "u");
+        let d = Digest::from_bytes([1; 32]);
+        let session = SessionInfo::new(document());
+        cache.settle(&d, &Verdict::Allowed(session.clone()), 0);
+        assert!(matches!(
+            cache.lookup(&d),
+            Lookup::Fresh { refresh: false, .. }
+        ));
+        session.grow_to(Age::RefreshDue);
         assert!(matches!(
             cache.lookup(&d),
             Lookup::Fresh { refresh: true, .. }
@@ -392,16 +395,40 @@ mod tests {
             cache.lookup(&d),
             Lookup::Fresh { refresh: false, .. }
         ));
-        cache.verified_now(d, SessionInfo::verified_at(document(), at(15)));
+        session.grow_to(Age::Expired);
         assert!(matches!(cache.lookup(&d), Lookup::Miss { stale: Some(_) }));
-        cache.verified_now(d, SessionInfo::verified_at(document(), at(25)));
-        assert!(matches!(cache.lookup(&d), Lookup::Miss { stale: None }));
+    }
+
+    #[test]
+    fn moka_reads_age_the_entry() {
+        let watch = AgeWatch {
+            refresh_after: Duration::from_secs(8),
+            ttl: Duration::from_secs(10),
+        };
+        let session = SessionInfo::new(document());
+        let d = Digest::from_bytes([1; 32]);
+        let inserted = Instant::now();
+        let read = |secs| {
+            watch.expire_after_read(
+                &d,
+                &session,
+                inserted + Duration::from_secs(secs),
+                Some(Duration::from_secs(1)),
+                inserted,
+            )
+        };
+        assert_eq!(read(1), Some(Duration::from_secs(1)), "expiry unchanged");
+        assert_eq!(session.age(), Age::Fresh);
+        read(8);
+        assert_eq!(session.age(), Age::RefreshDue);
+        read(10);
+        assert_eq!(session.age(), Age::Expired);
     }
 
     #[test]
     fn concurrent_misses_share_one_verification_until_it_leaves() {
         let cache = Arc::new(VerdictCache::new(policy(), "u"));
-        let d = [7; 32];
+        let d = Digest::from_bytes([7; 32]);
         let mut starts = 0;
         let first = cache.join_or_start(&d, true, |_| {
             starts += 1;
@@ -425,8 +452,14 @@ mod tests {
     #[test]
     fn a_verdict_that_landed_meanwhile_is_used() {
         let cache = VerdictCache::new(policy(), "u");
-        cache.settle(&[1; 32], &Verdict::Allowed(SessionInfo::new(document())), 0);
-        let found = cache.join_or_start(&[1; 32], true, |_| unreachable!("must not start"));
+        cache.settle(
+            &Digest::from_bytes([1; 32]),
+            &Verdict::Allowed(SessionInfo::new(document())),
+            0,
+        );
+        let found = cache.join_or_start(&Digest::from_bytes([1; 32]), true, |_| {
+            unreachable!("must not start")
+        });
         assert!(matches!(found, Err(Lookup::Fresh { .. })));
     }
 
@@ -440,17 +473,25 @@ mod tests {
             },
             "u",
         );
-        cache.settle(&[0; 32], &Verdict::Allowed(SessionInfo::new(document())), 0);
+        cache.settle(
+            &Digest::from_bytes([0; 32]),
+            &Verdict::Allowed(SessionInfo::new(document())),
+            0,
+        );
         let rejection = Arc::new(Rejection::deleted());
         for i in 0..1000u32 {
             let mut d = [0; 32];
             d[..4].copy_from_slice(&i.to_be_bytes());
             d[31] = 1;
+            let d = Digest::from_bytes(d);
             cache.settle(&d, &Verdict::Rejected(rejection.clone()), 0);
         }
         let (sessions, rejections) = cache.entry_counts();
         assert_eq!(sessions, 1);
         assert!(rejections <= 10, "{rejections}");
-        assert!(matches!(cache.lookup(&[0; 32]), Lookup::Fresh { .. }));
+        assert!(matches!(
+            cache.lookup(&Digest::from_bytes([0; 32])),
+            Lookup::Fresh { .. }
+        ));
     }
 }

@@ -5,6 +5,7 @@
 //! upstream call, and refuses keys that cannot be keys (empty, over 256 bytes, or with
 //! bytes outside visible ASCII).
 
+use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::envelope::Rejection;
@@ -35,6 +36,15 @@ impl CredentialHeader {
             Self::ApiKey => "x-api-key",
             Self::UserApiKey => "x-user-api-key",
             Self::OrgApiKey => "x-org-api-key",
+        }
+    }
+
+    fn from_name(name: &str) -> Option<Self> {
+        match name {
+            "x-api-key" => Some(Self::ApiKey),
+            "x-user-api-key" => Some(Self::UserApiKey),
+            "x-org-api-key" => Some(Self::OrgApiKey),
+            _ => None,
         }
     }
 
@@ -109,13 +119,16 @@ impl CredentialError {
 
 /// Finds the request's one credential, marks its header value sensitive (so that
 /// `Debug` of the headers and HTTP/2 header compression leave it out) and returns it.
+///
+/// One pass over the header names (no hashing), then one hashed lookup of the header
+/// found: this runs on every request.
 pub(crate) fn extract(
     headers: &mut HeaderMap,
     accepted: AcceptedHeaders,
 ) -> Result<(CredentialHeader, &HeaderValue), CredentialError> {
     let mut found = None;
-    for header in CredentialHeader::ALL {
-        for _ in headers.get_all(header.header_name()) {
+    for name in headers.keys() {
+        if let Some(header) = CredentialHeader::from_name(name.as_str()) {
             if found.is_some() {
                 return Err(CredentialError::Ambiguous);
             }
@@ -126,10 +139,16 @@ pub(crate) fn extract(
     if !accepted.contains(header) {
         return Err(CredentialError::NotAccepted(header));
     }
-    let value = headers
-        .get_mut(header.header_name())
-        .ok_or(CredentialError::Missing)?;
+    let Entry::Occupied(mut entry) = headers.entry(header.header_name()) else {
+        return Err(CredentialError::Missing);
+    };
+    let mut values = entry.iter_mut();
+    let value = values.next().ok_or(CredentialError::Missing)?;
     value.set_sensitive(true);
+    if values.next().is_some() {
+        return Err(CredentialError::Ambiguous);
+    }
+    let value = entry.into_mut();
     if !is_well_formed(value.as_bytes()) {
         return Err(CredentialError::Malformed(header));
     }

@@ -37,7 +37,8 @@ pin_project! {
         // The inner service is running.
         Called { #[pin] future: S::Future },
         // Waiting for the key's verification.
-        Verifying { verification: Verification, pending: Option<Pending<S, ReqBody>> },
+        // (boxed: the miss path allocates anyway, and the hit path's future stays small)
+        Verifying { verification: Verification, pending: Option<Box<Pending<S, ReqBody>>> },
         // Answered by the layer.
         Rejected { response: Option<Response<Bytes>> },
     }
@@ -57,7 +58,7 @@ where
         Self {
             state: State::Verifying {
                 verification,
-                pending: Some(pending),
+                pending: Some(Box::new(pending)),
             },
         }
     }

@@ -49,6 +49,7 @@
 mod body;
 mod cache;
 mod credential;
+mod digest;
 mod envelope;
 mod error;
 #[cfg(feature = "axum")]

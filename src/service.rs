@@ -11,8 +11,9 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::cache::{Digest, Lookup, Verification};
+use crate::cache::{Lookup, Verification};
 use crate::credential::{self, CredentialHeader};
+use crate::digest::Digest;
 use crate::envelope::Rejection;
 use crate::future::ResponseFuture;
 use crate::layer::LayerState;
@@ -80,9 +81,6 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        // The service that was polled ready is the one that will be called.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
         let state = &self.state;
 
         let (header, digest) = match credential::extract(request.headers_mut(), state.accepted) {
@@ -98,7 +96,8 @@ where
                 if refresh {
                     refresh_ahead(state, digest, header, request.headers());
                 }
-                admit(state, inner, request, session)
+                // Called right away: the service polled ready is the one called.
+                admit(state, &mut self.inner, request, session)
             }
             Lookup::Rejected(rejection) => {
                 tracing::trace!(target: TRACING_TARGET, status = rejection.status().as_u16(), "cached rejection");
@@ -106,6 +105,10 @@ where
             }
             Lookup::Miss { stale } => {
                 tracing::debug!(target: TRACING_TARGET, stale = stale.is_some(), "cache miss");
+                // The call waits for the verification: the service polled ready goes
+                // with it, and a clone stays behind for the next `poll_ready`.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
                 match verification(state, digest, header, request.headers(), true) {
                     Ok(verification) => ResponseFuture::verifying(
                         verification,
@@ -116,7 +119,9 @@ where
                             stale,
                         },
                     ),
-                    Err(Lookup::Fresh { session, .. }) => admit(state, inner, request, session),
+                    Err(Lookup::Fresh { session, .. }) => {
+                        admit(state, &mut self.inner, request, session)
+                    }
                     Err(Lookup::Rejected(rejection)) => reject(&rejection, &request),
                     Err(Lookup::Miss { .. }) => reject(
                         &Rejection::unavailable("composio-auth needs a Tokio runtime", None),
@@ -145,13 +150,13 @@ where
     /// Continues the request with the verification's verdict.
     pub(crate) fn resume(self, verdict: Verdict) -> ResponseFuture<S, ReqBody> {
         let Self {
-            inner,
+            mut inner,
             request,
             state,
             stale,
         } = self;
         match verdict {
-            Verdict::Allowed(session) => admit(&state, inner, request, session),
+            Verdict::Allowed(session) => admit(&state, &mut inner, request, session),
             Verdict::Rejected(rejection) => reject(&rejection, &request),
             Verdict::Undecided(rejection) => match stale.filter(|s| state.cache.usable_stale(s)) {
                 Some(session) => {
@@ -161,7 +166,7 @@ where
                         reason = ?rejection.body().errors,
                         "Composio undecided; serving a stale session"
                     );
-                    admit(&state, inner, request, session)
+                    admit(&state, &mut inner, request, session)
                 }
                 None => reject(&rejection, &request),
             },
@@ -172,7 +177,7 @@ where
 /// Checks the `authorize` predicate, then calls the inner service with the session.
 fn admit<S, ReqBody, ResBody>(
     state: &LayerState,
-    mut inner: S,
+    inner: &mut S,
     mut request: Request<ReqBody>,
     session: SessionInfo,
 ) -> ResponseFuture<S, ReqBody>

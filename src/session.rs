@@ -9,7 +9,7 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -39,9 +39,23 @@ pub struct SessionInfo {
 struct SessionState {
     document: SessionDocument,
     verified_at: Instant,
+    /// How far into its life the cache entry is ([`Age`]), raised by the cache as it
+    /// reads the entry; never lowered.
+    age: AtomicU8,
     /// Set by the first request that starts a refresh-ahead of this entry, so that one
     /// entry starts at most one.
     refresh_started: AtomicBool,
+}
+
+/// How far into its life a cached session is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) enum Age {
+    /// Younger than the refresh-ahead point.
+    Fresh = 0,
+    /// Past the refresh-ahead point, still inside its TTL.
+    RefreshDue = 1,
+    /// Past its TTL (kept only for `stale_if_error`).
+    Expired = 2,
 }
 
 impl SessionInfo {
@@ -59,6 +73,7 @@ impl SessionInfo {
             state: Arc::new(SessionState {
                 document,
                 verified_at,
+                age: AtomicU8::new(Age::Fresh as u8),
                 refresh_started: AtomicBool::new(false),
             }),
         }
@@ -74,6 +89,24 @@ impl SessionInfo {
     #[must_use]
     pub fn verified(&self) -> Instant {
         self.state.verified_at
+    }
+
+    /// How far into its life this session's cache entry is.
+    pub(crate) fn age(&self) -> Age {
+        match self.state.age.load(Ordering::Relaxed) {
+            0 => Age::Fresh,
+            1 => Age::RefreshDue,
+            _ => Age::Expired,
+        }
+    }
+
+    /// Records that the entry has reached `age` (ignored if it is already older).
+    pub(crate) fn grow_to(&self, age: Age) {
+        let age = age as u8;
+        // A load first: most reads change nothing and should not write the line.
+        if self.state.age.load(Ordering::Relaxed) < age {
+            self.state.age.fetch_max(age, Ordering::Relaxed);
+        }
     }
 
     /// Claims the one refresh-ahead of this entry; `true` for the first caller only.
@@ -441,6 +474,17 @@ mod tests {
         assert!(session.same_entry(&clone));
         assert_eq!(Arc::strong_count(&session.state), 2);
         assert!(!session.same_entry(&SessionInfo::new(session.document().clone())));
+    }
+
+    #[test]
+    fn age_only_grows() {
+        let session = SessionInfo::new(parse(reference()).unwrap());
+        assert_eq!(session.age(), Age::Fresh);
+        session.grow_to(Age::RefreshDue);
+        session.grow_to(Age::Fresh);
+        assert_eq!(session.clone().age(), Age::RefreshDue);
+        session.grow_to(Age::Expired);
+        assert_eq!(session.age(), Age::Expired);
     }
 
     #[test]
