@@ -32,6 +32,12 @@ fn handler() -> Router {
     Router::new().route("/", get(|| async { "ok" }))
 }
 
+/// Turns every handler into a route once, as `axum::serve` does
+/// (`into_make_service`), instead of on every request.
+fn finish(router: Router) -> Router {
+    router.with_state(())
+}
+
 fn request(key: &str) -> Request<Body> {
     Request::get("/")
         .header("x-api-key", key)
@@ -108,8 +114,8 @@ fn per_request(c: &mut Criterion) {
         .build()
         .unwrap();
 
-    let bare = handler();
-    let static_key = handler().layer(ValidateRequestHeaderLayer::custom(
+    let bare = finish(handler());
+    let static_key = finish(handler().layer(ValidateRequestHeaderLayer::custom(
         |request: &mut Request<Body>| match request.headers().get("x-api-key") {
             Some(key) if key == KEY => Ok(()),
             _ => {
@@ -118,21 +124,23 @@ fn per_request(c: &mut Criterion) {
                 Err(response)
             }
         },
-    ));
+    )));
     let layer = ComposioAuthLayer::builder()
         .base_url(stand_in.base_url())
         .build()
         .unwrap();
-    let protected = handler().layer(layer.clone());
-    let naive = handler().layer(AsyncRequireAuthorizationLayer::new(Naive {
-        client: reqwest::Client::builder().no_proxy().build().unwrap(),
-        url: format!(
-            "{}{}",
-            stand_in.base_url(),
-            composio_auth::DEFAULT_SESSION_PATH
-        )
-        .into(),
-    }));
+    let protected = finish(handler().layer(layer.clone()));
+    let naive = finish(
+        handler().layer(AsyncRequireAuthorizationLayer::new(Naive {
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            url: format!(
+                "{}{}",
+                stand_in.base_url(),
+                composio_auth::DEFAULT_SESSION_PATH
+            )
+            .into(),
+        })),
+    );
     runtime.block_on(async {
         for app in [&bare, &static_key, &protected, &naive] {
             assert_eq!(call(app, KEY).await, StatusCode::OK);
@@ -207,8 +215,8 @@ fn contention(c: &mut Criterion) {
         .base_url(stand_in.base_url())
         .build()
         .unwrap();
-    let protected = handler().layer(layer);
-    let bare = handler();
+    let protected = finish(handler().layer(layer));
+    let bare = finish(handler());
     let one = Arc::new(vec![KEY.to_owned()]);
     let many = Arc::new(many);
     // Warm every key.
