@@ -15,6 +15,8 @@ use tokio::sync::watch;
 use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
+pub mod faulty;
+
 pub const ALICE: &str = "ak_alice_0123456789abcdef";
 pub const BOB: &str = "ak_bob_0123456789abcdefgh";
 
