@@ -228,7 +228,8 @@ fn rejected(upstream: StatusCode, answer: StatusCode, body: &[u8]) -> Verdict {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use proptest::prelude::*;
+    use serde_json::{json, Value};
 
     fn document() -> serde_json::Value {
         json!({
@@ -332,5 +333,88 @@ mod tests {
             HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"),
         );
         assert_eq!(retry_after_secs(&headers), None);
+    }
+
+    /// Any JSON value: scalars, long strings, nested arrays and objects.
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(Value::from),
+            ".{0,40}".prop_map(Value::String),
+            (0usize..70_000).prop_map(|n| Value::String("x".repeat(n))),
+        ];
+        leaf.prop_recursive(4, 64, 8, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..8).prop_map(Value::Array),
+                proptest::collection::hash_map("[a-z_]{1,12}", inner, 0..8)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn check(status: u16, body: &[u8]) -> Result<(), TestCaseError> {
+        let status = StatusCode::from_u16(status).unwrap();
+        match classify(status, None, body) {
+            Verdict::Allowed(_) => prop_assert_eq!(status, StatusCode::OK),
+            Verdict::Rejected(r) => {
+                prop_assert!([200, 400, 401, 403, 404].contains(&status.as_u16()));
+                prop_assert!([401, 403].contains(&r.status().as_u16()));
+            }
+            Verdict::Undecided(r) => prop_assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE),
+        }
+        Ok(())
+    }
+
+    proptest! {
+        /// Any status with any bytes or any JSON: never a panic, always 401/403 or 503
+        /// (200 only for status 200).
+        #[test]
+        fn any_answer_gets_a_clear_verdict(status in 100u16..600, body in any_json(), raw in proptest::collection::vec(any::<u8>(), 0..256)) {
+            check(status, body.to_string().as_bytes())?;
+            check(status, &raw)?;
+            check(status, json!({"error": body}).to_string().as_bytes())?;
+        }
+
+        /// The reference document with one field replaced by anything: never a panic.
+        #[test]
+        fn mutated_documents_get_a_clear_verdict(
+            path in prop::sample::select(vec![
+                "/project", "/project/webhook_version", "/project/org", "/project/deleted",
+                "/project/auto_id", "/api_key", "/api_key/key", "/api_key/deleted",
+                "/org_member", "/org_member/email", "/org_member/metadata",
+            ]),
+            value in any_json(),
+        ) {
+            let mut doc = document();
+            doc["project"] = json!({
+                "auto_id": 1, "id": "p", "org_id": "o", "name": "n", "email": "e", "nano_id": "pn",
+                "created_at": "t", "updated_at": "t", "webhook_url": null, "event_webhook_url": null,
+                "webhook_secret": "whsec_x", "triggers_enabled": true, "last_subscribed_at": null,
+                "deleted": false, "is_new_webhook": false, "webhook_version": "V1",
+                "org": {"id": "o", "name": "O", "plan": "FREE"}
+            });
+            if let Some(slot) = doc.pointer_mut(path) {
+                *slot = value;
+            }
+            check(200, doc.to_string().as_bytes())?;
+        }
+    }
+
+    #[test]
+    fn deep_nesting_is_undecided_not_a_stack_overflow() {
+        let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
+        undecided(classify(StatusCode::OK, None, deep.as_bytes()));
+        let deep_error = format!(
+            "{{\"error\": {}{}}}",
+            "{\"a\":".repeat(50_000),
+            "1}".repeat(50_000)
+        );
+        undecided(classify(
+            StatusCode::UNAUTHORIZED,
+            None,
+            deep_error.as_bytes(),
+        ));
     }
 }
