@@ -107,6 +107,8 @@ impl AsyncAuthorizeRequest<Body> for Naive {
     }
 }
 
+// tower-http's `ValidateRequest` returns the rejection response as its `Err`.
+#[allow(clippy::result_large_err)]
 fn per_request(c: &mut Criterion) {
     let (_upstream_runtime, stand_in) = upstream(&[KEY.to_owned()]);
     let runtime = tokio::runtime::Builder::new_current_thread()
