@@ -43,6 +43,7 @@ pub(crate) struct CachePolicy {
     pub(crate) stale_if_error: Duration,
     pub(crate) max_capacity: u64,
     pub(crate) negative_max_capacity: u64,
+    pub(crate) refresh_ahead: bool,
 }
 
 /// What the cache knows about a digest.
@@ -76,7 +77,12 @@ impl VerdictCache {
             .max_capacity(policy.max_capacity)
             .time_to_live(policy.ttl + policy.stale_if_error)
             .expire_after(AgeWatch {
-                refresh_after: policy.ttl.mul_f64(REFRESH_AHEAD_AT),
+                // Without refresh-ahead, entries go from fresh to expired directly.
+                refresh_after: if policy.refresh_ahead {
+                    policy.ttl.mul_f64(REFRESH_AHEAD_AT)
+                } else {
+                    policy.ttl
+                },
                 ttl: policy.ttl,
             })
             .build_with_hasher(DigestHasher::default());
@@ -290,6 +296,7 @@ mod tests {
             stale_if_error: Duration::ZERO,
             max_capacity: 100,
             negative_max_capacity: 100,
+            refresh_ahead: true,
         }
     }
 

@@ -159,6 +159,7 @@ impl fmt::Debug for ComposioAuthLayer {
 /// | [`max_capacity`](Self::max_capacity) | 10,000 sessions |
 /// | [`negative_max_capacity`](Self::negative_max_capacity) | 10,000 rejections |
 /// | [`max_concurrent_verifications`](Self::max_concurrent_verifications) | 64 |
+/// | [`refresh_ahead`](Self::refresh_ahead) | on (at 80% of `ttl`) |
 /// | [`credential_headers`](Self::credential_headers) | `x-api-key` |
 /// | [`authorize`](Self::authorize) | every valid session |
 #[derive(Clone)]
@@ -173,6 +174,7 @@ pub struct ComposioAuthBuilder {
     max_capacity: u64,
     negative_max_capacity: u64,
     max_concurrent_verifications: usize,
+    refresh_ahead: bool,
     accepted: AcceptedHeaders,
     authorize: Option<Authorize>,
 }
@@ -196,6 +198,7 @@ impl ComposioAuthBuilder {
             max_capacity: 10_000,
             negative_max_capacity: 10_000,
             max_concurrent_verifications: 64,
+            refresh_ahead: true,
             accepted: AcceptedHeaders::DEFAULT,
             authorize: None,
         }
@@ -261,6 +264,16 @@ impl ComposioAuthBuilder {
     /// within their [`timeout`](Self::timeout).
     pub fn max_concurrent_verifications(mut self, calls: usize) -> Self {
         self.max_concurrent_verifications = calls;
+        self
+    }
+
+    /// Whether a hit on a session past 80% of its TTL starts one background
+    /// re-verification (on by default), so that a key in steady use never waits for
+    /// Composio when its entry expires. It costs a steadily used key one upstream
+    /// call per 0.8 TTL instead of one per TTL; off, the first request after expiry
+    /// waits for the upstream call.
+    pub fn refresh_ahead(mut self, enabled: bool) -> Self {
+        self.refresh_ahead = enabled;
         self
     }
 
@@ -362,6 +375,7 @@ impl ComposioAuthBuilder {
             stale_if_error: self.stale_if_error,
             max_capacity: self.max_capacity,
             negative_max_capacity: self.negative_max_capacity,
+            refresh_ahead: self.refresh_ahead,
         };
         ComposioAuthLayer {
             state: Arc::new(LayerState {

@@ -243,6 +243,38 @@ async fn a_client_that_goes_away_does_not_cancel_the_verification() {
     assert_eq!(composio.calls_for(BOB), 1);
 }
 
+/// Requests every 20 ms for `run`; returns how many found no fresh session.
+async fn steady_use(capture: &Capture, client: &Client, run: Duration) -> usize {
+    let misses_before = capture.count_containing("cache miss");
+    let mut tick = tokio::time::interval(Duration::from_millis(20));
+    let until = tokio::time::Instant::now() + run;
+    while tokio::time::Instant::now() < until {
+        tick.tick().await;
+        assert_eq!(client.me(ALICE).await.status, StatusCode::OK);
+    }
+    capture.count_containing("cache miss") - misses_before
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_key_in_steady_use_never_waits_for_composio_after_the_first_request() {
+    let (capture, _guard) = Capture::install();
+    let ttl = Duration::from_secs(1);
+    let (composio, _, client) = setup(|b| b.ttl(ttl)).await;
+    composio.set_latency(Duration::from_millis(20));
+    // Three TTLs: only the very first request misses; the entry is refreshed in the
+    // background at 80% of each TTL.
+    assert_eq!(steady_use(&capture, &client, ttl * 3 + ttl / 2).await, 1);
+    let calls = composio.calls_for(ALICE);
+    assert!((4..=6).contains(&calls), "{calls} calls in 3.5 TTLs");
+
+    // Without refresh-ahead, every expiry costs one request a miss.
+    let (capture, _guard) = Capture::install();
+    let (composio, _, client) = setup(|b| b.ttl(ttl).refresh_ahead(false)).await;
+    composio.set_latency(Duration::from_millis(20));
+    assert_eq!(steady_use(&capture, &client, ttl * 3 + ttl / 2).await, 4);
+    assert_eq!(composio.calls_for(ALICE), 4);
+}
+
 /// A service that records whether the instance called was polled ready first.
 #[derive(Clone, Default)]
 struct ReadyTracker {
