@@ -220,6 +220,8 @@ struct Script {
     replies: HashMap<String, Reply>,
     /// Answers every key while set (an outage).
     outage: Option<Reply>,
+    /// Answers keys without a reply of their own.
+    default_reply: Option<Reply>,
     latency: Duration,
     calls_by_key: HashMap<String, u64>,
     last_headers: Option<HeaderMap>,
@@ -296,6 +298,12 @@ impl StandIn {
     /// Forgets `key`: it is answered as an invalid key (401, code 801) from now on.
     pub fn revoke(&self, key: &str) {
         self.shared.script().replies.remove(key);
+    }
+
+    /// Answers keys that have no reply of their own with `reply` (by default they
+    /// get Composio's invalid-key 401), e.g. to accept any key.
+    pub fn set_default_reply(&self, reply: Option<Reply>) {
+        self.shared.script().default_reply = reply;
     }
 
     /// Answers every key with `reply` until [`StandIn::recover`].
@@ -506,6 +514,7 @@ async fn answer(
             .outage
             .clone()
             .or_else(|| script.replies.get(&key).cloned())
+            .or_else(|| script.default_reply.clone())
     };
     Ok(reply
         .unwrap_or_else(|| Reply::invalid_key(&key))

@@ -1,0 +1,385 @@
+//! Scale figures, printed as a Markdown table (`cargo bench --bench scale`):
+//!
+//! - upstream calls for 10,000 requests over 100 keys at 64-way concurrency;
+//! - bytes per cached session at 100,000 sessions (counting allocator), and peak RSS;
+//! - peak RSS of a flood of 100,000 invalid keys;
+//! - time to first byte of a cold miss against the stand-in's own latency;
+//! - latency of a key in steady use across several TTLs, with and without
+//!   refresh-ahead.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use composio_auth::testing::{Reply, StandIn};
+use composio_auth::ComposioAuthLayer;
+use futures_util::{stream, StreamExt};
+use tower::ServiceExt;
+
+/// Counts the bytes live on the heap.
+struct Counting;
+
+static LIVE: AtomicI64 = AtomicI64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged, only counting sizes.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        LIVE.fetch_sub(layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> i64 {
+    LIVE.load(Ordering::Relaxed)
+}
+
+/// Resets the peak RSS (`VmHWM`) of this process.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// `VmHWM` in MiB.
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    kib / 1024.0
+}
+
+fn app(layer: ComposioAuthLayer) -> Router {
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer)
+        .with_state(())
+}
+
+fn request(key: &str) -> Request<Body> {
+    Request::get("/")
+        .header("x-api-key", key)
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// Sends one request per key, 64 at a time; returns how many got `expected`.
+async fn drive(app: &Router, keys: impl Iterator<Item = String>, expected: StatusCode) -> usize {
+    stream::iter(keys)
+        .map(|key| {
+            let app = app.clone();
+            async move { app.oneshot(request(&key)).await.unwrap().status() == expected }
+        })
+        .buffer_unordered(64)
+        .fold(0, |n, ok| async move { n + usize::from(ok) })
+        .await
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
+}
+
+fn micros(d: Duration) -> String {
+    format!("{:.1} µs", d.as_secs_f64() * 1e6)
+}
+
+async fn calls_for_100_keys() {
+    let stand_in = StandIn::start().await.unwrap();
+    stand_in.set_default_reply(Some(Reply::Session(StandIn::example_document())));
+    stand_in.set_latency(Duration::from_millis(5));
+    let layer = ComposioAuthLayer::builder()
+        .base_url(stand_in.base_url())
+        .build()
+        .unwrap();
+    let app = app(layer);
+    let ok = drive(
+        &app,
+        (0..10_000).map(|i| format!("ak_scale_{:04}", i % 100)),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ok, 10_000);
+    println!(
+        "| upstream calls, 10,000 requests over 100 keys, 64-way | {} (target: exactly 100) |",
+        stand_in.calls()
+    );
+}
+
+/// Live heap bytes added by sending 100,000 valid keys through a layer that keeps
+/// at most `capacity` sessions, and the peak RSS meanwhile.
+async fn heap_after_100k_sessions(capacity: u64) -> (i64, f64, (u64, u64)) {
+    reset_peak_rss();
+    let before = live();
+    let stand_in = StandIn::start().await.unwrap();
+    stand_in.set_default_reply(Some(Reply::Session(StandIn::example_document())));
+    let layer = ComposioAuthLayer::builder()
+        .base_url(stand_in.base_url())
+        .max_capacity(capacity)
+        .build()
+        .unwrap();
+    let app = app(layer.clone());
+    let ok = drive(
+        &app,
+        (0..100_000).map(|i| format!("ak_session_{i:08}")),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(ok, 100_000);
+    let cached = layer.cached();
+    let grown = live() - before;
+    let peak = peak_rss_mib();
+    drop((app, layer, stand_in));
+    (grown, peak, cached)
+}
+
+/// `VmRSS` in MiB.
+fn rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib: f64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    kib / 1024.0
+}
+
+async fn bytes_per_session() {
+    let (full, _, cached) = heap_after_100k_sessions(200_000).await;
+    let (control, _, control_cached) = heap_after_100k_sessions(1).await;
+    let per_session = (full - control) as f64 / (cached.0 - control_cached.0) as f64;
+    println!(
+        "| bytes per cached session (100,000 sessions, counting allocator, minus a run that caches none) | {per_session:.0} B (target: <= 2048) |"
+    );
+}
+
+async fn sessions_rss(capacity: u64) {
+    let idle = rss_mib();
+    let (_, peak, cached) = heap_after_100k_sessions(capacity).await;
+    println!(
+        "| peak RSS, 100,000 valid keys, `max_capacity` {capacity} (stand-in in the same process) | {peak:.1} MiB (idle process: {idle:.1} MiB; {} sessions cached) |",
+        cached.0
+    );
+}
+
+async fn flood_rss() {
+    let idle = rss_mib();
+    reset_peak_rss();
+    let stand_in = StandIn::start().await.unwrap();
+    stand_in.add_session("ak_flood_valid_key", StandIn::example_document());
+    let layer = ComposioAuthLayer::builder()
+        .base_url(stand_in.base_url())
+        .build()
+        .unwrap();
+    let app = app(layer.clone());
+    assert_eq!(
+        app.clone()
+            .oneshot(request("ak_flood_valid_key"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let refused = drive(
+        &app,
+        (0..100_000).map(|i| format!("ak_flood_{i:08}")),
+        StatusCode::UNAUTHORIZED,
+    )
+    .await;
+    assert_eq!(refused, 100_000);
+    assert_eq!(
+        app.oneshot(request("ak_flood_valid_key"))
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let (sessions, rejections) = layer.cached();
+    println!(
+        "| peak RSS, flood of 100,000 invalid keys after one valid key (default budgets) | {:.1} MiB (idle process: {idle:.1} MiB); after it {sessions} session and {rejections} rejections cached, the valid key still cached ({} upstream call for it) |",
+        peak_rss_mib(),
+        stand_in.calls_for("ak_flood_valid_key"),
+    );
+}
+
+async fn cold_miss() {
+    const N: usize = 2000;
+    let stand_in = StandIn::start().await.unwrap();
+    stand_in.add_session("ak_cold_key", StandIn::example_document());
+    let url = format!(
+        "{}{}",
+        stand_in.base_url(),
+        composio_auth::DEFAULT_SESSION_PATH
+    );
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let mut direct = Vec::with_capacity(N);
+    for _ in 0..N {
+        let started = Instant::now();
+        let answer = client
+            .get(&url)
+            .header("x-api-key", "ak_cold_key")
+            .send()
+            .await
+            .unwrap();
+        answer.bytes().await.unwrap();
+        direct.push(started.elapsed());
+    }
+    let layer = ComposioAuthLayer::builder()
+        .base_url(stand_in.base_url())
+        .build()
+        .unwrap();
+    let app = app(layer.clone());
+    let (mut cold, mut warm) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    for _ in 0..N {
+        layer.invalidate("ak_cold_key").await;
+        let started = Instant::now();
+        assert_eq!(
+            app.clone()
+                .oneshot(request("ak_cold_key"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        cold.push(started.elapsed());
+        let started = Instant::now();
+        assert_eq!(
+            app.clone()
+                .oneshot(request("ak_cold_key"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        warm.push(started.elapsed());
+    }
+    for v in [&mut direct, &mut cold, &mut warm] {
+        v.sort();
+    }
+    println!(
+        "| time to first byte, p50 (p99): the stand-in alone / cold miss through the layer / warm hit | {} ({}) / {} ({}) / {} ({}) |",
+        micros(percentile(&direct, 0.5)),
+        micros(percentile(&direct, 0.99)),
+        micros(percentile(&cold, 0.5)),
+        micros(percentile(&cold, 0.99)),
+        micros(percentile(&warm, 0.5)),
+        micros(percentile(&warm, 0.99)),
+    );
+}
+
+async fn steady_use(refresh_ahead: bool) {
+    let ttl = Duration::from_millis(500);
+    let stand_in = StandIn::start().await.unwrap();
+    stand_in.add_session("ak_steady_key", StandIn::example_document());
+    // A far upstream: what a miss costs is plain to see.
+    stand_in.set_latency(Duration::from_millis(50));
+    let layer = ComposioAuthLayer::builder()
+        .base_url(stand_in.base_url())
+        .ttl(ttl)
+        .refresh_ahead(refresh_ahead)
+        .build()
+        .unwrap();
+    let app = app(layer);
+    let mut latencies = Vec::new();
+    let mut tick = tokio::time::interval(Duration::from_millis(1));
+    let until = Instant::now() + ttl * 6;
+    while Instant::now() < until {
+        tick.tick().await;
+        let started = Instant::now();
+        assert_eq!(
+            app.clone()
+                .oneshot(request("ak_steady_key"))
+                .await
+                .unwrap()
+                .status(),
+            200
+        );
+        latencies.push(started.elapsed());
+    }
+    // The first request is a cold miss either way.
+    let mut steady = latencies[1..].to_vec();
+    steady.sort();
+    println!(
+        "| steady key over 6 TTLs (1 req/ms, upstream 50 ms), refresh-ahead {}: p50 / p99 / max | {} / {} / {} ({} requests, {} upstream calls) |",
+        if refresh_ahead { "on" } else { "off" },
+        micros(percentile(&steady, 0.5)),
+        micros(percentile(&steady, 0.99)),
+        micros(*steady.last().unwrap()),
+        steady.len(),
+        stand_in.calls(),
+    );
+}
+
+const SCENARIOS: [&str; 7] = [
+    "calls",
+    "bytes",
+    "sessions-rss",
+    "sessions-rss-default",
+    "flood-rss",
+    "cold-miss",
+    "steady",
+];
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    // `cargo test` runs benches without `--bench`: measure only under `cargo bench`.
+    if !args.iter().any(|a| a == "--bench") {
+        return;
+    }
+    let Some(scenario) = args
+        .iter()
+        .position(|a| a == "--scenario")
+        .and_then(|i| args.get(i + 1))
+    else {
+        // Each scenario in a fresh process, so that one's heap does not inflate the
+        // next one's resident memory.
+        println!("| figure | value |\n|---|---|");
+        let exe = std::env::current_exe().unwrap();
+        for scenario in SCENARIOS {
+            let status = std::process::Command::new(&exe)
+                .args(["--bench", "--scenario", scenario])
+                .status()
+                .unwrap();
+            assert!(status.success(), "scenario {scenario} failed");
+        }
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        match scenario.as_str() {
+            "calls" => calls_for_100_keys().await,
+            "bytes" => bytes_per_session().await,
+            "sessions-rss" => sessions_rss(200_000).await,
+            "sessions-rss-default" => sessions_rss(10_000).await,
+            "flood-rss" => flood_rss().await,
+            "cold-miss" => cold_miss().await,
+            "steady" => {
+                steady_use(true).await;
+                steady_use(false).await;
+            }
+            other => panic!("unknown scenario {other}"),
+        }
+    });
+}
