@@ -1,0 +1,54 @@
+//! The target of the end-to-end benchmark (`benches/e2e.sh`): the same one-route
+//! axum app served twice on one Tokio worker thread, unprotected and behind a warm
+//! `ComposioAuthLayer`, for a load generator to compare.
+//!
+//! ```text
+//! cargo run --release --example load_target
+//! ```
+//!
+//! Prints `unprotected=ADDR protected=ADDR key=KEY`, then serves until killed.
+
+use axum::routing::get;
+use axum::Router;
+use composio_auth::testing::StandIn;
+use composio_auth::ComposioAuthLayer;
+
+const KEY: &str = "ak_load_target_0123456789";
+
+fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async {
+        let stand_in = StandIn::start().await?;
+        stand_in.add_session(KEY, StandIn::example_document());
+        let layer = ComposioAuthLayer::builder()
+            .base_url(stand_in.base_url())
+            .build()?;
+        let app = || Router::new().route("/", get(|| async { "ok" }));
+
+        let unprotected = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let protected = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        println!(
+            "unprotected={} protected={} key={KEY}",
+            unprotected.local_addr()?,
+            protected.local_addr()?
+        );
+        let warm = reqwest::Client::builder().no_proxy().build()?;
+        let protected_addr = protected.local_addr()?;
+        let serve_protected = axum::serve(protected, app().layer(layer));
+        let serve_unprotected = axum::serve(unprotected, app());
+        tokio::spawn(async move {
+            // Warm the cache so that every measured request is a hit.
+            let _ = warm
+                .get(format!("http://{protected_addr}/"))
+                .header("x-api-key", KEY)
+                .send()
+                .await;
+        });
+        tokio::try_join!(async { serve_protected.await }, async {
+            serve_unprotected.await
+        })?;
+        Ok(())
+    })
+}
