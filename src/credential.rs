@@ -5,7 +5,6 @@
 //! upstream call, and refuses keys that cannot be keys (empty, over 256 bytes, or with
 //! bytes outside visible ASCII).
 
-use http::header::Entry;
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::envelope::Rejection;
@@ -120,35 +119,27 @@ impl CredentialError {
 /// Finds the request's one credential, marks its header value sensitive (so that
 /// `Debug` of the headers and HTTP/2 header compression leave it out) and returns it.
 ///
-/// One pass over the header names (no hashing), then one hashed lookup of the header
-/// found: this runs on every request.
+/// One pass over the headers, comparing names, with no hashing: this runs on every
+/// request.
 pub(crate) fn extract(
     headers: &mut HeaderMap,
     accepted: AcceptedHeaders,
 ) -> Result<(CredentialHeader, &HeaderValue), CredentialError> {
-    let mut found = None;
-    for name in headers.keys() {
+    let mut found: Option<(CredentialHeader, &mut HeaderValue)> = None;
+    for (name, value) in headers.iter_mut() {
         if let Some(header) = CredentialHeader::from_name(name.as_str()) {
+            // Every credential value is a secret, even one that gets refused.
+            value.set_sensitive(true);
             if found.is_some() {
                 return Err(CredentialError::Ambiguous);
             }
-            found = Some(header);
+            found = Some((header, value));
         }
     }
-    let header = found.ok_or(CredentialError::Missing)?;
+    let (header, value) = found.ok_or(CredentialError::Missing)?;
     if !accepted.contains(header) {
         return Err(CredentialError::NotAccepted(header));
     }
-    let Entry::Occupied(mut entry) = headers.entry(header.header_name()) else {
-        return Err(CredentialError::Missing);
-    };
-    let mut values = entry.iter_mut();
-    let value = values.next().ok_or(CredentialError::Missing)?;
-    value.set_sensitive(true);
-    if values.next().is_some() {
-        return Err(CredentialError::Ambiguous);
-    }
-    let value = entry.into_mut();
     if !is_well_formed(value.as_bytes()) {
         return Err(CredentialError::Malformed(header));
     }

@@ -111,6 +111,7 @@ async fn assert_503_in_budget(client: &Client, what: &str, reason: &str) {
         "{what}: {errors:?} should say {reason:?}"
     );
     assert!(took < BUDGET + SLACK, "{what}: answered after {took:?}");
+    eprintln!("fault {what:?}: 503 in {took:?}");
 }
 
 fn assert_no_key_leaked(capture: &Capture) {
