@@ -76,5 +76,24 @@ pub use service::ComposioAuth;
 pub use session::{ApiKey, Org, OrgMember, Project, SessionDocument, SessionInfo, WebhookVersion};
 pub use verify::MAX_UPSTREAM_BODY_BYTES;
 
+/// Entry points for `cargo fuzz` (`fuzz/`), built only with `--cfg fuzzing`.
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing {
+    /// The status the layer answers for an upstream answer: 200 (a session),
+    /// 401/403 (a refusal) or 503 (undecided).
+    pub fn classify(status: u16, body: &[u8]) -> u16 {
+        let Ok(status) = http::StatusCode::from_u16(status) else {
+            return 503;
+        };
+        match crate::verify::classify(status, None, body) {
+            crate::verify::Verdict::Allowed(_) => 200,
+            crate::verify::Verdict::Rejected(r) | crate::verify::Verdict::Undecided(r) => {
+                r.status().as_u16()
+            }
+        }
+    }
+}
+
 /// The `tracing` target of every event this crate emits.
 pub(crate) const TRACING_TARGET: &str = "composio_auth";
