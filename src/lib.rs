@@ -9,21 +9,33 @@
 //! envelope, 503 when Composio cannot decide, or the matching `grpc-status` for gRPC
 //! requests.
 //!
-//! ```no_run
-//! use axum::{routing::get, Router};
+//! ```
+//! use axum::{body::Body, http::Request, routing::get, Router};
 //! use composio_auth::{ComposioAuthLayer, SessionInfo};
+//! use tower::ServiceExt;
 //!
 //! async fn me(session: SessionInfo) -> String {
 //!     format!("hello {}", session.org_member.email)
 //! }
 //!
-//! #[tokio::main]
-//! async fn main() {
-//!     let app = Router::new().route("/me", get(me)).layer(ComposioAuthLayer::new());
-//!     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await.unwrap();
-//!     axum::serve(listener, app).await.unwrap();
-//! }
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! # let composio = composio_auth::testing::StandIn::start().await?;
+//! # composio.add_session("ak_example", composio_auth::testing::StandIn::example_document());
+//! # std::env::set_var("COMPOSIO_BASE_URL", composio.base_url());
+//! // Verifies keys against Composio (here a local stand-in, via COMPOSIO_BASE_URL).
+//! let app = Router::new().route("/me", get(me)).layer(ComposioAuthLayer::new());
+//!
+//! let request = Request::get("/me").header("x-api-key", "ak_example").body(Body::empty())?;
+//! assert_eq!(app.clone().oneshot(request).await?.status(), 200);
+//!
+//! let request = Request::get("/me").body(Body::empty())?; // no key: 401
+//! assert_eq!(app.oneshot(request).await?.status(), 401);
+//! # Ok(())
+//! # }
 //! ```
+//!
+//! In a server: `axum::serve(listener, app).await`.
 //!
 //! The same layer protects a tonic server:
 //! `tonic::transport::Server::builder().layer(ComposioAuthLayer::new())`; handlers

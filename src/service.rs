@@ -105,21 +105,24 @@ where
             }
             Lookup::Miss { stale } => {
                 tracing::debug!(target: TRACING_TARGET, stale = stale.is_some(), "cache miss");
-                // The call waits for the verification: the service polled ready goes
-                // with it, and a clone stays behind for the next `poll_ready`.
-                let clone = self.inner.clone();
-                let inner = std::mem::replace(&mut self.inner, clone);
                 match verification(state, digest, header, request.headers(), true) {
-                    Ok(verification) => ResponseFuture::verifying(
-                        verification,
-                        Pending {
+                    Ok(verification) => {
+                        // The call waits for the verification: the service polled
+                        // ready goes with it, a clone stays for the next `poll_ready`.
+                        let clone = self.inner.clone();
+                        let inner = std::mem::replace(&mut self.inner, clone);
+                        let pending = Pending {
                             inner,
                             request,
                             state: Arc::clone(state),
                             stale,
-                        },
-                    ),
-                    Err(Lookup::Fresh { session, .. }) => {
+                        };
+                        ResponseFuture::verifying(verification, pending)
+                    }
+                    Err(Lookup::Fresh { session, refresh }) => {
+                        if refresh {
+                            refresh_ahead(state, digest, header, request.headers());
+                        }
                         admit(state, &mut self.inner, request, session)
                     }
                     Err(Lookup::Rejected(rejection)) => reject(&rejection, &request),
