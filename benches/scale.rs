@@ -248,28 +248,21 @@ async fn cold_miss() {
         .unwrap();
     let app = app(layer.clone());
     let (mut cold, mut warm) = (Vec::with_capacity(N), Vec::with_capacity(N));
+    let timed = || async {
+        let started = Instant::now();
+        let status = app
+            .clone()
+            .oneshot(request("ak_cold_key"))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 200);
+        started.elapsed()
+    };
     for _ in 0..N {
         layer.invalidate("ak_cold_key").await;
-        let started = Instant::now();
-        assert_eq!(
-            app.clone()
-                .oneshot(request("ak_cold_key"))
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        cold.push(started.elapsed());
-        let started = Instant::now();
-        assert_eq!(
-            app.clone()
-                .oneshot(request("ak_cold_key"))
-                .await
-                .unwrap()
-                .status(),
-            200
-        );
-        warm.push(started.elapsed());
+        cold.push(timed().await);
+        warm.push(timed().await);
     }
     for v in [&mut direct, &mut cold, &mut warm] {
         v.sort();

@@ -66,6 +66,15 @@ fn reply_faults() -> Vec<(&'static str, Reply, &'static str)> {
             "without its error envelope",
         ),
         (
+            "401 with a body that is not the envelope",
+            Reply::Raw {
+                status: 401,
+                headers: vec![],
+                body: r#"{"message": "Unauthorized"}"#.into(),
+            },
+            "401 without its error envelope",
+        ),
+        (
             "invalid JSON with 200",
             Reply::Raw {
                 status: 200,
@@ -238,6 +247,9 @@ async fn reply_faults_get_503_and_nothing_is_cached() {
         assert_503_in_budget(&client, what, reason).await;
         assert_eq!(composio.calls_for(ALICE), before + 2, "{what}");
     }
+    // A 429's own `Retry-After` is passed on.
+    composio.fail_with(Reply::rate_limited(7));
+    assert_eq!(client.me(ALICE).await.headers["retry-after"], "7");
     composio.recover();
     assert_eq!(client.me(ALICE).await.status, 200);
 }
