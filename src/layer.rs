@@ -59,6 +59,7 @@ pub(crate) struct LayerState {
     pub(crate) upstream: Upstream,
     pub(crate) cache: Arc<VerdictCache>,
     pub(crate) permits: Semaphore,
+    pub(crate) max_concurrent_verifications: usize,
     /// Rendered once: the answer of every request the `authorize` predicate refuses.
     pub(crate) forbidden: Arc<Rejection>,
 }
@@ -241,7 +242,9 @@ impl ComposioAuthBuilder {
     }
 
     /// Budget of one verification: waiting for a verification slot, connecting and
-    /// reading Composio's answer. Past it the request gets 503.
+    /// reading Composio's answer. Past it the request gets 503. A slot obtained with
+    /// less than a tenth of the budget left is not used (503 at once), so that queued
+    /// verifications do not each start an upstream call they cannot wait for.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
         self
@@ -386,6 +389,7 @@ impl ComposioAuthBuilder {
                 base_url,
                 upstream,
                 permits: Semaphore::new(self.max_concurrent_verifications),
+                max_concurrent_verifications: self.max_concurrent_verifications,
                 forbidden: Arc::new(Rejection::forbidden()),
             }),
         }

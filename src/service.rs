@@ -264,6 +264,48 @@ fn refresh_ahead(
     let _ = verification(state, digest, header, headers, false);
 }
 
+/// Waits for a verification slot, then asks Composio, all within `timeout`.
+///
+/// A slot obtained with less than a tenth of the budget left is given back unused:
+/// under overload, queued verifications would otherwise each start an upstream call
+/// (spending the key owner's rate limit) only to abandon it a moment later.
+async fn call_within_budget(
+    state: &LayerState,
+    header: CredentialHeader,
+    key: HeaderValue,
+) -> Verdict {
+    let budget = state.timeout;
+    let deadline = tokio::time::Instant::now() + budget;
+    let no_slot = || {
+        tracing::warn!(target: TRACING_TARGET, ?budget, "no verification slot free in time");
+        Verdict::undecided(
+            format!(
+                "no verification slot free in time ({} upstream calls in flight)",
+                state.max_concurrent_verifications
+            ),
+            None,
+        )
+    };
+    let permit = match tokio::time::timeout_at(deadline, state.permits.acquire()).await {
+        Ok(Ok(permit)) => permit,
+        Ok(Err(_)) => return Verdict::undecided("verification slots closed", None),
+        Err(_) => return no_slot(),
+    };
+    if deadline.saturating_duration_since(tokio::time::Instant::now()) < budget / 10 {
+        return no_slot();
+    }
+    let verdict = match tokio::time::timeout_at(deadline, state.upstream.verify(header, key)).await
+    {
+        Ok(verdict) => verdict,
+        Err(_) => {
+            tracing::warn!(target: TRACING_TARGET, ?budget, "verification timed out");
+            Verdict::undecided(format!("verification timed out after {budget:?}"), None)
+        }
+    };
+    drop(permit);
+    verdict
+}
+
 /// The body of a verification task: one upstream call within the budget, then the
 /// verdict goes into the cache before the task leaves the in-flight map.
 async fn verify_and_settle(
@@ -274,20 +316,7 @@ async fn verify_and_settle(
     generation: u64,
 ) -> Verdict {
     let in_flight = state.cache.in_flight(digest);
-    let budget = state.timeout;
-    let call = async {
-        let Ok(_permit) = state.permits.acquire().await else {
-            return Verdict::undecided("verification slots closed", None);
-        };
-        state.upstream.verify(header, key).await
-    };
-    let verdict = match tokio::time::timeout(budget, call).await {
-        Ok(verdict) => verdict,
-        Err(_) => {
-            tracing::warn!(target: TRACING_TARGET, ?budget, "verification timed out");
-            Verdict::undecided(format!("verification timed out after {budget:?}"), None)
-        }
-    };
+    let verdict = call_within_budget(&state, header, key).await;
     in_flight
         .cache()
         .settle(in_flight.digest(), &verdict, generation);
