@@ -24,10 +24,12 @@ use tower::ServiceExt;
 struct Counting;
 
 static LIVE: AtomicI64 = AtomicI64::new(0);
+static ALLOCATIONS: AtomicI64 = AtomicI64::new(0);
 
 // SAFETY: forwards to the system allocator unchanged, only counting sizes.
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         LIVE.fetch_add(layout.size() as i64, Ordering::Relaxed);
         unsafe { System.alloc(layout) }
     }
@@ -38,6 +40,7 @@ unsafe impl GlobalAlloc for Counting {
     }
 
     unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
         LIVE.fetch_add(new_size as i64 - layout.size() as i64, Ordering::Relaxed);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
@@ -220,6 +223,41 @@ async fn flood_rss() {
     );
 }
 
+/// Heap allocations per request through `app`, averaged over `n` requests.
+async fn allocations_per_request(app: &Router, key: &str, n: i64) -> f64 {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..n {
+        let status = app.clone().oneshot(request(key)).await.unwrap().status();
+        assert_eq!(status, 200);
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64
+}
+
+async fn allocations() {
+    let stand_in = StandIn::start().await.unwrap();
+    stand_in.add_session("ak_alloc_key", StandIn::example_document());
+    let layer = ComposioAuthLayer::builder()
+        .base_url(stand_in.base_url())
+        .build()
+        .unwrap();
+    let protected = app(layer);
+    let bare = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .with_state(());
+    // A pass-through layer: what axum's layering allocates by itself.
+    let identity = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(tower::layer::util::Identity::new())
+        .with_state(());
+    allocations_per_request(&protected, "ak_alloc_key", 10).await; // warm
+    let bare = allocations_per_request(&bare, "ak_alloc_key", 10_000).await;
+    let identity = allocations_per_request(&identity, "ak_alloc_key", 10_000).await;
+    let warm = allocations_per_request(&protected, "ak_alloc_key", 10_000).await;
+    println!(
+        "| heap allocations per request (request and response included): bare router / behind a pass-through layer / warm hit | {bare:.2} / {identity:.2} / {warm:.2} |"
+    );
+}
+
 async fn cold_miss() {
     const N: usize = 2000;
     let stand_in = StandIn::start().await.unwrap();
@@ -321,8 +359,9 @@ async fn steady_use(refresh_ahead: bool) {
     );
 }
 
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "calls",
+    "allocations",
     "bytes",
     "sessions-rss",
     "sessions-rss-default",
@@ -363,6 +402,7 @@ fn main() {
     runtime.block_on(async {
         match scenario.as_str() {
             "calls" => calls_for_100_keys().await,
+            "allocations" => allocations().await,
             "bytes" => bytes_per_session().await,
             "sessions-rss" => sessions_rss(200_000).await,
             "sessions-rss-default" => sessions_rss(10_000).await,
