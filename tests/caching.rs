@@ -111,6 +111,27 @@ async fn invalidate_forgets_one_key_and_invalidate_all_every_key() {
 }
 
 #[tokio::test]
+async fn a_verification_in_flight_during_invalidate_is_not_cached() {
+    let (composio, layer, client) = setup(|b| b).await;
+    composio.hold();
+    let first = {
+        let client = client.clone();
+        tokio::spawn(async move { client.me(ALICE).await.status })
+    };
+    composio.wait_for_calls(1).await;
+    // Invalidated (say, revoked elsewhere) while Composio is still answering.
+    layer.invalidate(ALICE).await;
+    composio.release();
+    // The request that asked gets the answer it asked for...
+    assert_eq!(first.await.unwrap(), StatusCode::OK);
+    // ...but the cache did not keep an answer older than the invalidation.
+    assert_eq!(client.me(ALICE).await.status, StatusCode::OK);
+    assert_eq!(composio.calls_for(ALICE), 2);
+    assert_eq!(client.me(ALICE).await.status, StatusCode::OK);
+    assert_eq!(composio.calls_for(ALICE), 2, "the fresh answer is cached");
+}
+
+#[tokio::test]
 async fn layer_clones_share_one_cache() {
     let composio = composio().await;
     let layer = builder(&composio).build().unwrap();
@@ -294,6 +315,22 @@ async fn a_key_in_steady_use_never_waits_for_composio_after_the_first_request() 
     composio.set_latency(Duration::from_millis(20));
     assert_eq!(steady_use(&capture, &client, ttl * 3 + ttl / 2).await, 4);
     assert_eq!(composio.calls_for(ALICE), 4);
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_refresh_that_finds_the_key_revoked_refuses_it_before_the_ttl_ends() {
+    let (capture, _guard) = Capture::install();
+    let ttl = Duration::from_secs(2);
+    let (composio, _, client) = setup(|b| b.ttl(ttl)).await;
+    assert_eq!(client.me(ALICE).await.status, StatusCode::OK);
+    composio.revoke(ALICE);
+    tokio::time::sleep(ttl.mul_f64(0.85)).await; // into the refresh-ahead window
+                                                 // Served from the cache, and starts the refresh...
+    assert_eq!(client.me(ALICE).await.status, StatusCode::OK);
+    capture.wait_for("Composio answered", 2).await;
+    // ...whose verdict applies at once, before the entry's TTL is over.
+    assert_eq!(client.me(ALICE).await.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(composio.calls_for(ALICE), 2);
 }
 
 /// A service that records whether the instance called was polled ready first.
