@@ -26,6 +26,7 @@ use moka::Expiry;
 use crate::credential::CredentialHeader;
 use crate::digest::{Digest, DigestHasher, Digester};
 use crate::envelope::Rejection;
+use crate::front;
 use crate::session::{Age, SessionInfo};
 use crate::verify::Verdict;
 
@@ -60,6 +61,10 @@ pub(crate) enum Lookup {
 }
 
 pub(crate) struct VerdictCache {
+    /// Unique per cache, for the per-thread front.
+    id: u64,
+    /// How long after its verification a session is served without asking moka.
+    fresh_for: Duration,
     policy: CachePolicy,
     digester: Digester,
     sessions: Cache<Digest, SessionInfo, DigestHasher>,
@@ -72,17 +77,19 @@ pub(crate) struct VerdictCache {
 
 impl VerdictCache {
     pub(crate) fn new(policy: CachePolicy, base_url: &str) -> Self {
+        static NEXT_ID: AtomicU64 = AtomicU64::new(0);
+        let refresh_after = if policy.refresh_ahead {
+            policy.ttl.mul_f64(REFRESH_AHEAD_AT)
+        } else {
+            policy.ttl
+        };
         let sessions = Cache::builder()
             .name("composio-auth sessions")
             .max_capacity(policy.max_capacity)
             .time_to_live(policy.ttl + policy.stale_if_error)
             .expire_after(AgeWatch {
                 // Without refresh-ahead, entries go from fresh to expired directly.
-                refresh_after: if policy.refresh_ahead {
-                    policy.ttl.mul_f64(REFRESH_AHEAD_AT)
-                } else {
-                    policy.ttl
-                },
+                refresh_after,
                 ttl: policy.ttl,
             })
             .build_with_hasher(DigestHasher::default());
@@ -92,6 +99,8 @@ impl VerdictCache {
             .time_to_live(policy.negative_ttl.max(Duration::from_millis(1)))
             .build_with_hasher(DigestHasher::default());
         Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            fresh_for: refresh_after,
             policy,
             digester: Digester::new(base_url),
             sessions,
@@ -108,12 +117,25 @@ impl VerdictCache {
     /// No clock read of its own: the session's [`Age`] was brought up to date by
     /// [`AgeWatch`] inside moka's `get`, from the time moka read anyway.
     pub(crate) fn lookup(&self, digest: &Digest) -> Lookup {
+        // Read before moka: see `invalidate` for why this order keeps the front exact.
+        let generation = self.generation.load(Ordering::SeqCst);
+        let now = Instant::now();
+        if let Some(session) = front::get(self.id, digest, generation, now) {
+            return Lookup::Fresh {
+                session,
+                refresh: false,
+            };
+        }
         if let Some(session) = self.sessions.get(digest) {
             return match session.age() {
-                Age::Fresh => Lookup::Fresh {
-                    session,
-                    refresh: false,
-                },
+                Age::Fresh => {
+                    let fresh_until = session.verified() + self.fresh_for;
+                    front::offer(self.id, *digest, generation, now, fresh_until, &session);
+                    Lookup::Fresh {
+                        session,
+                        refresh: false,
+                    }
+                }
                 Age::RefreshDue => {
                     let refresh = session.claim_refresh();
                     Lookup::Fresh { session, refresh }
@@ -195,18 +217,25 @@ impl VerdictCache {
         }
     }
 
+    /// Bumps the generation before and after removing: the first bump keeps a
+    /// verification in flight from re-filling the cache (see `settle`), the second
+    /// voids any per-thread front slot filled from an entry read while it was being
+    /// removed.
     pub(crate) fn invalidate(&self, digests: impl IntoIterator<Item = Digest>) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         for digest in digests {
             self.sessions.invalidate(&digest);
             self.rejections.invalidate(&digest);
         }
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
+    /// As [`invalidate`](Self::invalidate), for every entry.
     pub(crate) fn invalidate_all(&self) {
         self.generation.fetch_add(1, Ordering::SeqCst);
         self.sessions.invalidate_all();
         self.rejections.invalidate_all();
+        self.generation.fetch_add(1, Ordering::SeqCst);
     }
 
     /// Sessions and rejections held now (after pending maintenance).
@@ -389,10 +418,7 @@ mod tests {
         let d = Digest::from_bytes([1; 32]);
         let session = SessionInfo::new(document());
         cache.settle(&d, &Verdict::Allowed(session.clone()), 0);
-        assert!(matches!(
-            cache.lookup(&d),
-            Lookup::Fresh { refresh: false, .. }
-        ));
+        // (Aged before any lookup: a fresh lookup would put it in this thread's front.)
         session.grow_to(Age::RefreshDue);
         assert!(matches!(
             cache.lookup(&d),
@@ -404,6 +430,26 @@ mod tests {
         ));
         session.grow_to(Age::Expired);
         assert!(matches!(cache.lookup(&d), Lookup::Miss { stale: Some(_) }));
+    }
+
+    #[test]
+    fn the_front_serves_fresh_sessions_until_an_invalidation() {
+        let cache = VerdictCache::new(policy(), "u");
+        let d = Digest::from_bytes([2; 32]);
+        let session = SessionInfo::new(document());
+        cache.settle(&d, &Verdict::Allowed(session.clone()), 0);
+        assert!(matches!(cache.lookup(&d), Lookup::Fresh { .. }));
+        // Served from the front now: moka's own ageing is not consulted...
+        session.grow_to(Age::Expired);
+        assert!(
+            matches!(cache.lookup(&d), Lookup::Fresh { session: s, .. } if s.same_entry(&session))
+        );
+        // ...until an invalidation, which the front obeys at once.
+        cache.invalidate([d]);
+        assert!(matches!(cache.lookup(&d), Lookup::Miss { stale: None }));
+        // Another cache never sees this one's front.
+        let other = VerdictCache::new(policy(), "u");
+        assert!(matches!(other.lookup(&d), Lookup::Miss { stale: None }));
     }
 
     #[test]

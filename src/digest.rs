@@ -26,6 +26,13 @@ impl Digest {
     }
 }
 
+impl Digest {
+    /// A slot index below `slots` (a power of two), from bits the hash does not use.
+    pub(crate) fn slot(&self, slots: usize) -> usize {
+        usize::from(u16::from_ne_bytes([self.0[8], self.0[9]])) & (slots - 1)
+    }
+}
+
 impl Hash for Digest {
     fn hash<H: Hasher>(&self, state: &mut H) {
         let mut first = [0; 8];

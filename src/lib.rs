@@ -66,6 +66,7 @@ mod envelope;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+mod front;
 mod future;
 mod layer;
 mod service;
