@@ -4,11 +4,11 @@
 # Runs alternate (unprotected, protected) ROUNDS times; prints requests/s and p99 of
 # each run and the ratio of the medians.
 #
-#   bash benches/e2e.sh            # 3 rounds of 10 s
-#   ROUNDS=5 SECS=20 bash benches/e2e.sh
+#   bash benches/e2e.sh            # 5 rounds of 10 s
+#   ROUNDS=9 SECS=20 bash benches/e2e.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-5}
 SECS=${SECS:-10}
 CONNECTIONS=${CONNECTIONS:-32}
 
