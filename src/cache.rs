@@ -114,8 +114,9 @@ impl VerdictCache {
         self.digester.digest(header, key)
     }
 
-    /// No clock read of its own: the session's [`Age`] was brought up to date by
-    /// [`AgeWatch`] inside moka's `get`, from the time moka read anyway.
+    /// The per-thread front first (one clock read), then moka, whose entries carry an
+    /// [`Age`] that [`AgeWatch`] brings up to date inside `get` from the time moka
+    /// reads anyway.
     pub(crate) fn lookup(&self, digest: &Digest) -> Lookup {
         // Read before moka: see `invalidate` for why this order keeps the front exact.
         let generation = self.generation.load(Ordering::SeqCst);
