@@ -58,16 +58,21 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// `VmHWM` in MiB.
-fn peak_rss_mib() -> f64 {
+/// A `/proc/self/status` field given in KiB (`VmHWM`, `VmRSS`), in MiB.
+fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let kib: f64 = status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(f64::NAN);
     kib / 1024.0
+}
+
+/// Peak resident memory, in MiB.
+fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM")
 }
 
 fn app(layer: ComposioAuthLayer) -> Router {
@@ -153,16 +158,9 @@ async fn heap_after_100k_sessions(capacity: u64) -> (i64, f64, (u64, u64)) {
     (grown, peak, cached)
 }
 
-/// `VmRSS` in MiB.
+/// Resident memory now, in MiB.
 fn rss_mib() -> f64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let kib: f64 = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(f64::NAN);
-    kib / 1024.0
+    status_mib("VmRSS")
 }
 
 async fn bytes_per_session() {
