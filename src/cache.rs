@@ -285,16 +285,6 @@ pub(crate) struct InFlight {
     digest: Digest,
 }
 
-impl InFlight {
-    pub(crate) fn cache(&self) -> &VerdictCache {
-        &self.cache
-    }
-
-    pub(crate) fn digest(&self) -> &Digest {
-        &self.digest
-    }
-}
-
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.cache

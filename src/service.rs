@@ -317,9 +317,8 @@ async fn verify_and_settle(
 ) -> Verdict {
     let in_flight = state.cache.in_flight(digest);
     let verdict = call_within_budget(&state, header, key).await;
-    in_flight
-        .cache()
-        .settle(in_flight.digest(), &verdict, generation);
+    state.cache.settle(&digest, &verdict, generation);
+    // Only now leave the in-flight map: a request arriving meanwhile finds the verdict.
     drop(in_flight);
     verdict
 }

@@ -65,14 +65,10 @@ impl SessionInfo {
     /// handlers directly.
     #[must_use]
     pub fn new(document: SessionDocument) -> Self {
-        Self::verified_at(document, Instant::now())
-    }
-
-    pub(crate) fn verified_at(document: SessionDocument, verified_at: Instant) -> Self {
         Self {
             state: Arc::new(SessionState {
                 document,
-                verified_at,
+                verified_at: Instant::now(),
                 age: AtomicU8::new(Age::Fresh as u8),
                 refresh_started: AtomicBool::new(false),
             }),
