@@ -133,7 +133,7 @@ async fn calls_for_100_keys() {
 
 /// Live heap bytes added by sending 100,000 valid keys through a layer that keeps
 /// at most `capacity` sessions, and the peak RSS meanwhile.
-async fn heap_after_100k_sessions(capacity: u64) -> (i64, f64, (u64, u64)) {
+async fn heap_after_100k_sessions(capacity: u64) -> (i64, f64, u64) {
     reset_peak_rss();
     let before = live();
     let stand_in = StandIn::start().await.unwrap();
@@ -151,7 +151,7 @@ async fn heap_after_100k_sessions(capacity: u64) -> (i64, f64, (u64, u64)) {
     )
     .await;
     assert_eq!(ok, 100_000);
-    let cached = layer.cached();
+    let cached = layer.cached().sessions;
     let grown = live() - before;
     let peak = peak_rss_mib();
     drop((app, layer, stand_in));
@@ -166,7 +166,7 @@ fn rss_mib() -> f64 {
 async fn bytes_per_session() {
     let (full, _, cached) = heap_after_100k_sessions(200_000).await;
     let (control, _, control_cached) = heap_after_100k_sessions(1).await;
-    let per_session = (full - control) as f64 / (cached.0 - control_cached.0) as f64;
+    let per_session = (full - control) as f64 / (cached - control_cached) as f64;
     println!(
         "| bytes per cached session (100,000 sessions, counting allocator, minus a run that caches none) | {per_session:.0} B (target: <= 2048) |"
     );
@@ -177,7 +177,7 @@ async fn sessions_rss(capacity: u64) {
     let (_, peak, cached) = heap_after_100k_sessions(capacity).await;
     println!(
         "| peak RSS, 100,000 valid keys, `max_capacity` {capacity} (stand-in in the same process) | {peak:.1} MiB (idle process: {idle:.1} MiB; {} sessions cached) |",
-        cached.0
+        cached
     );
 }
 
@@ -213,7 +213,11 @@ async fn flood_rss() {
             .status(),
         200
     );
-    let (sessions, rejections) = layer.cached();
+    let composio_auth::CachedVerdicts {
+        sessions,
+        rejections,
+        ..
+    } = layer.cached();
     println!(
         "| peak RSS, flood of 100,000 invalid keys after one valid key (default budgets) | {:.1} MiB (idle process: {idle:.1} MiB); after it {sessions} session and {rejections} rejections cached, the valid key still cached ({} upstream call for it) |",
         peak_rss_mib(),

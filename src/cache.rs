@@ -5,21 +5,22 @@
 //!   can never evict a valid session.
 //! - Keyed by a salted SHA-256 digest of the base URL, the credential header and the
 //!   key (see `digest.rs`); the key itself is never stored.
-//! - Lookups are synchronous (`moka::sync::Cache::get`): a hit costs no `await` and no
-//!   allocation.
-//! - Misses are coalesced: the first request for a digest starts one verification
-//!   task, later ones join it. The task is spawned, so a client that disconnects
-//!   neither cancels nor re-runs the verification for the others, and the verdict is
-//!   cached even if every caller has gone.
+//! - Lookups are synchronous (`moka::sync::Cache::get`, after the per-thread front in
+//!   `front.rs`): a hit costs no `await` and no allocation.
+//! - A verdict's age counts from the moment its upstream request was sent, not from
+//!   its insertion: the `Expiry` below gives each entry what is left of its lifetime.
+//! - Every session the cache lets go of (invalidated, replaced, refused, evicted,
+//!   expired) is marked retired, so no per-thread front and no `stale_if_error`
+//!   serves it afterwards.
+//!
+//! Writes ([`VerdictCache::settle`], [`VerdictCache::remove`],
+//! [`VerdictCache::clear`]) are made only by `verification.rs`, under the lock of
+//! its in-flight map, which is what orders a verdict against an invalidation.
 
-use std::collections::HashMap;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures_util::future::Shared;
 use moka::sync::Cache;
 use moka::Expiry;
 
@@ -28,10 +29,7 @@ use crate::digest::{Digest, DigestHasher, Digester};
 use crate::envelope::Rejection;
 use crate::front;
 use crate::session::{Age, SessionInfo};
-use crate::verify::Verdict;
-
-/// A verification in flight, awaited by every request for its digest.
-pub(crate) type Verification = Shared<Pin<Box<dyn Future<Output = Verdict> + Send>>>;
+use crate::upstream::Verdict;
 
 /// Fraction of the TTL after which a hit starts one background re-verification.
 const REFRESH_AHEAD_AT: f64 = 0.8;
@@ -47,17 +45,58 @@ pub(crate) struct CachePolicy {
     pub(crate) refresh_ahead: bool,
 }
 
+/// How many verdicts a layer's cache holds, from
+/// [`ComposioAuthLayer::cached`](crate::ComposioAuthLayer::cached).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CachedVerdicts {
+    /// Valid sessions (including those kept only for `stale_if_error`).
+    pub sessions: u64,
+    /// Rejections.
+    pub rejections: u64,
+}
+
 /// What the cache knows about a digest.
 #[derive(Debug)]
 pub(crate) enum Lookup {
+    /// A verdict to answer with.
+    Known(Known),
+    /// Nothing usable: verify. `stale` is a session past `ttl` but inside the
+    /// `stale_if_error` window, to serve if the verification is undecided.
+    Miss { stale: Option<Stale> },
+}
+
+/// A cached verdict.
+#[derive(Debug)]
+pub(crate) enum Known {
     /// A valid session younger than `ttl`. `refresh` is set for the one request that
     /// should start a refresh-ahead.
     Fresh { session: SessionInfo, refresh: bool },
     /// A cached rejection.
     Rejected(Arc<Rejection>),
-    /// Nothing usable: verify. `stale` is a session past `ttl` but inside the
-    /// `stale_if_error` window, to serve if the verification is undecided.
-    Miss { stale: Option<SessionInfo> },
+}
+
+/// A session past its TTL, kept for `stale_if_error`.
+#[derive(Debug)]
+pub(crate) struct Stale {
+    session: SessionInfo,
+    /// The end of its `stale_if_error` window.
+    until: Instant,
+}
+
+impl Stale {
+    /// The session, if it may still be served now: inside its window, and nothing
+    /// newer is known about its key (no refusal, no invalidation, no newer session).
+    pub(crate) fn usable(self) -> Option<SessionInfo> {
+        (Instant::now() < self.until && !self.session.is_retired()).then_some(self.session)
+    }
+}
+
+/// A rejection and when the call that produced it was sent.
+#[derive(Clone)]
+struct CachedRejection {
+    rejection: Arc<Rejection>,
+    sent_at: Instant,
 }
 
 pub(crate) struct VerdictCache {
@@ -68,11 +107,7 @@ pub(crate) struct VerdictCache {
     policy: CachePolicy,
     digester: Digester,
     sessions: Cache<Digest, SessionInfo, DigestHasher>,
-    rejections: Cache<Digest, Arc<Rejection>, DigestHasher>,
-    in_flight: Mutex<HashMap<Digest, Verification>>,
-    /// Bumped by every invalidation; a verification that started before one does not
-    /// leave its verdict in the cache.
-    generation: AtomicU64,
+    rejections: Cache<Digest, CachedRejection, DigestHasher>,
 }
 
 impl VerdictCache {
@@ -86,17 +121,22 @@ impl VerdictCache {
         let sessions = Cache::builder()
             .name("composio-auth sessions")
             .max_capacity(policy.max_capacity)
-            .time_to_live(policy.ttl + policy.stale_if_error)
-            .expire_after(AgeWatch {
+            .expire_after(SessionLife {
                 // Without refresh-ahead, entries go from fresh to expired directly.
                 refresh_after,
                 ttl: policy.ttl,
+                kept: policy.ttl + policy.stale_if_error,
             })
+            // Whatever the cause (replaced, refused, invalidated, evicted, expired):
+            // no front serves a session the cache no longer holds.
+            .eviction_listener(|_, session: SessionInfo, _| session.retire())
             .build_with_hasher(DigestHasher::default());
         let rejections = Cache::builder()
             .name("composio-auth rejections")
             .max_capacity(policy.negative_max_capacity)
-            .time_to_live(policy.negative_ttl.max(Duration::from_millis(1)))
+            .expire_after(RejectionLife {
+                negative_ttl: policy.negative_ttl,
+            })
             .build_with_hasher(DigestHasher::default());
         Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
@@ -105,8 +145,6 @@ impl VerdictCache {
             digester: Digester::new(base_url),
             sessions,
             rejections,
-            in_flight: Mutex::new(HashMap::new()),
-            generation: AtomicU64::new(0),
         }
     }
 
@@ -115,160 +153,145 @@ impl VerdictCache {
     }
 
     /// The per-thread front first (one clock read), then moka, whose entries carry an
-    /// [`Age`] that [`AgeWatch`] brings up to date inside `get` from the time moka
+    /// [`Age`] that [`SessionLife`] brings up to date inside `get` from the time moka
     /// reads anyway.
     pub(crate) fn lookup(&self, digest: &Digest) -> Lookup {
-        // Read before moka: see `invalidate` for why this order keeps the front exact.
-        let generation = self.generation.load(Ordering::SeqCst);
         let now = Instant::now();
-        if let Some(session) = front::get(self.id, digest, generation, now) {
-            return Lookup::Fresh {
+        if let Some(session) = front::get(self.id, digest, now) {
+            return Lookup::Known(Known::Fresh {
                 session,
                 refresh: false,
-            };
+            });
         }
         if let Some(session) = self.sessions.get(digest) {
             return match session.age() {
                 Age::Fresh => {
                     let fresh_until = session.verified() + self.fresh_for;
-                    front::offer(self.id, *digest, generation, now, fresh_until, &session);
-                    Lookup::Fresh {
+                    front::offer(self.id, *digest, now, fresh_until, &session);
+                    Lookup::Known(Known::Fresh {
                         session,
                         refresh: false,
-                    }
+                    })
                 }
                 Age::RefreshDue => {
                     let refresh = session.claim_refresh();
-                    Lookup::Fresh { session, refresh }
+                    Lookup::Known(Known::Fresh { session, refresh })
                 }
                 // moka keeps sessions `ttl + stale_if_error`: this one is usable stale.
-                Age::Expired => Lookup::Miss {
-                    stale: Some(session),
-                },
+                Age::Expired => {
+                    let until = session.verified() + self.policy.ttl + self.policy.stale_if_error;
+                    Lookup::Miss {
+                        stale: Some(Stale { session, until }),
+                    }
+                }
             };
         }
-        if let Some(rejection) = self.rejections.get(digest) {
-            return Lookup::Rejected(rejection);
+        if let Some(cached) = self.rejections.get(digest) {
+            return Lookup::Known(Known::Rejected(cached.rejection));
         }
         Lookup::Miss { stale: None }
     }
 
-    /// The verification in flight for `digest`; or, if a verdict landed since the
-    /// caller's lookup, that lookup; or a new verification made by `start`.
-    ///
-    /// `recheck` is off for a refresh-ahead, which starts although the entry is fresh.
-    pub(crate) fn join_or_start(
-        &self,
-        digest: &Digest,
-        recheck: bool,
-        start: impl FnOnce(u64) -> Verification,
-    ) -> Result<Verification, Lookup> {
-        let mut in_flight = self
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        // An entry whose result is already out belongs to a task that never ran (its
-        // runtime shut down before polling it): replace it.
-        if let Some(verification) = in_flight.get(digest).filter(|v| v.peek().is_none()) {
-            tracing::debug!(target: crate::TRACING_TARGET, "joining the verification in flight");
-            return Ok(verification.clone());
-        }
-        // A verification that finished between the caller's lookup and this lock
-        // has cached its verdict (it inserts before it leaves `in_flight`).
-        if recheck {
-            match self.lookup(digest) {
-                found @ (Lookup::Fresh { .. } | Lookup::Rejected(_)) => return Err(found),
-                Lookup::Miss { .. } => {}
-            }
-        }
-        let verification = start(self.generation.load(Ordering::SeqCst));
-        in_flight.insert(*digest, verification.clone());
-        Ok(verification)
-    }
-
-    /// Caches a verification's verdict, unless an invalidation happened since the
-    /// verification started. Called by the verification task before it leaves
-    /// `in_flight` (see [`InFlight`]).
-    pub(crate) fn settle(&self, digest: &Digest, verdict: &Verdict, generation: u64) {
+    /// Caches the verdict of a call sent at `sent_at`. A refusal retires the key's
+    /// session at once (even with `negative_ttl` zero); an undecided verdict changes
+    /// nothing.
+    pub(crate) fn settle(&self, digest: &Digest, verdict: &Verdict, sent_at: Instant) {
         match verdict {
             Verdict::Allowed(session) => {
                 self.rejections.invalidate(digest);
                 self.sessions.insert(*digest, session.clone());
             }
             Verdict::Rejected(rejection) => {
-                self.sessions.invalidate(digest);
+                self.remove_session(digest);
                 if !self.policy.negative_ttl.is_zero() {
-                    self.rejections.insert(*digest, rejection.clone());
+                    let cached = CachedRejection {
+                        rejection: Arc::clone(rejection),
+                        sent_at,
+                    };
+                    self.rejections.insert(*digest, cached);
                 }
             }
-            Verdict::Undecided(_) => return,
-        }
-        // Either this load sees the invalidation, or the invalidation's removal comes
-        // after the insert above: no stale verdict survives either way.
-        if self.generation.load(Ordering::SeqCst) != generation {
-            self.sessions.invalidate(digest);
-            self.rejections.invalidate(digest);
+            Verdict::Undecided(_) => {}
         }
     }
 
-    pub(crate) fn in_flight(self: &Arc<Self>, digest: Digest) -> InFlight {
-        InFlight {
-            cache: Arc::clone(self),
-            digest,
+    /// Forgets what is cached for `digest`; its session is retired before this
+    /// returns.
+    pub(crate) fn remove(&self, digest: &Digest) {
+        self.remove_session(digest);
+        self.rejections.invalidate(digest);
+    }
+
+    fn remove_session(&self, digest: &Digest) {
+        if let Some(session) = self.sessions.remove(digest) {
+            session.retire();
         }
     }
 
-    /// Bumps the generation before and after removing: the first bump keeps a
-    /// verification in flight from re-filling the cache (see `settle`), the second
-    /// voids any per-thread front slot filled from an entry read while it was being
-    /// removed.
-    pub(crate) fn invalidate(&self, digests: impl IntoIterator<Item = Digest>) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        for digest in digests {
-            self.sessions.invalidate(&digest);
-            self.rejections.invalidate(&digest);
+    /// Forgets every entry; every session is retired, and released by moka, before
+    /// this returns.
+    pub(crate) fn clear(&self) {
+        // One by one rather than `invalidate_all`, which moka applies lazily.
+        let digests: Vec<Digest> = self.sessions.iter().map(|(digest, _)| *digest).collect();
+        for digest in &digests {
+            self.remove_session(digest);
         }
-        self.generation.fetch_add(1, Ordering::SeqCst);
-    }
-
-    /// As [`invalidate`](Self::invalidate), for every entry.
-    pub(crate) fn invalidate_all(&self) {
-        self.generation.fetch_add(1, Ordering::SeqCst);
-        self.sessions.invalidate_all();
         self.rejections.invalidate_all();
-        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.sessions.run_pending_tasks();
+        self.rejections.run_pending_tasks();
     }
 
     /// Sessions and rejections held now (after pending maintenance).
-    pub(crate) fn entry_counts(&self) -> (u64, u64) {
+    pub(crate) fn entry_counts(&self) -> CachedVerdicts {
         self.sessions.run_pending_tasks();
         self.rejections.run_pending_tasks();
-        (self.sessions.entry_count(), self.rejections.entry_count())
-    }
-
-    /// A session is stale-usable if younger than `ttl + stale_if_error`.
-    pub(crate) fn usable_stale(&self, session: &SessionInfo) -> bool {
-        session.verified().elapsed() < self.policy.ttl + self.policy.stale_if_error
+        CachedVerdicts {
+            sessions: self.sessions.entry_count(),
+            rejections: self.rejections.entry_count(),
+        }
     }
 }
 
-/// Brings a session's [`Age`] up to date each time moka reads it, from moka's own
-/// reading of the clock and the entry's insertion time. Changes no expiry.
-struct AgeWatch {
+/// The lifetime of a session entry: `ttl + stale_if_error` from the moment its call
+/// was sent. Also brings the session's [`Age`] up to date each time moka reads it,
+/// from moka's own reading of the clock.
+struct SessionLife {
     refresh_after: Duration,
     ttl: Duration,
+    kept: Duration,
 }
 
-impl Expiry<Digest, SessionInfo> for AgeWatch {
+impl Expiry<Digest, SessionInfo> for SessionLife {
+    fn expire_after_create(
+        &self,
+        _digest: &Digest,
+        session: &SessionInfo,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        let age = created_at.saturating_duration_since(session.verified());
+        Some(self.kept.saturating_sub(age))
+    }
+
+    /// A newer verdict replacing an entry brings its own lifetime.
+    fn expire_after_update(
+        &self,
+        digest: &Digest,
+        session: &SessionInfo,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(digest, session, updated_at)
+    }
+
     fn expire_after_read(
         &self,
         _digest: &Digest,
         session: &SessionInfo,
         read_at: Instant,
         duration_until_expiry: Option<Duration>,
-        last_modified_at: Instant,
+        _last_modified_at: Instant,
     ) -> Option<Duration> {
-        let age = read_at.saturating_duration_since(last_modified_at);
+        let age = read_at.saturating_duration_since(session.verified());
         if age >= self.ttl {
             session.grow_to(Age::Expired);
         } else if age >= self.refresh_after {
@@ -278,20 +301,31 @@ impl Expiry<Digest, SessionInfo> for AgeWatch {
     }
 }
 
-/// Held by a verification task: removes the task's entry from `in_flight` when the
-/// task ends, however it ends (verdict, panic, or runtime shutdown).
-pub(crate) struct InFlight {
-    cache: Arc<VerdictCache>,
-    digest: Digest,
+/// The lifetime of a rejection entry: `negative_ttl` from the moment its call was
+/// sent.
+struct RejectionLife {
+    negative_ttl: Duration,
 }
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.cache
-            .in_flight
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&self.digest);
+impl Expiry<Digest, CachedRejection> for RejectionLife {
+    fn expire_after_create(
+        &self,
+        _digest: &Digest,
+        cached: &CachedRejection,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        let age = created_at.saturating_duration_since(cached.sent_at);
+        Some(self.negative_ttl.saturating_sub(age))
+    }
+
+    fn expire_after_update(
+        &self,
+        digest: &Digest,
+        cached: &CachedRejection,
+        updated_at: Instant,
+        _duration_until_expiry: Option<Duration>,
+    ) -> Option<Duration> {
+        self.expire_after_create(digest, cached, updated_at)
     }
 }
 
@@ -307,7 +341,6 @@ mod tests {
     use super::*;
     use crate::digest::Digest;
     use crate::session::SessionDocument;
-    use futures_util::FutureExt;
 
     fn policy() -> CachePolicy {
         CachePolicy {
@@ -328,63 +361,60 @@ mod tests {
         .unwrap()
     }
 
-    fn ready(verdict: Verdict) -> Verification {
-        let future: Pin<Box<dyn Future<Output = Verdict> + Send>> =
-            Box::pin(async move { verdict });
-        future.shared()
+    fn digest(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
+    }
+
+    fn allowed(session: &SessionInfo) -> Verdict {
+        Verdict::Allowed(session.clone())
+    }
+
+    fn refused() -> Verdict {
+        Verdict::Rejected(Arc::new(Rejection::deleted()))
+    }
+
+    fn is_fresh(lookup: Lookup, session: &SessionInfo) -> bool {
+        matches!(lookup, Lookup::Known(Known::Fresh { session: s, .. }) if s.same_entry(session))
+    }
+
+    fn is_miss(lookup: Lookup) -> bool {
+        matches!(lookup, Lookup::Miss { stale: None })
     }
 
     #[test]
     fn settle_then_lookup() {
         let cache = VerdictCache::new(policy(), "u");
-        let (good, bad, unsure) = (
-            Digest::from_bytes([1; 32]),
-            Digest::from_bytes([2; 32]),
-            Digest::from_bytes([3; 32]),
-        );
+        let now = Instant::now();
         let session = SessionInfo::new(document());
-        cache.settle(&good, &Verdict::Allowed(session.clone()), 0);
-        cache.settle(&bad, &Verdict::Rejected(Arc::new(Rejection::deleted())), 0);
-        cache.settle(&unsure, &Verdict::undecided("down", None), 0);
-        assert!(
-            matches!(cache.lookup(&good), Lookup::Fresh { session: s, refresh: false } if s.same_entry(&session))
-        );
-        assert!(matches!(cache.lookup(&bad), Lookup::Rejected(_)));
+        cache.settle(&digest(1), &allowed(&session), now);
+        cache.settle(&digest(2), &refused(), now);
+        cache.settle(&digest(3), &Verdict::undecided("down", None), now);
+        assert!(is_fresh(cache.lookup(&digest(1)), &session));
         assert!(matches!(
-            cache.lookup(&unsure),
-            Lookup::Miss { stale: None }
+            cache.lookup(&digest(2)),
+            Lookup::Known(Known::Rejected(_))
         ));
+        assert!(is_miss(cache.lookup(&digest(3))));
     }
 
     #[test]
-    fn a_verdict_from_before_an_invalidation_is_not_kept() {
+    fn a_refusal_retires_the_session_and_a_session_replaces_a_refusal() {
         let cache = VerdictCache::new(policy(), "u");
-        let generation = cache.generation.load(Ordering::SeqCst);
-        cache.invalidate([Digest::from_bytes([1; 32])]);
-        cache.settle(
-            &Digest::from_bytes([1; 32]),
-            &Verdict::Allowed(SessionInfo::new(document())),
-            generation,
-        );
+        let session = SessionInfo::new(document());
+        cache.settle(&digest(1), &allowed(&session), Instant::now());
+        cache.settle(&digest(1), &refused(), Instant::now());
+        assert!(session.is_retired());
         assert!(matches!(
-            cache.lookup(&Digest::from_bytes([1; 32])),
-            Lookup::Miss { .. }
+            cache.lookup(&digest(1)),
+            Lookup::Known(Known::Rejected(_))
         ));
+        let next = SessionInfo::new(document());
+        cache.settle(&digest(1), &allowed(&next), Instant::now());
+        assert!(is_fresh(cache.lookup(&digest(1)), &next));
     }
 
     #[test]
-    fn a_rejection_replaces_a_session_and_back() {
-        let cache = VerdictCache::new(policy(), "u");
-        let d = Digest::from_bytes([1; 32]);
-        cache.settle(&d, &Verdict::Allowed(SessionInfo::new(document())), 0);
-        cache.settle(&d, &Verdict::Rejected(Arc::new(Rejection::deleted())), 0);
-        assert!(matches!(cache.lookup(&d), Lookup::Rejected(_)));
-        cache.settle(&d, &Verdict::Allowed(SessionInfo::new(document())), 0);
-        assert!(matches!(cache.lookup(&d), Lookup::Fresh { .. }));
-    }
-
-    #[test]
-    fn zero_negative_ttl_caches_no_rejection() {
+    fn zero_negative_ttl_caches_no_rejection_but_still_retires_the_session() {
         let cache = VerdictCache::new(
             CachePolicy {
                 negative_ttl: Duration::ZERO,
@@ -392,74 +422,161 @@ mod tests {
             },
             "u",
         );
-        cache.settle(
-            &Digest::from_bytes([1; 32]),
-            &Verdict::Rejected(Arc::new(Rejection::deleted())),
-            0,
-        );
-        assert!(matches!(
-            cache.lookup(&Digest::from_bytes([1; 32])),
-            Lookup::Miss { stale: None }
-        ));
+        let session = SessionInfo::new(document());
+        cache.settle(&digest(1), &allowed(&session), Instant::now());
+        cache.settle(&digest(1), &refused(), Instant::now());
+        assert!(session.is_retired());
+        assert!(is_miss(cache.lookup(&digest(1))));
     }
 
     #[test]
     fn aged_sessions_ask_for_refresh_once_then_go_stale() {
-        let cache = VerdictCache::new(policy(), "u");
-        let d = Digest::from_bytes([1; 32]);
+        let cache = VerdictCache::new(
+            CachePolicy {
+                stale_if_error: Duration::from_secs(60),
+                ..policy()
+            },
+            "u",
+        );
         let session = SessionInfo::new(document());
-        cache.settle(&d, &Verdict::Allowed(session.clone()), 0);
+        cache.settle(&digest(1), &allowed(&session), Instant::now());
         // (Aged before any lookup: a fresh lookup would put it in this thread's front.)
         session.grow_to(Age::RefreshDue);
         assert!(matches!(
-            cache.lookup(&d),
-            Lookup::Fresh { refresh: true, .. }
+            cache.lookup(&digest(1)),
+            Lookup::Known(Known::Fresh { refresh: true, .. })
         ));
         assert!(matches!(
-            cache.lookup(&d),
-            Lookup::Fresh { refresh: false, .. }
+            cache.lookup(&digest(1)),
+            Lookup::Known(Known::Fresh { refresh: false, .. })
         ));
         session.grow_to(Age::Expired);
-        assert!(matches!(cache.lookup(&d), Lookup::Miss { stale: Some(_) }));
+        let Lookup::Miss { stale: Some(stale) } = cache.lookup(&digest(1)) else {
+            panic!("expected a stale session");
+        };
+        assert!(stale.usable().is_some_and(|s| s.same_entry(&session)));
     }
 
     #[test]
-    fn the_front_serves_fresh_sessions_until_an_invalidation() {
-        let cache = VerdictCache::new(policy(), "u");
-        let d = Digest::from_bytes([2; 32]);
+    fn a_retired_stale_session_is_not_usable() {
         let session = SessionInfo::new(document());
-        cache.settle(&d, &Verdict::Allowed(session.clone()), 0);
-        assert!(matches!(cache.lookup(&d), Lookup::Fresh { .. }));
-        // Served from the front now: moka's own ageing is not consulted...
-        session.grow_to(Age::Expired);
-        assert!(
-            matches!(cache.lookup(&d), Lookup::Fresh { session: s, .. } if s.same_entry(&session))
+        let stale = |until| Stale {
+            session: session.clone(),
+            until,
+        };
+        let later = Instant::now() + Duration::from_secs(60);
+        assert!(stale(later).usable().is_some());
+        assert!(stale(Instant::now()).usable().is_none(), "window over");
+        session.retire();
+        assert!(stale(later).usable().is_none(), "something newer is known");
+    }
+
+    #[test]
+    fn a_verdict_ages_from_its_question_not_its_insertion() {
+        let cache = VerdictCache::new(policy(), "u");
+        let ttl = policy().ttl;
+        // Sent a TTL ago (a slow answer): inserted now, but already expired.
+        let old = SessionInfo::verified_at(document(), Instant::now() - ttl);
+        cache.settle(&digest(1), &allowed(&old), Instant::now() - ttl);
+        assert!(is_miss(cache.lookup(&digest(1))));
+        // Sent 0.9 TTL ago: due for refresh on its first read.
+        let aged = SessionInfo::verified_at(document(), Instant::now() - ttl.mul_f64(0.9));
+        cache.settle(&digest(2), &allowed(&aged), Instant::now());
+        assert!(matches!(
+            cache.lookup(&digest(2)),
+            Lookup::Known(Known::Fresh { refresh: true, .. })
+        ));
+        // A rejection from a call sent `negative_ttl` ago is not kept either.
+        cache.settle(
+            &digest(3),
+            &refused(),
+            Instant::now() - policy().negative_ttl,
         );
-        // ...until an invalidation, which the front obeys at once.
-        cache.invalidate([d]);
-        assert!(matches!(cache.lookup(&d), Lookup::Miss { stale: None }));
+        assert!(is_miss(cache.lookup(&digest(3))));
+    }
+
+    #[test]
+    fn the_front_serves_fresh_sessions_until_the_key_is_removed() {
+        let cache = VerdictCache::new(policy(), "u");
+        let (one, two) = (SessionInfo::new(document()), SessionInfo::new(document()));
+        cache.settle(&digest(1), &allowed(&one), Instant::now());
+        cache.settle(&digest(2), &allowed(&two), Instant::now());
+        assert!(is_fresh(cache.lookup(&digest(1)), &one));
+        assert!(is_fresh(cache.lookup(&digest(2)), &two));
+        // Served from the front now: moka's own ageing is not consulted...
+        one.grow_to(Age::Expired);
+        two.grow_to(Age::Expired);
+        assert!(is_fresh(cache.lookup(&digest(1)), &one));
+        // ...until the key is removed, which the front obeys at once...
+        cache.remove(&digest(1));
+        assert!(is_miss(cache.lookup(&digest(1))));
+        // ...for that key only: the other key is still served by the front.
+        assert!(is_fresh(cache.lookup(&digest(2)), &two));
         // Another cache never sees this one's front.
         let other = VerdictCache::new(policy(), "u");
-        assert!(matches!(other.lookup(&d), Lookup::Miss { stale: None }));
+        assert!(is_miss(other.lookup(&digest(2))));
     }
 
     #[test]
-    fn moka_reads_age_the_entry() {
-        let watch = AgeWatch {
+    fn the_front_keeps_no_session_alive() {
+        let cache = VerdictCache::new(policy(), "u");
+        let session = SessionInfo::new(document());
+        let weak = session.downgrade();
+        cache.settle(&digest(1), &allowed(&session), Instant::now());
+        assert!(is_fresh(cache.lookup(&digest(1)), &session)); // now in the front
+        drop(session);
+        cache.clear();
+        assert!(weak.upgrade().is_none(), "the front kept the session alive");
+        assert!(is_miss(cache.lookup(&digest(1))));
+    }
+
+    #[test]
+    fn clear_and_eviction_retire_sessions() {
+        let cache = VerdictCache::new(
+            CachePolicy {
+                max_capacity: 1,
+                ..policy()
+            },
+            "u",
+        );
+        let sessions: Vec<_> = (0..20).map(|_| SessionInfo::new(document())).collect();
+        for (i, session) in sessions.iter().enumerate() {
+            cache.settle(&digest(i as u8), &allowed(session), Instant::now());
+        }
+        let kept = cache.entry_counts().sessions;
+        assert_eq!(kept, 1);
+        let retired = sessions.iter().filter(|s| s.is_retired()).count();
+        assert_eq!(
+            retired,
+            sessions.len() - 1,
+            "every evicted session is retired"
+        );
+        cache.clear();
+        assert!(sessions.iter().all(SessionInfo::is_retired));
+        assert_eq!(cache.entry_counts(), CachedVerdicts::default());
+    }
+
+    #[test]
+    fn session_life_counts_from_the_question() {
+        let life = SessionLife {
             refresh_after: Duration::from_secs(8),
             ttl: Duration::from_secs(10),
+            kept: Duration::from_secs(15),
         };
-        let session = SessionInfo::new(document());
-        let d = Digest::from_bytes([1; 32]);
-        let inserted = Instant::now();
+        let sent = Instant::now();
+        let session = SessionInfo::verified_at(document(), sent);
+        let d = digest(1);
+        let at = |secs| sent + Duration::from_secs(secs);
+        assert_eq!(
+            life.expire_after_create(&d, &session, at(4)),
+            Some(Duration::from_secs(11))
+        );
+        assert_eq!(
+            life.expire_after_update(&d, &session, at(20), Some(Duration::from_secs(9))),
+            Some(Duration::ZERO)
+        );
         let read = |secs| {
-            watch.expire_after_read(
-                &d,
-                &session,
-                inserted + Duration::from_secs(secs),
-                Some(Duration::from_secs(1)),
-                inserted,
-            )
+            life.expire_after_read(&d, &session, at(secs), Some(Duration::from_secs(1)), at(0))
         };
         assert_eq!(read(1), Some(Duration::from_secs(1)), "expiry unchanged");
         assert_eq!(session.age(), Age::Fresh);
@@ -467,44 +584,6 @@ mod tests {
         assert_eq!(session.age(), Age::RefreshDue);
         read(10);
         assert_eq!(session.age(), Age::Expired);
-    }
-
-    #[test]
-    fn concurrent_misses_share_one_verification_until_it_leaves() {
-        let cache = Arc::new(VerdictCache::new(policy(), "u"));
-        let d = Digest::from_bytes([7; 32]);
-        let mut starts = 0;
-        let first = cache.join_or_start(&d, true, |_| {
-            starts += 1;
-            ready(Verdict::undecided("x", None))
-        });
-        let second = cache.join_or_start(&d, true, |_| {
-            starts += 1;
-            ready(Verdict::undecided("x", None))
-        });
-        assert_eq!(starts, 1);
-        assert!(first.unwrap().ptr_eq(&second.unwrap()));
-        drop(cache.in_flight(d));
-        let third = cache.join_or_start(&d, true, |_| {
-            starts += 1;
-            ready(Verdict::undecided("x", None))
-        });
-        assert!(third.is_ok());
-        assert_eq!(starts, 2);
-    }
-
-    #[test]
-    fn a_verdict_that_landed_meanwhile_is_used() {
-        let cache = VerdictCache::new(policy(), "u");
-        cache.settle(
-            &Digest::from_bytes([1; 32]),
-            &Verdict::Allowed(SessionInfo::new(document())),
-            0,
-        );
-        let found = cache.join_or_start(&Digest::from_bytes([1; 32]), true, |_| {
-            unreachable!("must not start")
-        });
-        assert!(matches!(found, Err(Lookup::Fresh { .. })));
     }
 
     #[test]
@@ -517,25 +596,17 @@ mod tests {
             },
             "u",
         );
-        cache.settle(
-            &Digest::from_bytes([0; 32]),
-            &Verdict::Allowed(SessionInfo::new(document())),
-            0,
-        );
-        let rejection = Arc::new(Rejection::deleted());
+        let session = SessionInfo::new(document());
+        cache.settle(&digest(0), &allowed(&session), Instant::now());
         for i in 0..1000u32 {
             let mut d = [0; 32];
             d[..4].copy_from_slice(&i.to_be_bytes());
             d[31] = 1;
-            let d = Digest::from_bytes(d);
-            cache.settle(&d, &Verdict::Rejected(rejection.clone()), 0);
+            cache.settle(&Digest::from_bytes(d), &refused(), Instant::now());
         }
-        let (sessions, rejections) = cache.entry_counts();
-        assert_eq!(sessions, 1);
-        assert!(rejections <= 10, "{rejections}");
-        assert!(matches!(
-            cache.lookup(&Digest::from_bytes([0; 32])),
-            Lookup::Fresh { .. }
-        ));
+        let counts = cache.entry_counts();
+        assert_eq!(counts.sessions, 1);
+        assert!(counts.rejections <= 10, "{counts:?}");
+        assert!(is_fresh(cache.lookup(&digest(0)), &session));
     }
 }

@@ -1,10 +1,8 @@
 //! Composio's error envelope, and how a rejection renders for HTTP and gRPC clients.
 
-use std::fmt;
-
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde::{Deserialize, Serialize};
 
@@ -192,6 +190,13 @@ impl Rejection {
         }
     }
 
+    /// Renders the rejection for a request with these headers: a `grpc-status` for a
+    /// gRPC request, else the JSON envelope (carrying the request's `x-request-id`
+    /// when the layer made the envelope).
+    pub(crate) fn render_for(&self, headers: &HeaderMap) -> Response<Bytes> {
+        self.render(is_grpc(headers), headers.get("x-request-id"))
+    }
+
     /// Renders the rejection for one request.
     pub(crate) fn render(&self, grpc: bool, request_id: Option<&HeaderValue>) -> Response<Bytes> {
         if grpc {
@@ -241,10 +246,11 @@ impl Rejection {
     }
 }
 
-impl fmt::Display for Rejection {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}", self.status.as_u16(), self.body.message)
-    }
+/// Whether the request is gRPC (its rejection is then a `grpc-status`).
+fn is_grpc(headers: &HeaderMap) -> bool {
+    headers
+        .get(CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
 /// Bytes the gRPC spec requires percent-encoded in `grpc-message` (and `%` itself).

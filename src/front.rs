@@ -3,13 +3,16 @@
 //! housekeeping on every `get`).
 //!
 //! A slot serves a session only while all of these hold: same cache, same digest,
-//! no invalidation since the slot was filled (the cache's generation), and the
-//! session is younger than the point where moka would report it due for refresh (or
-//! expired). Past that point reads go to moka again, which starts the refresh-ahead
-//! and applies expiry. So the front answers exactly what moka would, with one
-//! exception, inside the TTL promise: a session moka evicted for capacity, then
-//! refused by a new verification on another thread, is still served from a front
-//! slot until its refresh point.
+//! the session is younger than the point where moka would report it due for refresh
+//! (or expired), and the cache has not let go of it (see `SessionInfo::is_retired`:
+//! invalidated, replaced, refused or evicted). Past the refresh point reads go to
+//! moka again, which starts the refresh-ahead and applies expiry. So the front
+//! answers exactly what moka would.
+//!
+//! A slot holds its session weakly: it never keeps a session alive that the cache
+//! and every request have dropped, so memory stays bounded by the cache's capacity
+//! (plus, per thread, [`SLOTS`] small dead pointers at most), and nothing of an
+//! invalidated entry or a dropped layer stays reachable from a front.
 //!
 //! Slots are direct-mapped; an occupant still good is never displaced, so keys that
 //! collide do not thrash: the later one simply goes to moka.
@@ -18,22 +21,25 @@ use std::cell::RefCell;
 use std::time::Instant;
 
 use crate::digest::Digest;
-use crate::session::SessionInfo;
+use crate::session::{SessionInfo, WeakSession};
 
-/// Slots per thread (about 80 KiB, allocated on first use).
+/// Slots per thread (about 48 KiB, allocated on first use).
 const SLOTS: usize = 1024;
 
 struct Slot {
     cache: u64,
     digest: Digest,
-    generation: u64,
     fresh_until: Instant,
-    session: SessionInfo,
+    session: WeakSession,
 }
 
 impl Slot {
-    fn is_good(&self, cache: u64, generation: u64, now: Instant) -> bool {
-        self.cache == cache && self.generation == generation && now < self.fresh_until
+    /// The slot's session, if it is still good for `cache` at `now`.
+    fn session(&self, cache: u64, now: Instant) -> Option<SessionInfo> {
+        if self.cache != cache || now >= self.fresh_until {
+            return None;
+        }
+        self.session.upgrade().filter(|s| !s.is_retired())
     }
 }
 
@@ -42,17 +48,17 @@ thread_local! {
 }
 
 /// The session in this thread's slot for `digest`, if it is still good at `now`.
-pub(crate) fn get(
-    cache: u64,
-    digest: &Digest,
-    generation: u64,
-    now: Instant,
-) -> Option<SessionInfo> {
+/// A slot found no longer good is emptied.
+pub(crate) fn get(cache: u64, digest: &Digest, now: Instant) -> Option<SessionInfo> {
     FRONT.with(|front| {
-        let front = front.try_borrow().ok()?;
-        let slot = front[digest.slot(SLOTS)].as_ref()?;
-        (slot.digest == *digest && slot.is_good(cache, generation, now))
-            .then(|| slot.session.clone())
+        let mut front = front.try_borrow_mut().ok()?;
+        let slot = &mut front[digest.slot(SLOTS)];
+        let occupant = slot.as_ref().filter(|s| s.digest == *digest)?;
+        let session = occupant.session(cache, now);
+        if session.is_none() {
+            *slot = None;
+        }
+        session
     })
 }
 
@@ -61,7 +67,6 @@ pub(crate) fn get(
 pub(crate) fn offer(
     cache: u64,
     digest: Digest,
-    generation: u64,
     now: Instant,
     fresh_until: Instant,
     session: &SessionInfo,
@@ -73,16 +78,15 @@ pub(crate) fn offer(
         let slot = &mut front[digest.slot(SLOTS)];
         if slot
             .as_ref()
-            .is_some_and(|s| s.is_good(cache, generation, now) && s.digest != digest)
+            .is_some_and(|s| s.digest != digest && s.session(cache, now).is_some())
         {
             return;
         }
         *slot = Some(Slot {
             cache,
             digest,
-            generation,
             fresh_until,
-            session: session.clone(),
+            session: session.downgrade(),
         });
     });
 }

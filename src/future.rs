@@ -1,10 +1,14 @@
-//! [`ResponseFuture`]: the future of [`ComposioAuth`](crate::ComposioAuth)'s `call`.
+//! [`ResponseFuture`]: the future of [`ComposioAuth`](crate::ComposioAuth)'s `call`,
+//! and the request's last steps, as its constructors: admit (the `authorize` policy,
+//! then the inner service with the session), reject (render the envelope), or wait
+//! for a verification and then do one of those.
 //!
 //! A named enum rather than a boxed future: on a cache hit it is just the inner
 //! service's future; only a miss waits for a verification first.
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
@@ -14,8 +18,13 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
-use crate::cache::Verification;
-use crate::service::Pending;
+use crate::cache::{age_ms, Stale};
+use crate::envelope::Rejection;
+use crate::policy::Policy;
+use crate::session::SessionInfo;
+use crate::upstream::Verdict;
+use crate::verification::Verification;
+use crate::TRACING_TARGET;
 
 pin_project! {
     /// The response future of [`ComposioAuth`](crate::ComposioAuth).
@@ -44,17 +53,65 @@ pin_project! {
     }
 }
 
-impl<S, ReqBody> ResponseFuture<S, ReqBody>
+/// A request waiting for its key's verification.
+struct Pending<S, ReqBody> {
+    /// The service polled ready for this request.
+    inner: S,
+    request: Request<ReqBody>,
+    policy: Arc<Policy>,
+    /// Served if the verification is undecided, and only if still usable then.
+    stale: Option<Stale>,
+}
+
+impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody>
 where
-    S: Service<Request<ReqBody>>,
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
 {
-    pub(crate) fn called(future: S::Future) -> Self {
+    /// Admits the request with `session` if the policy allows it: the inner service
+    /// is called at once with the session in the request's extensions.
+    pub(crate) fn admit(
+        policy: &Policy,
+        inner: &mut S,
+        mut request: Request<ReqBody>,
+        session: SessionInfo,
+    ) -> Self {
+        if let Some(refusal) = policy.refusal(&session) {
+            tracing::debug!(target: TRACING_TARGET, "authorize predicate refused the session");
+            return Self::reject(refusal, &request);
+        }
+        request.extensions_mut().insert(session);
         Self {
-            state: State::Called { future },
+            state: State::Called {
+                future: inner.call(request),
+            },
         }
     }
 
-    pub(crate) fn verifying(verification: Verification, pending: Pending<S, ReqBody>) -> Self {
+    /// Answers `request` with `rejection`.
+    pub(crate) fn reject(rejection: &Rejection, request: &Request<ReqBody>) -> Self {
+        tracing::debug!(target: TRACING_TARGET, status = rejection.status().as_u16(), slug = ?rejection.body().slug, "rejected");
+        Self {
+            state: State::Rejected {
+                response: Some(rejection.render_for(request.headers())),
+            },
+        }
+    }
+
+    /// Waits for `verification`, then admits or rejects `request` with `inner`, the
+    /// service polled ready for it.
+    pub(crate) fn verifying(
+        verification: Verification,
+        inner: S,
+        request: Request<ReqBody>,
+        policy: Arc<Policy>,
+        stale: Option<Stale>,
+    ) -> Self {
+        let pending = Pending {
+            inner,
+            request,
+            policy,
+            stale,
+        };
         Self {
             state: State::Verifying {
                 verification,
@@ -63,10 +120,28 @@ where
         }
     }
 
-    pub(crate) fn rejected(response: Response<Bytes>) -> Self {
-        Self {
-            state: State::Rejected {
-                response: Some(response),
+    /// Continues a pending request with its verification's verdict.
+    fn resume(pending: Pending<S, ReqBody>, verdict: Verdict) -> Self {
+        let Pending {
+            mut inner,
+            request,
+            policy,
+            stale,
+        } = pending;
+        match verdict {
+            Verdict::Allowed(session) => Self::admit(&policy, &mut inner, request, session),
+            Verdict::Rejected(rejection) => Self::reject(&rejection, &request),
+            Verdict::Undecided(rejection) => match stale.and_then(Stale::usable) {
+                Some(session) => {
+                    tracing::warn!(
+                        target: TRACING_TARGET,
+                        age_ms = age_ms(&session),
+                        reason = ?rejection.body().errors,
+                        "Composio undecided; serving a stale session"
+                    );
+                    Self::admit(&policy, &mut inner, request, session)
+                }
+                None => Self::reject(&rejection, &request),
             },
         }
     }
@@ -100,7 +175,7 @@ where
                     let pending = pending
                         .take()
                         .expect("ResponseFuture polled after completion");
-                    pending.resume(verdict)
+                    Self::resume(*pending, verdict)
                 }
             };
             self.as_mut().project().state.set(next.state);

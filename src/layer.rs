@@ -8,12 +8,13 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
-use crate::cache::{CachePolicy, VerdictCache};
+use crate::cache::{CachePolicy, CachedVerdicts, VerdictCache};
 use crate::credential::{AcceptedHeaders, CredentialHeader};
-use crate::envelope::Rejection;
-use crate::service::ComposioAuth;
+use crate::policy::{Authorize, Policy};
+use crate::service::{ComposioAuth, LayerState};
 use crate::session::SessionInfo;
-use crate::verify::Upstream;
+use crate::upstream::Upstream;
+use crate::verification::Verifications;
 use crate::{Error, TRACING_TARGET};
 
 /// Composio's production API, used when neither [`ComposioAuthBuilder::base_url`] nor
@@ -26,8 +27,6 @@ pub const BASE_URL_ENV: &str = "COMPOSIO_BASE_URL";
 
 const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
 const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-type Authorize = Arc<dyn Fn(&SessionInfo) -> bool + Send + Sync>;
 
 /// A tower [`Layer`] that lets a request through only with a Composio API key that
 /// Composio vouches for, and hands its [`SessionInfo`] to the inner service.
@@ -48,20 +47,6 @@ type Authorize = Arc<dyn Fn(&SessionInfo) -> bool + Send + Sync>;
 #[derive(Clone)]
 pub struct ComposioAuthLayer {
     pub(crate) state: Arc<LayerState>,
-}
-
-/// What every service made by one layer shares.
-pub(crate) struct LayerState {
-    pub(crate) accepted: AcceptedHeaders,
-    pub(crate) authorize: Option<Authorize>,
-    pub(crate) timeout: Duration,
-    pub(crate) base_url: String,
-    pub(crate) upstream: Upstream,
-    pub(crate) cache: Arc<VerdictCache>,
-    pub(crate) permits: Semaphore,
-    pub(crate) max_concurrent_verifications: usize,
-    /// Rendered once: the answer of every request the `authorize` predicate refuses.
-    pub(crate) forbidden: Arc<Rejection>,
 }
 
 impl ComposioAuthLayer {
@@ -92,12 +77,22 @@ impl ComposioAuthLayer {
         ComposioAuthBuilder::new()
     }
 
-    /// Forgets what the cache knows about `api_key` (under every accepted header),
-    /// e.g. right after revoking it; its next request is verified again. A
-    /// verification of it already in flight does not re-fill the cache.
+    /// Forgets what this layer knows about `api_key` (under every accepted header),
+    /// e.g. right after revoking it, so that its next request is verified again.
+    ///
+    /// When the returned future completes, on every thread of the process: no
+    /// request is admitted on a verdict about `api_key` obtained before the call
+    /// (cached, in a per-thread front, or from a verification in flight, which
+    /// requests arriving afterwards no longer join and which caches nothing), and
+    /// `stale_if_error` never serves such a verdict. Requests already waiting for a
+    /// verification in flight get its answer. Other keys are untouched: their
+    /// entries and verifications stay.
+    ///
+    /// It is `async` so that it can reach other replicas sharing a cache; today it
+    /// completes without waiting.
     pub async fn invalidate(&self, api_key: &str) {
         let state = &self.state;
-        state.cache.invalidate(
+        state.verifications.invalidate(
             CredentialHeader::ALL
                 .into_iter()
                 .filter(|h| state.accepted.contains(*h))
@@ -105,14 +100,16 @@ impl ComposioAuthLayer {
         );
     }
 
-    /// Forgets every cached session and rejection.
-    pub fn invalidate_all(&self) {
-        self.state.cache.invalidate_all();
+    /// As [`invalidate`](Self::invalidate), for every key: when the returned future
+    /// completes, no request is admitted on a verdict obtained before the call, and
+    /// every cached session has been released.
+    pub async fn invalidate_all(&self) {
+        self.state.verifications.invalidate_all();
     }
 
-    /// Number of cached sessions and of cached rejections, after pending maintenance.
+    /// How many sessions and rejections are cached, after pending maintenance.
     #[must_use]
-    pub fn cached(&self) -> (u64, u64) {
+    pub fn cached(&self) -> CachedVerdicts {
         self.state.cache.entry_counts()
     }
 
@@ -142,7 +139,7 @@ impl fmt::Debug for ComposioAuthLayer {
         f.debug_struct("ComposioAuthLayer")
             .field("base_url", &self.state.base_url)
             .field("accepted", &self.state.accepted.names())
-            .field("timeout", &self.state.timeout)
+            .field("policy", &self.state.policy)
             .finish_non_exhaustive()
     }
 }
@@ -153,6 +150,7 @@ impl fmt::Debug for ComposioAuthLayer {
 /// |---|---|
 /// | [`base_url`](Self::base_url) | `COMPOSIO_BASE_URL`, else [`DEFAULT_BASE_URL`] |
 /// | [`session_path`](Self::session_path) | [`DEFAULT_SESSION_PATH`] |
+/// | [`session_path_for`](Self::session_path_for) | `session_path`, for every header |
 /// | [`ttl`](Self::ttl) | 60 s |
 /// | [`negative_ttl`](Self::negative_ttl) | 10 s |
 /// | [`stale_if_error`](Self::stale_if_error) | off |
@@ -168,6 +166,8 @@ impl fmt::Debug for ComposioAuthLayer {
 pub struct ComposioAuthBuilder {
     base_url: Option<String>,
     session_path: String,
+    /// Per-header overrides of `session_path` (indexed by `CredentialHeader as usize`).
+    session_paths: [Option<String>; 3],
     ttl: Duration,
     negative_ttl: Duration,
     stale_if_error: Duration,
@@ -192,6 +192,7 @@ impl ComposioAuthBuilder {
         Self {
             base_url: None,
             session_path: DEFAULT_SESSION_PATH.to_owned(),
+            session_paths: [None, None, None],
             ttl: Duration::from_secs(60),
             negative_ttl: Duration::from_secs(10),
             stale_if_error: Duration::ZERO,
@@ -206,17 +207,35 @@ impl ComposioAuthBuilder {
     }
 
     /// Composio's API origin, e.g. `https://backend.composio.dev` (a path prefix is
-    /// kept). Must be `https`, except loopback (`localhost`, `*.localhost`,
-    /// `127.0.0.0/8`, `[::1]`), which may be `http`.
+    /// kept). Must be `https`, except loopback, which may be `http`: `localhost`
+    /// (always connected to `127.0.0.1` or `[::1]`, never resolved), `127.0.0.0/8`
+    /// and `[::1]`. Other names, `*.localhost` included, need `https`: a resolver
+    /// may answer any address for them.
     pub fn base_url(mut self, base_url: impl Into<String>) -> Self {
         self.base_url = Some(base_url.into());
         self
     }
 
-    /// Path of the session endpoint under the base URL. Composio serves the same
-    /// document for user keys at `/api/v3.1/auth/session/info`.
+    /// Path of the session endpoint under the base URL, for every credential header
+    /// without a path of its own (see [`session_path_for`](Self::session_path_for)).
     pub fn session_path(mut self, path: impl Into<String>) -> Self {
         self.session_path = path.into();
+        self
+    }
+
+    /// Path of the session endpoint for keys sent in `header`. Composio serves the
+    /// session document for user keys at `/api/v3.1/auth/session/info`:
+    ///
+    /// ```
+    /// # use composio_auth::{ComposioAuthLayer, CredentialHeader};
+    /// let layer = ComposioAuthLayer::builder()
+    ///     .credential_headers([CredentialHeader::ApiKey, CredentialHeader::UserApiKey])
+    ///     .session_path_for(CredentialHeader::UserApiKey, "/api/v3.1/auth/session/info")
+    ///     .build()?;
+    /// # Ok::<(), composio_auth::Error>(())
+    /// ```
+    pub fn session_path_for(mut self, header: CredentialHeader, path: impl Into<String>) -> Self {
+        self.session_paths[header as usize] = Some(path.into());
         self
     }
 
@@ -314,7 +333,7 @@ impl ComposioAuthBuilder {
     /// # Errors
     ///
     /// When the base URL (or `COMPOSIO_BASE_URL`) is not a URL, is not `https` and
-    /// not loopback, or carries credentials, a query or a fragment; when the session
+    /// not loopback, or carries credentials, a query or a fragment; when a session
     /// path does not start with `/`; when `ttl` or `timeout` is zero; when a duration
     /// exceeds a year; when a capacity or `max_concurrent_verifications` is zero;
     /// when no credential header is accepted; or when the HTTP client cannot be built.
@@ -324,10 +343,15 @@ impl ComposioAuthBuilder {
             Some(url) => url.clone(),
             None => std::env::var(BASE_URL_ENV).unwrap_or_else(|_| DEFAULT_BASE_URL.to_owned()),
         };
-        let (url, loopback) = endpoint(&base_url, &self.session_path)?;
+        let (base, loopback) = origin(&base_url)?;
+        let [api_key, user_api_key, org_api_key] = CredentialHeader::ALL.map(|header| {
+            let path = self.session_paths[header as usize].as_deref();
+            endpoint(&base, path.unwrap_or(&self.session_path))
+        });
+        let urls = [api_key?, user_api_key?, org_api_key?];
         self.validate()?;
         let connect_timeout = self.timeout.min(MAX_CONNECT_TIMEOUT);
-        let upstream = Upstream::new(url, loopback, connect_timeout).map_err(Error::new)?;
+        let upstream = Upstream::new(urls, loopback, connect_timeout).map_err(Error::new)?;
         let base_url = base_url.trim_end_matches('/').to_owned();
         Ok(self.into_state(base_url, upstream))
     }
@@ -380,17 +404,20 @@ impl ComposioAuthBuilder {
             negative_max_capacity: self.negative_max_capacity,
             refresh_ahead: self.refresh_ahead,
         };
+        let cache = Arc::new(VerdictCache::new(policy, &base_url));
+        let verifications = Verifications::new(
+            Arc::clone(&cache),
+            upstream,
+            self.timeout,
+            self.max_concurrent_verifications,
+        );
         ComposioAuthLayer {
             state: Arc::new(LayerState {
                 accepted: self.accepted,
-                authorize: self.authorize,
-                timeout: self.timeout,
-                cache: Arc::new(VerdictCache::new(policy, &base_url)),
                 base_url,
-                upstream,
-                permits: Semaphore::new(self.max_concurrent_verifications),
-                max_concurrent_verifications: self.max_concurrent_verifications,
-                forbidden: Arc::new(Rejection::forbidden()),
+                cache,
+                verifications,
+                policy: Arc::new(Policy::new(self.authorize)),
             }),
         }
     }
@@ -401,6 +428,7 @@ impl fmt::Debug for ComposioAuthBuilder {
         f.debug_struct("ComposioAuthBuilder")
             .field("base_url", &self.base_url)
             .field("session_path", &self.session_path)
+            .field("session_paths", &self.session_paths)
             .field("ttl", &self.ttl)
             .field("negative_ttl", &self.negative_ttl)
             .field("stale_if_error", &self.stale_if_error)
@@ -420,8 +448,8 @@ impl fmt::Debug for ComposioAuthBuilder {
     }
 }
 
-/// The endpoint's URL, and whether it is loopback (where `http` is allowed).
-fn endpoint(base_url: &str, session_path: &str) -> Result<(reqwest::Url, bool), Error> {
+/// The validated base URL, and whether it is loopback (where `http` is allowed).
+fn origin(base_url: &str) -> Result<(reqwest::Url, bool), Error> {
     // A URL with credentials in it is never echoed back.
     let shown = if base_url.contains('@') {
         "(hidden: it contains '@')"
@@ -440,8 +468,10 @@ fn endpoint(base_url: &str, session_path: &str) -> Result<(reqwest::Url, bool), 
             "base_url {shown} must not have a query or fragment"
         )));
     }
+    // Only names that never reach a resolver: `localhost` is pinned to loopback
+    // addresses by the HTTP client (see `upstream.rs`).
     let loopback = match base.host() {
-        Some(url::Host::Domain(domain)) => domain == "localhost" || domain.ends_with(".localhost"),
+        Some(url::Host::Domain(domain)) => domain == "localhost",
         Some(url::Host::Ipv4(ip)) => IpAddr::V4(ip).is_loopback(),
         Some(url::Host::Ipv6(ip)) => IpAddr::V6(ip).is_loopback(),
         None => false,
@@ -451,7 +481,7 @@ fn endpoint(base_url: &str, session_path: &str) -> Result<(reqwest::Url, bool), 
         "http" if loopback => {}
         "http" => {
             return Err(Error::new(format!(
-            "base_url {shown} must use https: API keys are sent over plain http only to loopback"
+            "base_url {shown} must use https: API keys are sent over plain http only to localhost, 127.0.0.0/8 or [::1]"
         )))
         }
         other => {
@@ -460,18 +490,22 @@ fn endpoint(base_url: &str, session_path: &str) -> Result<(reqwest::Url, bool), 
             )))
         }
     }
+    Ok((base, loopback))
+}
+
+/// The session endpoint's URL under a validated base.
+fn endpoint(base: &reqwest::Url, session_path: &str) -> Result<reqwest::Url, Error> {
     if !session_path.starts_with('/') || session_path.contains(['?', '#']) {
         return Err(Error::new(format!(
             "session_path {session_path:?} must be a path starting with '/'"
         )));
     }
     let joined = format!("{}{session_path}", base.as_str().trim_end_matches('/'));
-    let url = reqwest::Url::parse(&joined).map_err(|e| {
+    reqwest::Url::parse(&joined).map_err(|e| {
         Error::new(format!(
             "session_path {session_path:?} does not form a URL: {e}"
         ))
-    })?;
-    Ok((url, loopback))
+    })
 }
 
 #[cfg(test)]
@@ -479,7 +513,8 @@ mod tests {
     use super::*;
 
     fn url(base: &str) -> Result<(String, bool), String> {
-        endpoint(base, DEFAULT_SESSION_PATH)
+        origin(base)
+            .and_then(|(base, loopback)| Ok((endpoint(&base, DEFAULT_SESSION_PATH)?, loopback)))
             .map(|(u, l)| (u.to_string(), l))
             .map_err(|e| e.to_string())
     }
@@ -499,7 +534,7 @@ mod tests {
         );
         for ok in [
             "http://localhost:1",
-            "http://api.localhost",
+            "http://LOCALHOST:1",
             "http://127.0.0.1:9",
             "http://127.8.9.10",
             "http://[::1]:80",
@@ -510,6 +545,9 @@ mod tests {
             "http://backend.composio.dev",
             "http://10.0.0.1",
             "http://localhost.evil.com",
+            // A resolver may answer any address for these names.
+            "http://api.localhost",
+            "http://localhost.",
             "http://[::2]",
             "ftp://x",
         ] {
@@ -524,7 +562,8 @@ mod tests {
         let error = url("https://user:hunter2@backend.composio.dev").unwrap_err();
         assert!(!error.contains("hunter2"), "{error}");
         assert!(url("https://x.dev/?a=1").unwrap_err().contains("query"));
-        let error = endpoint("https://x.dev", "api/v3").unwrap_err().to_string();
+        let (base, _) = origin("https://x.dev").unwrap();
+        let error = endpoint(&base, "api/v3").unwrap_err().to_string();
         assert!(error.contains("session_path"), "{error}");
     }
 

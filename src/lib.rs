@@ -56,7 +56,7 @@
 //! ever contains a key.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
-#![cfg_attr(docsrs, feature(doc_auto_cfg))]
+#![cfg_attr(docsrs, feature(doc_cfg))]
 
 mod body;
 mod cache;
@@ -69,13 +69,16 @@ mod extract;
 mod front;
 mod future;
 mod layer;
+mod policy;
 mod service;
 mod session;
 #[cfg(feature = "test-util")]
 pub mod testing;
-mod verify;
+mod upstream;
+mod verification;
 
 pub use body::ResponseBody;
+pub use cache::CachedVerdicts;
 pub use credential::{CredentialHeader, MAX_KEY_LEN};
 pub use envelope::{ErrorBody, ErrorEnvelope};
 pub use error::Error;
@@ -87,7 +90,7 @@ pub use layer::{
 };
 pub use service::ComposioAuth;
 pub use session::{ApiKey, Org, OrgMember, Project, SessionDocument, SessionInfo, WebhookVersion};
-pub use verify::MAX_UPSTREAM_BODY_BYTES;
+pub use upstream::MAX_UPSTREAM_BODY_BYTES;
 
 /// Entry points for `cargo fuzz` (`fuzz/`), built only with `--cfg fuzzing`.
 #[cfg(fuzzing)]
@@ -99,9 +102,10 @@ pub mod fuzzing {
         let Ok(status) = http::StatusCode::from_u16(status) else {
             return 503;
         };
-        match crate::verify::classify(status, None, body) {
-            crate::verify::Verdict::Allowed(_) => 200,
-            crate::verify::Verdict::Rejected(r) | crate::verify::Verdict::Undecided(r) => {
+        let sent_at = std::time::Instant::now();
+        match crate::upstream::classify(status, None, body, sent_at) {
+            crate::upstream::Verdict::Allowed(_) => 200,
+            crate::upstream::Verdict::Rejected(r) | crate::upstream::Verdict::Undecided(r) => {
                 r.status().as_u16()
             }
         }

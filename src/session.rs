@@ -4,13 +4,14 @@
 //! Field types follow Composio's reference and its documented nullability
 //! (`project` and `api_key` may be null, `org_member` never is). Unknown fields are
 //! ignored, an unknown `webhook_version` is kept as [`WebhookVersion::Other`], and the
-//! two secrets of the document (`api_key.key`, `project.webhook_secret`) never appear
-//! in `Debug` output.
+//! document's one secret, `project.webhook_secret`, never appears in `Debug` output.
+//! The API key itself, which Composio echoes as `api_key.key`, is not parsed at all:
+//! no session, and so no cache entry, ever holds it.
 
 use std::fmt;
 use std::ops::Deref;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Instant;
 
 use serde::{Deserialize, Deserializer};
@@ -37,7 +38,11 @@ pub struct SessionInfo {
 }
 
 struct SessionState {
-    document: SessionDocument,
+    /// Boxed, so that what a per-thread front's dead `Weak` keeps allocated is a
+    /// few dozen bytes, not the document.
+    document: Box<SessionDocument>,
+    /// When the upstream request that produced the document was sent: the start of
+    /// the session's TTL.
     verified_at: Instant,
     /// How far into its life the cache entry is ([`Age`]), raised by the cache as it
     /// reads the entry; never lowered.
@@ -45,6 +50,10 @@ struct SessionState {
     /// Set by the first request that starts a refresh-ahead of this entry, so that one
     /// entry starts at most one.
     refresh_started: AtomicBool,
+    /// Set when the cache lets go of this session (invalidated, replaced, refused,
+    /// evicted): a per-thread front then never serves it again, nor does
+    /// `stale_if_error`.
+    retired: AtomicBool,
 }
 
 /// How far into its life a cached session is.
@@ -65,12 +74,18 @@ impl SessionInfo {
     /// handlers directly.
     #[must_use]
     pub fn new(document: SessionDocument) -> Self {
+        Self::verified_at(document, Instant::now())
+    }
+
+    /// A session whose upstream request was sent at `sent_at`.
+    pub(crate) fn verified_at(document: SessionDocument, sent_at: Instant) -> Self {
         Self {
             state: Arc::new(SessionState {
-                document,
-                verified_at: Instant::now(),
+                document: Box::new(document),
+                verified_at: sent_at,
                 age: AtomicU8::new(Age::Fresh as u8),
                 refresh_started: AtomicBool::new(false),
+                retired: AtomicBool::new(false),
             }),
         }
     }
@@ -81,7 +96,8 @@ impl SessionInfo {
         &self.state.document
     }
 
-    /// When Composio answered for this session (the start of its TTL).
+    /// When the upstream request that verified this session was sent (the start of
+    /// its TTL: a verdict's age counts from the question, not the answer).
     #[must_use]
     pub fn verified(&self) -> Instant {
         self.state.verified_at
@@ -111,10 +127,39 @@ impl SessionInfo {
             && !self.state.refresh_started.swap(true, Ordering::AcqRel)
     }
 
+    /// Marks the session as let go by the cache (see [`SessionInfo::is_retired`]).
+    pub(crate) fn retire(&self) {
+        self.state.retired.store(true, Ordering::Release);
+    }
+
+    /// Whether the cache has let go of this session: invalidated, replaced by a newer
+    /// verdict, refused, or evicted. A retired session is served only to requests
+    /// that already hold it.
+    pub(crate) fn is_retired(&self) -> bool {
+        self.state.retired.load(Ordering::Acquire)
+    }
+
+    /// A handle that does not keep the session alive (for the per-thread front).
+    pub(crate) fn downgrade(&self) -> WeakSession {
+        WeakSession(Arc::downgrade(&self.state))
+    }
+
     /// Whether `self` and `other` are the same verified entry (not just equal documents).
     #[must_use]
     pub fn same_entry(&self, other: &Self) -> bool {
         Arc::ptr_eq(&self.state, &other.state)
+    }
+}
+
+/// A [`SessionInfo`] that does not keep it alive: once the cache and every request
+/// have dropped the session, its document (secrets included) is freed even though a
+/// per-thread front still points at it.
+pub(crate) struct WeakSession(Weak<SessionState>);
+
+impl WeakSession {
+    /// The session, if something else still keeps it alive.
+    pub(crate) fn upgrade(&self) -> Option<SessionInfo> {
+        self.0.upgrade().map(|state| SessionInfo { state })
     }
 }
 
@@ -134,6 +179,49 @@ impl fmt::Debug for SessionInfo {
             .finish()
     }
 }
+
+/// The example session document of Composio's API reference, shared by the stand-in
+/// (`StandIn::example_document`) and the tests.
+#[cfg(any(test, feature = "test-util"))]
+pub(crate) const REFERENCE_DOCUMENT: &str = r#"{
+  "project": {
+    "auto_id": 12345,
+    "id": "550e8400-e29b-41d4-a716-446655440000",
+    "org_id": "550e8400-e29b-41d4-a716-446655440001",
+    "name": "Production API",
+    "email": "project-123@composio.dev",
+    "nano_id": "proj_abc123xyz456",
+    "created_at": "2023-05-16T14:30:00.000Z",
+    "updated_at": "2023-05-18T09:15:30.000Z",
+    "webhook_url": "https://example.com/webhook",
+    "event_webhook_url": "https://example.com/events",
+    "webhook_secret": "whsec_a1b2c3d4e5f6g7h8i9j0",
+    "triggers_enabled": true,
+    "last_subscribed_at": "2023-05-17T10:00:00.000Z",
+    "deleted": false,
+    "is_new_webhook": true,
+    "webhook_version": "V2",
+    "org": {"id": "org_abc123xyz456", "name": "Acme Corp", "plan": "BUSINESS"}
+  },
+  "api_key": {
+    "auto_id": 7890,
+    "id": "550e8400-e29b-41d4-a716-446655440003",
+    "name": "Development Key",
+    "project_id": "proj_abc123xyz456",
+    "org_member_id": "550e8400-e29b-41d4-a716-446655440002",
+    "created_at": "2023-05-01T10:00:00.000Z",
+    "updated_at": "2023-05-01T10:00:00.000Z",
+    "deleted_at": "string",
+    "key": "sk_live_abc123xyz456",
+    "deleted": false
+  },
+  "org_member": {
+    "id": "550e8400-e29b-41d4-a716-446655440002",
+    "email": "user@example.com",
+    "name": "John Doe",
+    "role": "admin"
+  }
+}"#;
 
 /// The `200` answer of `GET /api/v3/auth/session/info`.
 #[derive(Clone, Debug, Deserialize)]
@@ -263,8 +351,11 @@ impl<'de> Deserialize<'de> for WebhookVersion {
     }
 }
 
-/// The API key of the session (`api_key` in the session document).
-#[derive(Clone, Deserialize)]
+/// The API key of the session (`api_key` in the session document), without the key
+/// itself: Composio echoes it as `api_key.key`, but the layer never parses it, so no
+/// session (and no cache entry) holds it. A handler that needs the key reads the
+/// request's credential header.
+#[derive(Clone, Debug, Deserialize)]
 #[non_exhaustive]
 pub struct ApiKey {
     /// Numeric id.
@@ -283,29 +374,8 @@ pub struct ApiKey {
     pub updated_at: String,
     /// Deletion time, RFC 3339.
     pub deleted_at: Option<String>,
-    /// The key itself; absent from some payloads (older ones named it `api_key`).
-    /// Redacted in `Debug`.
-    #[serde(default, alias = "api_key")]
-    pub key: Option<String>,
     /// Whether the key is deleted (the layer rejects such sessions).
     pub deleted: bool,
-}
-
-impl fmt::Debug for ApiKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ApiKey")
-            .field("auto_id", &self.auto_id)
-            .field("id", &self.id)
-            .field("name", &self.name)
-            .field("project_id", &self.project_id)
-            .field("org_member_id", &self.org_member_id)
-            .field("created_at", &self.created_at)
-            .field("updated_at", &self.updated_at)
-            .field("deleted_at", &self.deleted_at)
-            .field("key", &self.key.as_ref().map(|_| REDACTED))
-            .field("deleted", &self.deleted)
-            .finish()
-    }
 }
 
 /// The organisation member the credential acts for (`org_member`).
@@ -333,31 +403,8 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    /// The example document of Composio's reference page.
     fn reference() -> serde_json::Value {
-        json!({
-          "project": {
-            "auto_id": 12345, "id": "550e8400-e29b-41d4-a716-446655440000",
-            "org_id": "550e8400-e29b-41d4-a716-446655440001", "name": "Production API",
-            "email": "project-123@composio.dev", "nano_id": "proj_abc123xyz456",
-            "created_at": "2023-05-16T14:30:00.000Z", "updated_at": "2023-05-18T09:15:30.000Z",
-            "webhook_url": "https://example.com/webhook", "event_webhook_url": "https://example.com/events",
-            "webhook_secret": "whsec_a1b2c3d4e5f6g7h8i9j0", "triggers_enabled": true,
-            "last_subscribed_at": "2023-05-17T10:00:00.000Z", "deleted": false,
-            "is_new_webhook": true, "webhook_version": "V2",
-            "org": {"id": "org_abc123xyz456", "name": "Acme Corp", "plan": "BUSINESS"}
-          },
-          "api_key": {
-            "auto_id": 7890, "id": "550e8400-e29b-41d4-a716-446655440003", "name": "Development Key",
-            "project_id": "proj_abc123xyz456", "org_member_id": "550e8400-e29b-41d4-a716-446655440002",
-            "created_at": "2023-05-01T10:00:00.000Z", "updated_at": "2023-05-01T10:00:00.000Z",
-            "deleted_at": "string", "key": "sk_live_abc123xyz456", "deleted": false
-          },
-          "org_member": {
-            "id": "550e8400-e29b-41d4-a716-446655440002", "email": "user@example.com",
-            "name": "John Doe", "role": "admin"
-          }
-        })
+        serde_json::from_str(REFERENCE_DOCUMENT).unwrap()
     }
 
     fn parse(value: serde_json::Value) -> Result<SessionDocument, serde_json::Error> {
@@ -371,10 +418,7 @@ mod tests {
         assert_eq!(project.name, "Production API");
         assert_eq!(project.webhook_version, WebhookVersion::V2);
         assert_eq!(project.org.plan, "BUSINESS");
-        assert_eq!(
-            doc.api_key.as_ref().unwrap().key.as_deref(),
-            Some("sk_live_abc123xyz456")
-        );
+        assert_eq!(doc.api_key.as_ref().unwrap().name, "Development Key");
         assert_eq!(doc.org_member.email, "user@example.com");
         assert!(!doc.is_deleted());
     }
@@ -399,15 +443,17 @@ mod tests {
     }
 
     #[test]
-    fn key_may_be_absent_or_named_api_key() {
+    fn the_key_is_never_held_whatever_its_field_is_named() {
+        // `ApiKey`'s `Debug` is derived: it shows every field the session holds.
+        let mut value = reference();
+        value["api_key"]["api_key"] = json!("ak_older_payload_key");
+        let debug = format!("{:?}", SessionInfo::new(parse(value).unwrap()).api_key);
+        assert!(debug.contains("Development Key"), "{debug}");
+        assert!(!debug.contains("sk_live_abc123xyz456"), "{debug}");
+        assert!(!debug.contains("ak_older_payload_key"), "{debug}");
         let mut value = reference();
         value["api_key"].as_object_mut().unwrap().remove("key");
-        assert_eq!(parse(value.clone()).unwrap().api_key.unwrap().key, None);
-        value["api_key"]["api_key"] = json!("ak_older");
-        assert_eq!(
-            parse(value).unwrap().api_key.unwrap().key.as_deref(),
-            Some("ak_older")
-        );
+        assert!(parse(value).unwrap().api_key.is_some());
     }
 
     #[test]

@@ -34,7 +34,7 @@
 //! # }
 //! ```
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::convert::Infallible;
 use std::fmt;
 use std::io;
@@ -218,12 +218,15 @@ fn mask(key: &str) -> String {
 #[derive(Default)]
 struct Script {
     replies: HashMap<String, Reply>,
+    /// Keys answered as invalid whatever the default reply.
+    revoked: HashSet<String>,
     /// Answers every key while set (an outage).
     outage: Option<Reply>,
     /// Answers keys without a reply of their own.
     default_reply: Option<Reply>,
     latency: Duration,
     calls_by_key: HashMap<String, u64>,
+    calls_by_path: HashMap<String, u64>,
     last_headers: Option<HeaderMap>,
     /// Calls being answered now, and the most there ever were at once.
     in_progress: u64,
@@ -292,12 +295,18 @@ impl StandIn {
 
     /// Answers `key` with `reply`.
     pub fn set_reply(&self, key: &str, reply: Reply) {
-        self.shared.script().replies.insert(key.to_owned(), reply);
+        let mut script = self.shared.script();
+        script.revoked.remove(key);
+        script.replies.insert(key.to_owned(), reply);
     }
 
-    /// Forgets `key`: it is answered as an invalid key (401, code 801) from now on.
+    /// Revokes `key`: it is answered as an invalid key (401, code 801) from now on,
+    /// whatever [`StandIn::set_default_reply`] says, until it is added again. (An
+    /// outage set by [`StandIn::fail_with`] still answers every key.)
     pub fn revoke(&self, key: &str) {
-        self.shared.script().replies.remove(key);
+        let mut script = self.shared.script();
+        script.replies.remove(key);
+        script.revoked.insert(key.to_owned());
     }
 
     /// Answers keys that have no reply of their own with `reply` (by default they
@@ -316,13 +325,15 @@ impl StandIn {
         self.shared.script().outage = None;
     }
 
-    /// Delays every answer by `latency`.
+    /// Delays every answer by `latency` (decided when the call arrives).
     pub fn set_latency(&self, latency: Duration) {
         self.shared.script().latency = latency;
     }
 
     /// Holds every answer until [`StandIn::release`]: requests are counted as they
-    /// arrive, then wait.
+    /// arrive and their answer is decided then (as Composio decides when the call
+    /// arrives); holding delays its delivery, so a key revoked meanwhile is still
+    /// answered as it was when the held call arrived.
     pub fn hold(&self) {
         self.shared.held.send_replace(true);
     }
@@ -349,6 +360,18 @@ impl StandIn {
             .unwrap_or(0)
     }
 
+    /// Calls received so far on `path` (`/api/v3/auth/session/info` or
+    /// `/api/v3.1/auth/session/info`).
+    #[must_use]
+    pub fn calls_on(&self, path: &str) -> u64 {
+        self.shared
+            .script()
+            .calls_by_path
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
     /// The most calls that were being answered at once.
     #[must_use]
     pub fn peak_concurrency(&self) -> u64 {
@@ -371,45 +394,8 @@ impl StandIn {
     /// The session document of Composio's API reference, for any key.
     #[must_use]
     pub fn example_document() -> Value {
-        json!({
-          "project": {
-            "auto_id": 12345,
-            "id": "550e8400-e29b-41d4-a716-446655440000",
-            "org_id": "550e8400-e29b-41d4-a716-446655440001",
-            "name": "Production API",
-            "email": "project-123@composio.dev",
-            "nano_id": "proj_abc123xyz456",
-            "created_at": "2023-05-16T14:30:00.000Z",
-            "updated_at": "2023-05-18T09:15:30.000Z",
-            "webhook_url": "https://example.com/webhook",
-            "event_webhook_url": "https://example.com/events",
-            "webhook_secret": "whsec_a1b2c3d4e5f6g7h8i9j0",
-            "triggers_enabled": true,
-            "last_subscribed_at": "2023-05-17T10:00:00.000Z",
-            "deleted": false,
-            "is_new_webhook": true,
-            "webhook_version": "V2",
-            "org": {"id": "org_abc123xyz456", "name": "Acme Corp", "plan": "BUSINESS"}
-          },
-          "api_key": {
-            "auto_id": 7890,
-            "id": "550e8400-e29b-41d4-a716-446655440003",
-            "name": "Development Key",
-            "project_id": "proj_abc123xyz456",
-            "org_member_id": "550e8400-e29b-41d4-a716-446655440002",
-            "created_at": "2023-05-01T10:00:00.000Z",
-            "updated_at": "2023-05-01T10:00:00.000Z",
-            "deleted_at": "string",
-            "key": "sk_live_abc123xyz456",
-            "deleted": false
-          },
-          "org_member": {
-            "id": "550e8400-e29b-41d4-a716-446655440002",
-            "email": "user@example.com",
-            "name": "John Doe",
-            "role": "admin"
-          }
-        })
+        // A constant of this crate: it always parses.
+        serde_json::from_str(crate::session::REFERENCE_DOCUMENT).unwrap_or_default()
     }
 
     /// [`StandIn::example_document`] for another member: its email, name and role.
@@ -489,6 +475,7 @@ async fn answer(
     let latency = {
         let mut script = shared.script();
         *script.calls_by_key.entry(key.clone()).or_default() += 1;
+        *script.calls_by_path.entry(path.to_owned()).or_default() += 1;
         script.last_headers = Some(request.headers().clone());
         script.in_progress += 1;
         script.peak = script.peak.max(script.in_progress);
@@ -502,23 +489,27 @@ async fn answer(
         }
     }
     let _answering = Answering(Arc::clone(&shared));
-    shared.calls.send_modify(|calls| *calls += 1);
-    let mut held = shared.held.subscribe();
-    let _ = held.wait_for(|held| !held).await;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
+    // Decided as the call arrives; delivered after any hold and latency.
     let reply = {
         let script = shared.script();
         script
             .outage
             .clone()
             .or_else(|| script.replies.get(&key).cloned())
-            .or_else(|| script.default_reply.clone())
+            .or_else(|| {
+                (!script.revoked.contains(&key))
+                    .then(|| script.default_reply.clone())
+                    .flatten()
+            })
+            .unwrap_or_else(|| Reply::invalid_key(&key))
     };
-    Ok(reply
-        .unwrap_or_else(|| Reply::invalid_key(&key))
-        .into_response())
+    shared.calls.send_modify(|calls| *calls += 1);
+    let mut held = shared.held.subscribe();
+    let _ = held.wait_for(|held| !held).await;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    Ok(reply.into_response())
 }
 
 #[cfg(test)]

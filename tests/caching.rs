@@ -105,7 +105,7 @@ async fn invalidate_forgets_one_key_and_invalidate_all_every_key() {
     assert_eq!(client.me(BOB).await.status, 200, "other keys stay cached");
     assert_eq!((composio.calls_for(ALICE), composio.calls_for(BOB)), (2, 1));
 
-    layer.invalidate_all();
+    layer.invalidate_all().await;
     assert_eq!(client.me(BOB).await.status, 200);
     assert_eq!(composio.calls_for(BOB), 2);
 }
@@ -140,7 +140,8 @@ async fn layer_clones_share_one_cache() {
     assert_eq!(first.me(ALICE).await.status, 200);
     assert_eq!(second.me(ALICE).await.status, 200);
     assert_eq!(composio.calls_for(ALICE), 1);
-    assert_eq!(layer.cached(), (1, 0));
+    let cached = layer.cached();
+    assert_eq!((cached.sessions, cached.rejections), (1, 0));
 }
 
 #[tokio::test]
@@ -414,5 +415,6 @@ async fn new_honours_no_network_and_reports_its_base_url() {
         .build()
         .unwrap();
     assert_eq!(layer.base_url(), "https://backend.composio.dev");
-    assert_eq!(layer.cached(), (0, 0));
+    let cached = layer.cached();
+    assert_eq!((cached.sessions, cached.rejections), (0, 0));
 }

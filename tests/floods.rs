@@ -55,7 +55,11 @@ async fn a_flood_of_invalid_keys_never_evicts_a_valid_session() {
         StatusCode::OK
     );
     assert_eq!(composio.calls_for(ALICE), 1);
-    let (sessions, rejections) = layer.cached();
+    let composio_auth::CachedVerdicts {
+        sessions,
+        rejections,
+        ..
+    } = layer.cached();
     assert_eq!(sessions, 1);
     assert!(rejections <= 10_000, "{rejections} rejections cached");
 }

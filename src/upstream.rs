@@ -4,15 +4,21 @@
 //! Only the one credential header goes upstream (with `accept` and a `user-agent`
 //! naming this crate); redirects are never followed; bodies are read up to
 //! [`MAX_UPSTREAM_BODY_BYTES`]. A verdict about the key comes from a `200` session
-//! document or from a well-formed error envelope; anything else (a proxy's HTML, a
-//! `429`, a `5xx`, a redirect, a body that is not the envelope) decides nothing and
-//! becomes [`Verdict::Undecided`].
+//! document (a key or project marked `deleted` is refused) or from a well-formed
+//! error envelope; anything else (a proxy's HTML, a `429`, a `5xx`, a redirect, a
+//! body that is not the envelope) decides nothing and becomes [`Verdict::Undecided`].
+//!
+//! The HTTP client is one per Tokio runtime: a pooled connection is driven by the
+//! runtime that opened it, so a client shared by two runtimes would stall one
+//! runtime's calls on a connection that the other, idle, runtime never polls.
 
-use std::sync::Arc;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use http::header::{ACCEPT, CONTENT_LENGTH, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
+use tokio::runtime;
 
 use crate::credential::CredentialHeader;
 use crate::envelope::{ErrorEnvelope, Rejection};
@@ -25,6 +31,9 @@ pub const MAX_UPSTREAM_BODY_BYTES: usize = 64 * 1024;
 
 /// The `user-agent` of every upstream call.
 pub(crate) const USER_AGENT: &str = concat!("composio-auth/", env!("CARGO_PKG_VERSION"));
+
+/// Runtimes whose HTTP client is kept; the least recently added goes first.
+const CLIENTS_KEPT: usize = 8;
 
 /// What the layer decided about a key.
 #[derive(Clone, Debug)]
@@ -52,44 +61,107 @@ impl Verdict {
     }
 }
 
-/// The HTTP client and the endpoint's URL, or why there is none.
+/// The endpoint and its HTTP clients, or why there are none.
 pub(crate) enum Upstream {
     Ready {
-        client: reqwest::Client,
-        url: reqwest::Url,
+        /// The session endpoint for each credential header (indexed by
+        /// `CredentialHeader as usize`).
+        urls: Box<[reqwest::Url; 3]>,
+        clients: Clients,
     },
     /// The layer was made by `new()` from an unusable configuration: every key is
     /// undecided (503) and the reason is logged.
     Misconfigured(String),
 }
 
-impl Upstream {
-    pub(crate) fn new(
-        url: reqwest::Url,
-        loopback: bool,
-        connect_timeout: Duration,
-    ) -> Result<Self, String> {
+/// One HTTP client per Tokio runtime, all configured alike.
+pub(crate) struct Clients {
+    loopback: bool,
+    connect_timeout: Duration,
+    by_runtime: Mutex<Vec<(runtime::Id, reqwest::Client)>>,
+}
+
+impl Clients {
+    /// Checks that a client can be built with this configuration (and builds none
+    /// for any runtime yet: the layer may be made outside one).
+    fn new(loopback: bool, connect_timeout: Duration) -> Result<Self, String> {
+        let clients = Self {
+            loopback,
+            connect_timeout,
+            by_runtime: Mutex::new(Vec::new()),
+        };
+        clients.build()?;
+        Ok(clients)
+    }
+
+    fn build(&self) -> Result<reqwest::Client, String> {
         let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .user_agent(USER_AGENT)
-            .connect_timeout(connect_timeout)
+            .connect_timeout(self.connect_timeout)
             .pool_idle_timeout(Duration::from_secs(60));
-        builder = if loopback {
-            // A loopback stand-in is never reached through a proxy.
-            builder.no_proxy()
+        builder = if self.loopback {
+            // A loopback stand-in is never reached through a proxy, and `localhost`
+            // never through the resolver: it could answer another address.
+            builder.no_proxy().resolve_to_addrs(
+                "localhost",
+                &[
+                    SocketAddr::from((Ipv4Addr::LOCALHOST, 0)),
+                    SocketAddr::from((Ipv6Addr::LOCALHOST, 0)),
+                ],
+            )
         } else {
             builder.https_only(true)
         };
-        let client = builder
+        builder
             .build()
-            .map_err(|e| format!("cannot build the HTTP client: {e}"))?;
-        Ok(Self::Ready { client, url })
+            .map_err(|e| format!("cannot build the HTTP client: {e}"))
     }
 
-    /// Asks Composio about one key. Never panics, never logs the key.
-    pub(crate) async fn verify(&self, header: CredentialHeader, key: HeaderValue) -> Verdict {
-        let (client, url) = match self {
-            Self::Ready { client, url } => (client, url),
+    /// The client of the runtime this runs on.
+    fn current(&self) -> Result<reqwest::Client, String> {
+        let id = runtime::Handle::try_current()
+            .map_err(|_| "no Tokio runtime".to_owned())?
+            .id();
+        let mut by_runtime = self
+            .by_runtime
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, client)) = by_runtime.iter().find(|(runtime, _)| *runtime == id) {
+            return Ok(client.clone());
+        }
+        let client = self.build()?;
+        if by_runtime.len() == CLIENTS_KEPT {
+            by_runtime.remove(0);
+        }
+        by_runtime.push((id, client.clone()));
+        Ok(client)
+    }
+}
+
+impl Upstream {
+    pub(crate) fn new(
+        urls: [reqwest::Url; 3],
+        loopback: bool,
+        connect_timeout: Duration,
+    ) -> Result<Self, String> {
+        let clients = Clients::new(loopback, connect_timeout)?;
+        Ok(Self::Ready {
+            urls: Box::new(urls),
+            clients,
+        })
+    }
+
+    /// Asks Composio about one key; a session's TTL starts at `sent_at`, taken just
+    /// before this call. Never panics, never logs the key.
+    pub(crate) async fn verify(
+        &self,
+        header: CredentialHeader,
+        key: HeaderValue,
+        sent_at: Instant,
+    ) -> Verdict {
+        let (urls, clients) = match self {
+            Self::Ready { urls, clients } => (urls, clients),
             Self::Misconfigured(reason) => {
                 tracing::error!(target: TRACING_TARGET, %reason, "composio-auth is misconfigured; answering 503");
                 return Verdict::undecided(
@@ -98,9 +170,15 @@ impl Upstream {
                 );
             }
         };
-        let started = Instant::now();
+        let client = match clients.current() {
+            Ok(client) => client,
+            Err(reason) => {
+                tracing::error!(target: TRACING_TARGET, %reason, "no HTTP client for Composio");
+                return Verdict::undecided(reason, None);
+            }
+        };
         let response = client
-            .get(url.clone())
+            .get(urls[header as usize].clone())
             .header(header.header_name(), key)
             .header(ACCEPT, HeaderValue::from_static("application/json"))
             .send()
@@ -109,7 +187,7 @@ impl Upstream {
             Ok(response) => response,
             Err(error) => {
                 let error = error.without_url();
-                tracing::warn!(target: TRACING_TARGET, %error, latency_ms = elapsed_ms(started), "Composio unreachable");
+                tracing::warn!(target: TRACING_TARGET, %error, latency_ms = elapsed_ms(sent_at), "Composio unreachable");
                 return Verdict::undecided(
                     format!("Composio could not be reached: {}", describe(&error)),
                     None,
@@ -120,13 +198,13 @@ impl Upstream {
         let retry_after = retry_after_secs(response.headers());
         let body = read_capped(response, MAX_UPSTREAM_BODY_BYTES).await;
         let verdict = match body {
-            Ok(body) => classify(status, retry_after, &body),
+            Ok(body) => classify(status, retry_after, &body, sent_at),
             Err(reason) => Verdict::undecided(reason, retry_after),
         };
         tracing::debug!(
             target: TRACING_TARGET,
             status = status.as_u16(),
-            latency_ms = elapsed_ms(started),
+            latency_ms = elapsed_ms(sent_at),
             verdict = verdict.kind(),
             "Composio answered"
         );
@@ -182,15 +260,20 @@ async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<Vec<
     }
 }
 
-/// Turns Composio's answer into a verdict. Pure: tested beside, property-tested in
-/// `tests/`.
-pub(crate) fn classify(status: StatusCode, retry_after: Option<u64>, body: &[u8]) -> Verdict {
+/// Turns Composio's answer to a call sent at `sent_at` into a verdict. Pure: tested
+/// beside, property-tested and fuzzed.
+pub(crate) fn classify(
+    status: StatusCode,
+    retry_after: Option<u64>,
+    body: &[u8],
+    sent_at: Instant,
+) -> Verdict {
     match status {
         StatusCode::OK => match serde_json::from_slice::<SessionDocument>(body) {
             Ok(document) if document.is_deleted() => {
                 Verdict::Rejected(Arc::new(Rejection::deleted()))
             }
-            Ok(document) => Verdict::Allowed(SessionInfo::new(document)),
+            Ok(document) => Verdict::Allowed(SessionInfo::verified_at(document, sent_at)),
             Err(_) => Verdict::undecided("Composio answered 200 without a session document", None),
         },
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => rejected(status, status, body),
@@ -231,6 +314,11 @@ mod tests {
     use proptest::prelude::*;
     use serde_json::{json, Value};
 
+    /// Classification of an answer to a call sent now.
+    fn classify(status: StatusCode, retry_after: Option<u64>, body: &[u8]) -> Verdict {
+        super::classify(status, retry_after, body, Instant::now())
+    }
+
     fn document() -> serde_json::Value {
         json!({
             "project": null,
@@ -268,6 +356,16 @@ mod tests {
         let body = document().to_string();
         match classify(StatusCode::OK, None, body.as_bytes()) {
             Verdict::Allowed(session) => assert_eq!(session.org_member.email, "a@b.c"),
+            other => panic!("{}", other.kind()),
+        }
+    }
+
+    #[test]
+    fn a_session_is_as_old_as_its_question() {
+        let sent_at = Instant::now() - Duration::from_secs(3);
+        let body = document().to_string();
+        match super::classify(StatusCode::OK, None, body.as_bytes(), sent_at) {
+            Verdict::Allowed(session) => assert_eq!(session.verified(), sent_at),
             other => panic!("{}", other.kind()),
         }
     }

@@ -1,0 +1,299 @@
+//! One verification of a key, from start to verdict: the in-flight map that
+//! coalesces concurrent misses, the slot and time budget of the upstream call, and
+//! settling the verdict into the cache. Invalidation lives here too, because it is
+//! ordered against settling by the same lock.
+//!
+//! The rules, each enforced in one place below:
+//!
+//! - **One flight per key.** The first miss for a digest starts a flight: a task
+//!   spawned on the caller's runtime, so a client that disconnects neither cancels
+//!   nor re-runs it, and its verdict is cached even if every caller has gone. Later
+//!   misses on the same runtime join it ([`Verifications::join_or_start`]).
+//! - **Only the key's current flight settles.** A flight settles its verdict into the
+//!   cache and leaves the map in one critical section, and only while it is still
+//!   the key's flight in the map. [`Verifications::invalidate`] takes the flight out
+//!   of the map and empties the cache under the same lock. So after `invalidate`
+//!   returns, no request joins a flight that started before it, and no such flight
+//!   fills the cache (or, through it, any per-thread front).
+//! - **A flight that can never finish is replaced at once.** Its guard lives in the
+//!   task's future from the moment it is spawned: if the runtime drops the task
+//!   unpolled, the guard takes the flight out of the map. A flight of another
+//!   runtime is never joined (that runtime may be idle): it is replaced.
+//! - **A budget for every call.** Waiting for one of `max_concurrent_verifications`
+//!   slots and the upstream call share one `timeout`; a slot obtained with under a
+//!   tenth of it left is given back unused.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use futures_util::future::{FutureExt, Shared};
+use http::HeaderValue;
+use tokio::runtime::{self, Handle};
+use tokio::sync::{oneshot, Semaphore};
+
+use crate::cache::{Known, Lookup, VerdictCache};
+use crate::credential::CredentialHeader;
+use crate::digest::Digest;
+use crate::envelope::Rejection;
+use crate::upstream::{Upstream, Verdict};
+use crate::TRACING_TARGET;
+
+/// The verdict of a flight, as each waiting request awaits it.
+pub(crate) type VerdictFuture = Pin<Box<dyn Future<Output = Verdict> + Send>>;
+
+/// A flight in progress, shared by every request that waits for it.
+pub(crate) type Verification = Shared<VerdictFuture>;
+
+/// What a request that missed the cache gets from [`Verifications::join_or_start`].
+pub(crate) enum Joined {
+    /// A flight to wait for (joined, or just started).
+    Waiting(Verification),
+    /// A verdict that landed since the request's own lookup.
+    Known(Known),
+    /// No verification can run here (not on a Tokio runtime).
+    CannotRun(Rejection),
+}
+
+/// The verifications of one layer: what they need (cache, upstream, slots, budget)
+/// and the flights in progress.
+pub(crate) struct Verifications {
+    state: Arc<State>,
+}
+
+/// What every verification of one layer shares.
+struct State {
+    cache: Arc<VerdictCache>,
+    upstream: Upstream,
+    budget: Duration,
+    permits: Semaphore,
+    max_concurrent: usize,
+    flights: Mutex<HashMap<Digest, Flight>>,
+    next_flight: AtomicU64,
+}
+
+/// A key's flight in the in-flight map.
+struct Flight {
+    id: u64,
+    runtime: runtime::Id,
+    verification: Verification,
+}
+
+impl Verifications {
+    pub(crate) fn new(
+        cache: Arc<VerdictCache>,
+        upstream: Upstream,
+        budget: Duration,
+        max_concurrent: usize,
+    ) -> Self {
+        Self {
+            state: Arc::new(State {
+                cache,
+                upstream,
+                budget,
+                permits: Semaphore::new(max_concurrent),
+                max_concurrent,
+                flights: Mutex::new(HashMap::new()),
+                next_flight: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// For a request whose lookup missed: the key's flight on this runtime; or a
+    /// verdict that landed since the lookup; or a new flight.
+    pub(crate) fn join_or_start(
+        &self,
+        digest: Digest,
+        header: CredentialHeader,
+        key: &HeaderValue,
+    ) -> Joined {
+        let Ok(runtime) = Handle::try_current() else {
+            tracing::error!(target: TRACING_TARGET, "composio-auth needs a Tokio runtime to verify keys");
+            return Joined::CannotRun(Rejection::unavailable(
+                "composio-auth needs a Tokio runtime",
+                None,
+            ));
+        };
+        let mut flights = self.state.flights();
+        if let Some(flight) = flights.get(&digest).filter(|f| f.runtime == runtime.id()) {
+            tracing::debug!(target: TRACING_TARGET, "joining the verification in flight");
+            return Joined::Waiting(flight.verification.clone());
+        }
+        // A flight that ended since the caller's lookup settled under this lock.
+        if let Lookup::Known(known) = self.state.cache.lookup(&digest) {
+            return Joined::Known(known);
+        }
+        let (verification, task) = self.flight(&mut flights, &runtime, digest, header, key);
+        drop(flights);
+        runtime.spawn(task);
+        Joined::Waiting(verification)
+    }
+
+    /// Starts one background re-verification of a key whose session nears its TTL,
+    /// unless the key already has a flight on this runtime. Nobody waits for it.
+    pub(crate) fn refresh(&self, digest: Digest, header: CredentialHeader, key: &HeaderValue) {
+        let Ok(runtime) = Handle::try_current() else {
+            return;
+        };
+        let mut flights = self.state.flights();
+        if flights
+            .get(&digest)
+            .is_some_and(|f| f.runtime == runtime.id())
+        {
+            return;
+        }
+        tracing::debug!(target: TRACING_TARGET, "refreshing a session ahead of its expiry");
+        let (_, task) = self.flight(&mut flights, &runtime, digest, header, key);
+        drop(flights);
+        runtime.spawn(task);
+    }
+
+    /// Registers a new flight for `digest` (replacing any other, which then settles
+    /// nothing) and returns it with the task to spawn once the lock is released: a
+    /// task dropped unspawned takes its flight out of the map, which needs the lock.
+    fn flight(
+        &self,
+        flights: &mut HashMap<Digest, Flight>,
+        runtime: &Handle,
+        digest: Digest,
+        header: CredentialHeader,
+        key: &HeaderValue,
+    ) -> (Verification, impl Future<Output = ()> + Send + 'static) {
+        let id = self.state.next_flight.fetch_add(1, Ordering::Relaxed);
+        let (sender, receiver) = oneshot::channel();
+        let verdict: VerdictFuture = Box::pin(async move {
+            receiver
+                .await
+                .unwrap_or_else(|_| Verdict::undecided("the verification task failed", None))
+        });
+        let verification = verdict.shared();
+        flights.insert(
+            digest,
+            Flight {
+                id,
+                runtime: runtime.id(),
+                verification: verification.clone(),
+            },
+        );
+        // Created outside the task's body: it is dropped with the task, polled or not.
+        let guard = FlightGuard {
+            state: Arc::clone(&self.state),
+            digest,
+            id,
+        };
+        let key = key.clone();
+        let task = async move {
+            let (verdict, sent_at) = guard.state.call_within_budget(header, key).await;
+            guard.settle(&verdict, sent_at);
+            // Waiters hear the verdict after it is cached: a request that arrives
+            // once a waiter has its answer finds the verdict in the cache.
+            let _ = sender.send(verdict);
+        };
+        (verification, task)
+    }
+
+    /// Forgets `digests`: their flights stop being joinable and will settle nothing,
+    /// and their cached verdicts are gone (sessions retired) before this returns.
+    pub(crate) fn invalidate(&self, digests: impl IntoIterator<Item = Digest>) {
+        let mut flights = self.state.flights();
+        for digest in digests {
+            flights.remove(&digest);
+            self.state.cache.remove(&digest);
+        }
+    }
+
+    /// As [`invalidate`](Self::invalidate), for every key.
+    pub(crate) fn invalidate_all(&self) {
+        let mut flights = self.state.flights();
+        flights.clear();
+        self.state.cache.clear();
+    }
+}
+
+impl State {
+    fn flights(&self) -> MutexGuard<'_, HashMap<Digest, Flight>> {
+        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for a verification slot, then asks Composio, all within the budget.
+    /// Returns the verdict and when the upstream request was sent.
+    ///
+    /// A slot obtained with less than a tenth of the budget left is given back
+    /// unused: under overload, queued verifications would otherwise each start an
+    /// upstream call (spending the key owner's rate limit) only to abandon it a
+    /// moment later.
+    async fn call_within_budget(
+        &self,
+        header: CredentialHeader,
+        key: HeaderValue,
+    ) -> (Verdict, Instant) {
+        let budget = self.budget;
+        let deadline = tokio::time::Instant::now() + budget;
+        let no_slot = || {
+            tracing::warn!(target: TRACING_TARGET, ?budget, "no verification slot free in time");
+            let reason = format!(
+                "no verification slot free in time ({} upstream calls in flight)",
+                self.max_concurrent
+            );
+            (Verdict::undecided(reason, None), Instant::now())
+        };
+        let permit = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => {
+                return (
+                    Verdict::undecided("verification slots closed", None),
+                    Instant::now(),
+                )
+            }
+            Err(_) => return no_slot(),
+        };
+        if deadline.saturating_duration_since(tokio::time::Instant::now()) < budget / 10 {
+            return no_slot();
+        }
+        let sent_at = Instant::now();
+        let call = self.upstream.verify(header, key, sent_at);
+        let verdict = match tokio::time::timeout_at(deadline, call).await {
+            Ok(verdict) => verdict,
+            Err(_) => {
+                tracing::warn!(target: TRACING_TARGET, ?budget, "verification timed out");
+                Verdict::undecided(format!("verification timed out after {budget:?}"), None)
+            }
+        };
+        drop(permit);
+        (verdict, sent_at)
+    }
+}
+
+/// Owned by a flight's task: settles the flight, and takes it out of the in-flight
+/// map however the task ends (verdict, panic, or a runtime that drops it unpolled).
+struct FlightGuard {
+    state: Arc<State>,
+    digest: Digest,
+    id: u64,
+}
+
+impl FlightGuard {
+    /// Caches `verdict` and leaves the map, in one critical section, if this is still
+    /// the key's flight (no invalidation and no replacement since it started).
+    fn settle(&self, verdict: &Verdict, sent_at: Instant) {
+        let mut flights = self.state.flights();
+        if flights.get(&self.digest).is_some_and(|f| f.id == self.id) {
+            self.state.cache.settle(&self.digest, verdict, sent_at);
+            flights.remove(&self.digest);
+        } else {
+            tracing::debug!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict not cached: invalidated or replaced while in flight");
+        }
+    }
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let mut flights = self.state.flights();
+        if flights.get(&self.digest).is_some_and(|f| f.id == self.id) {
+            flights.remove(&self.digest);
+        }
+    }
+}
