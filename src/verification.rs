@@ -283,6 +283,7 @@ impl FlightGuard {
         if flights.get(&self.digest).is_some_and(|f| f.id == self.id) {
             self.state.cache.settle(&self.digest, verdict, sent_at);
             flights.remove(&self.digest);
+            tracing::trace!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict settled");
         } else {
             tracing::debug!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict not cached: invalidated or replaced while in flight");
         }

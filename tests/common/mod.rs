@@ -16,6 +16,15 @@ use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
 pub mod faulty;
+pub mod pause;
+
+/// Awaits `future`, or panics naming `what` after 10 s (expected: milliseconds), so
+/// that a broken promise fails the test instead of hanging it.
+pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output {
+    tokio::time::timeout(std::time::Duration::from_secs(10), future)
+        .await
+        .unwrap_or_else(|_| panic!("waited 10 s for {what}"))
+}
 
 pub const ALICE: &str = "ak_alice_0123456789abcdef";
 pub const BOB: &str = "ak_bob_0123456789abcdefgh";

@@ -1,0 +1,269 @@
+//! Interleavings forced by pausing the layer at a known point (`common::pause`), and
+//! the runtimes a verification can outlive or be stranded on.
+//!
+//! Each test builds its own runtimes: the upstream stand-in runs on a runtime of its
+//! own, requests run on others (plain threads with current-thread runtimes), so that
+//! a thread paused inside the layer blocks nothing the test needs.
+
+mod common;
+
+use std::thread;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::routing::get;
+use axum::{Extension, Router};
+use common::pause::Points;
+use common::{composio, within, ALICE, BOB};
+use composio_auth::testing::{Reply, StandIn};
+use composio_auth::{ComposioAuthBuilder, ComposioAuthLayer, SessionInfo};
+use futures_util::FutureExt;
+use tokio::runtime::{Builder, Runtime};
+use tower::ServiceExt;
+
+/// Generous bound on waits that are expected to take milliseconds.
+const WAIT: Duration = Duration::from_secs(10);
+const ROUNDS: usize = 10;
+
+fn multi_thread() -> Runtime {
+    Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn current_thread() -> Runtime {
+    Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// The stand-in, on a runtime of its own (kept alive by the returned runtime).
+fn upstream() -> (Runtime, StandIn) {
+    let runtime = multi_thread();
+    let composio = runtime.block_on(composio());
+    (runtime, composio)
+}
+
+fn layer(
+    composio: &StandIn,
+    configure: impl FnOnce(ComposioAuthBuilder) -> ComposioAuthBuilder,
+) -> ComposioAuthLayer {
+    configure(ComposioAuthLayer::builder().base_url(composio.base_url()))
+        .build()
+        .unwrap()
+}
+
+fn app(layer: &ComposioAuthLayer) -> Router {
+    Router::new()
+        .route(
+            "/me",
+            get(|Extension(session): Extension<SessionInfo>| async move {
+                session.org_member.email.clone()
+            }),
+        )
+        .layer(layer.clone())
+}
+
+fn request(key: &str) -> Request<Body> {
+    Request::get("/me")
+        .header("x-api-key", key)
+        .body(Body::empty())
+        .unwrap()
+}
+
+/// One request through `app` on `runtime` (panics if it takes over [`WAIT`]).
+fn call(runtime: &Runtime, app: &Router, key: &str) -> StatusCode {
+    runtime
+        .block_on(within("an answer", app.clone().oneshot(request(key))))
+        .unwrap()
+        .status()
+}
+
+/// One request on a new thread with a runtime (and per-thread front) of its own.
+fn call_on_thread(app: &Router, key: &str) -> thread::JoinHandle<StatusCode> {
+    let (app, key) = (app.clone(), key.to_owned());
+    thread::spawn(move || call(&current_thread(), &app, &key))
+}
+
+#[test]
+fn a_verdict_invalidated_in_flight_reaches_no_thread_while_it_settles() {
+    let points = Points::get();
+    let _serial = points.serial();
+    let (upstream_rt, composio) = upstream();
+    let layer = layer(&composio, |b| b);
+    let app = app(&layer);
+    let requests = multi_thread();
+    for round in 0..ROUNDS {
+        let key = format!("ak_settle_{round}_0123456789abcdef");
+        composio.add_session(&key, StandIn::example_document());
+        let calls = composio.calls();
+
+        composio.hold();
+        let first = requests.spawn(app.clone().oneshot(request(&key)));
+        upstream_rt.block_on(within(
+            "the upstream call",
+            composio.wait_for_calls(calls + 1),
+        )); // decided "valid"
+        composio.revoke(&key);
+        upstream_rt.block_on(layer.invalidate(&key));
+
+        // The held verification settles and is paused right there, in its critical
+        // section, having decided not to cache its (pre-invalidation) verdict.
+        points.arm("verdict not cached: invalidated or replaced while in flight");
+        composio.release();
+        points.wait_paused(WAIT);
+        // Meanwhile another thread asks for the key (it misses and waits its turn).
+        let misses = points.count("cache miss");
+        let other = call_on_thread(&app, &key);
+        points.wait_count("cache miss", misses + 1, WAIT);
+        points.resume();
+
+        assert_eq!(
+            requests.block_on(first).unwrap().unwrap().status(),
+            StatusCode::OK
+        );
+        assert_eq!(
+            other.join().unwrap(),
+            StatusCode::UNAUTHORIZED,
+            "round {round}"
+        );
+        // No thread kept the old verdict: not that one, not this one.
+        assert_eq!(
+            call_on_thread(&app, &key).join().unwrap(),
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(call(&requests, &app, &key), StatusCode::UNAUTHORIZED);
+        assert_eq!(composio.calls_for(&key), 2, "round {round}");
+    }
+}
+
+#[test]
+fn a_stale_session_is_never_served_once_composio_has_refused_the_key() {
+    let points = Points::get();
+    let _serial = points.serial();
+    let (upstream_rt, composio) = upstream();
+    let ttl = Duration::from_millis(200);
+    let layer = layer(&composio, |b| {
+        b.ttl(ttl)
+            .stale_if_error(Duration::from_secs(600))
+            .negative_ttl(Duration::ZERO)
+            .refresh_ahead(false)
+    });
+    let app = app(&layer);
+    let requests = multi_thread();
+    for round in 0..ROUNDS {
+        let key = format!("ak_stale_{round}_0123456789abcdef");
+        composio.recover();
+        composio.add_session(&key, StandIn::example_document());
+        assert_eq!(call(&requests, &app, &key), StatusCode::OK);
+        thread::sleep(ttl + Duration::from_millis(50)); // let the session go stale
+        let calls = composio.calls();
+
+        composio.hold();
+        composio.revoke(&key);
+        // The first request finds the stale session and starts a verification,
+        // which Composio decides: refused.
+        let first = requests.spawn(app.clone().oneshot(request(&key)));
+        upstream_rt.block_on(within(
+            "the upstream call",
+            composio.wait_for_calls(calls + 1),
+        ));
+        // A second request also finds the stale session in its lookup, and is
+        // paused right after it, before joining anything.
+        points.arm("cache miss");
+        let second = call_on_thread(&app, &key);
+        points.wait_paused(WAIT);
+        // The refusal lands; then Composio starts failing.
+        composio.release();
+        let first = requests.block_on(first).unwrap().unwrap().status();
+        assert_eq!(first, StatusCode::UNAUTHORIZED, "round {round}");
+        composio.fail_with(Reply::html(502));
+        points.resume();
+        // The second request's own verification is undecided: the stale session it
+        // saw is older than the refusal, so it is not served.
+        assert_eq!(
+            second.join().unwrap(),
+            StatusCode::SERVICE_UNAVAILABLE,
+            "round {round}"
+        );
+        assert_eq!(composio.calls_for(&key), 3, "round {round}");
+    }
+}
+
+#[test]
+fn a_verification_dropped_with_its_runtime_is_replaced_at_once() {
+    let (_upstream_rt, composio) = upstream();
+    let layer = layer(&composio, |b| b.timeout(Duration::from_secs(5)));
+    let app = app(&layer);
+
+    let a = current_thread();
+    a.block_on(async {
+        let mut pending = app.clone().oneshot(request(ALICE));
+        // Started (the task is spawned on `a`), never polled: `a` goes away first.
+        assert!((&mut pending).now_or_never().is_none());
+    });
+    drop(a);
+
+    let b = current_thread();
+    let started = std::time::Instant::now();
+    assert_eq!(call(&b, &app, ALICE), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        composio.calls_for(ALICE),
+        1,
+        "the dropped task never called"
+    );
+}
+
+#[test]
+fn a_runtime_left_idle_does_not_stall_another_runtimes_verifications() {
+    let (_upstream_rt, composio) = upstream();
+    let layer = layer(&composio, |b| b.timeout(Duration::from_secs(5)));
+    let app = app(&layer);
+
+    // `a` verifies a key (opening a pooled connection it drives), then idles: it
+    // stays alive, but nothing polls it again.
+    let a = current_thread();
+    assert_eq!(call(&a, &app, ALICE), StatusCode::OK);
+
+    let b = current_thread();
+    let started = std::time::Instant::now();
+    assert_eq!(call(&b, &app, BOB), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "stalled {:?}",
+        started.elapsed()
+    );
+    assert_eq!(composio.calls(), 2);
+    drop(a);
+}
+
+#[test]
+fn requests_on_another_runtime_do_not_join_a_flight_they_cannot_drive() {
+    let (_upstream_rt, composio) = upstream();
+    let layer = layer(&composio, |b| b.timeout(Duration::from_secs(5)));
+    let app = app(&layer);
+
+    // A verification started on `a`, which is then left idle with it in flight.
+    let a = current_thread();
+    a.block_on(async {
+        let mut pending = app.clone().oneshot(request(ALICE));
+        assert!((&mut pending).now_or_never().is_none());
+    });
+    // `b` does not wait on `a`'s flight: it verifies the key itself.
+    let b = current_thread();
+    let started = std::time::Instant::now();
+    assert_eq!(call(&b, &app, ALICE), StatusCode::OK);
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(composio.calls_for(ALICE), 1, "only `b` called Composio");
+    drop(a);
+}
