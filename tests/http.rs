@@ -6,7 +6,7 @@ mod common;
 use axum::http::StatusCode;
 use common::{serve, setup, Client, ALICE, BOB};
 use composio_auth::testing::{Reply, StandIn};
-use composio_auth::CredentialHeader;
+use composio_auth::{ComposioAuthLayer, CredentialHeader, SessionInfo, DEFAULT_SESSION_PATH};
 use serde_json::json;
 
 fn assert_local_401(answer: &common::Answer, code: i64, slug: &str) {
@@ -98,6 +98,110 @@ async fn credential_headers_can_be_enabled() {
     let sent = composio.last_request_headers().unwrap();
     assert_eq!(sent["x-org-api-key"], ALICE);
     assert!(!sent.contains_key("x-api-key"));
+}
+
+#[tokio::test]
+async fn each_credential_header_goes_to_its_own_session_path() {
+    const USER_PATH: &str = "/api/v3.1/auth/session/info";
+    let (composio, _, client) = setup(|b| {
+        b.credential_headers([CredentialHeader::ApiKey, CredentialHeader::UserApiKey])
+            .session_path_for(CredentialHeader::UserApiKey, USER_PATH)
+    })
+    .await;
+    assert_eq!(
+        client.get("/me", &[("x-user-api-key", ALICE)]).await.status,
+        200
+    );
+    assert_eq!(
+        (
+            composio.calls_on(USER_PATH),
+            composio.calls_on(DEFAULT_SESSION_PATH)
+        ),
+        (1, 0)
+    );
+    assert_eq!(client.me(BOB).await.status, 200);
+    assert_eq!(
+        (
+            composio.calls_on(USER_PATH),
+            composio.calls_on(DEFAULT_SESSION_PATH)
+        ),
+        (1, 1)
+    );
+    // The same key under the other header is another verdict, verified on its path.
+    assert_eq!(client.me(ALICE).await.status, 200);
+    assert_eq!(composio.calls_on(DEFAULT_SESSION_PATH), 2);
+
+    let error = common::builder(&composio)
+        .session_path_for(CredentialHeader::OrgApiKey, "no-slash")
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("session_path"), "{error}");
+}
+
+#[tokio::test]
+async fn localhost_is_reached_on_loopback_and_other_local_names_need_https() {
+    let composio = common::composio().await;
+    let base = format!("http://localhost:{}", composio.addr().port());
+    let layer = ComposioAuthLayer::builder()
+        .base_url(&base)
+        .build()
+        .unwrap();
+    let client = Client::new(serve(common::app(layer)).await);
+    assert_eq!(client.me(ALICE).await.status, 200);
+    assert_eq!(composio.calls_for(ALICE), 1);
+    for name in ["api.localhost", "localhost.", "localhost.example.com"] {
+        let base = format!("http://{name}:{}", composio.addr().port());
+        let error = ComposioAuthLayer::builder()
+            .base_url(base)
+            .build()
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("must use https"), "{name}: {error}");
+    }
+}
+
+#[tokio::test]
+async fn the_stand_in_refuses_a_revoked_key_whatever_its_default_reply() {
+    let (composio, _, client) = setup(|b| b.negative_ttl(std::time::Duration::ZERO)).await;
+    composio.set_default_reply(Some(Reply::Session(StandIn::example_document())));
+    assert_eq!(client.me("ak_anything_0123456789abc").await.status, 200);
+    composio.revoke(ALICE);
+    let refused = client.me(ALICE).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.envelope().error.code, 801);
+    // Added again, it is valid again (no rejection is cached with `negative_ttl` 0).
+    composio.add_session(ALICE, StandIn::example_document());
+    assert_eq!(client.me(ALICE).await.status, 200);
+    assert_eq!(composio.calls_for(ALICE), 2);
+}
+
+#[tokio::test]
+async fn a_session_never_holds_the_key() {
+    // The reference document echoes a key in `api_key.key`; a user key echoes itself.
+    let (composio, layer, _) = setup(|b| b).await;
+    let mut document = StandIn::example_document();
+    document["api_key"]["key"] = json!(ALICE);
+    composio.add_session(ALICE, document);
+    let app = axum::Router::new()
+        .route(
+            "/debug",
+            axum::routing::get(|session: SessionInfo| async move {
+                // `ApiKey` and `OrgMember` derive `Debug`: every field they hold shows.
+                format!("{:?} {:?}", session.api_key, session.org_member)
+            }),
+        )
+        .layer(layer);
+    let debug_client = Client::new(serve(app).await);
+    let answer = debug_client.get("/debug", &[("x-api-key", ALICE)]).await;
+    assert_eq!(answer.status, 200);
+    assert!(answer.body.contains("Development Key"), "{}", answer.body);
+    assert!(!answer.body.contains(ALICE), "{}", answer.body);
+    assert!(
+        !answer.body.contains("sk_live_abc123xyz456"),
+        "{}",
+        answer.body
+    );
 }
 
 #[tokio::test]
