@@ -23,7 +23,7 @@ use std::time::Instant;
 use crate::digest::Digest;
 use crate::session::{SessionInfo, WeakSession};
 
-/// Slots per thread (about 48 KiB, allocated on first use).
+/// Slots per thread (64 KiB, allocated on first use).
 const SLOTS: usize = 1024;
 
 struct Slot {
