@@ -90,3 +90,51 @@ pub(crate) fn offer(
         });
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn session() -> SessionInfo {
+        SessionInfo::new(
+            serde_json::from_value(serde_json::json!({
+                "project": null, "api_key": null,
+                "org_member": {"id": "m", "email": "a@b.c", "name": "A", "role": "admin"}
+            }))
+            .unwrap(),
+        )
+    }
+
+    /// A cache id no real cache uses (they count up from zero).
+    const CACHE: u64 = u64::MAX;
+
+    #[test]
+    fn a_slot_serves_its_session_until_the_refresh_point() {
+        let (digest, session, now) = (Digest::from_bytes([9; 32]), session(), Instant::now());
+        offer(CACHE, digest, now, now + Duration::from_secs(1), &session);
+        assert!(get(CACHE, &digest, now).is_some_and(|s| s.same_entry(&session)));
+        assert!(get(CACHE - 1, &digest, now).is_none(), "another cache");
+        assert!(get(CACHE, &digest, now + Duration::from_secs(1)).is_none());
+        // A slot found no longer good was emptied.
+        assert!(get(CACHE, &digest, now).is_none());
+    }
+
+    #[test]
+    fn a_slot_never_serves_a_retired_session() {
+        let (digest, session, now) = (Digest::from_bytes([10; 32]), session(), Instant::now());
+        offer(CACHE, digest, now, now + Duration::from_secs(60), &session);
+        session.retire();
+        assert!(get(CACHE, &digest, now).is_none());
+    }
+
+    #[test]
+    fn a_slot_keeps_no_session_alive() {
+        let (digest, session, now) = (Digest::from_bytes([11; 32]), session(), Instant::now());
+        let weak = session.downgrade();
+        offer(CACHE, digest, now, now + Duration::from_secs(60), &session);
+        drop(session);
+        assert!(weak.upgrade().is_none(), "the slot kept the session alive");
+        assert!(get(CACHE, &digest, now).is_none());
+    }
+}
