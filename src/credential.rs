@@ -79,11 +79,16 @@ impl AcceptedHeaders {
         self.0 & header.bit() != 0
     }
 
-    /// The accepted headers' names, for messages: `"x-api-key or x-org-api-key"`.
-    pub(crate) fn names(self) -> String {
+    /// The accepted headers, in the order they are looked for.
+    pub(crate) fn iter(self) -> impl Iterator<Item = CredentialHeader> {
         CredentialHeader::ALL
             .into_iter()
-            .filter(|h| self.contains(*h))
+            .filter(move |h| self.contains(*h))
+    }
+
+    /// The accepted headers' names, for messages: `"x-api-key or x-org-api-key"`.
+    pub(crate) fn names(self) -> String {
+        self.iter()
             .map(CredentialHeader::as_str)
             .collect::<Vec<_>>()
             .join(" or ")

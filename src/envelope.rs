@@ -190,22 +190,28 @@ impl Rejection {
         }
     }
 
-    /// Renders the rejection for a request with these headers: a `grpc-status` for a
-    /// gRPC request, else the JSON envelope (carrying the request's `x-request-id`
-    /// when the layer made the envelope).
-    pub(crate) fn render_for(&self, headers: &HeaderMap) -> Response<Bytes> {
-        self.render(is_grpc(headers), headers.get("x-request-id"))
+    /// Renders the rejection for a request with these headers: a trailers-only
+    /// `grpc-status` for a gRPC or gRPC-web request, else the JSON envelope
+    /// (carrying the request's `x-request-id` when the layer made the envelope, and
+    /// `challenge` as `WWW-Authenticate` on a 401).
+    pub(crate) fn render_for(
+        &self,
+        headers: &HeaderMap,
+        challenge: &HeaderValue,
+    ) -> Response<Bytes> {
+        match grpc_content_type(headers) {
+            Some(content_type) => self.render_grpc(content_type),
+            None => self.render_http(request_id(headers), challenge),
+        }
     }
 
-    /// Renders the rejection for one request.
-    pub(crate) fn render(&self, grpc: bool, request_id: Option<&HeaderValue>) -> Response<Bytes> {
-        if grpc {
-            return self.render_grpc();
-        }
-        let request_id = request_id
-            .filter(|_| self.local)
-            .and_then(|v| v.to_str().ok());
-        let bytes = match request_id {
+    /// The JSON envelope; `request_id` goes into envelopes the layer made.
+    pub(crate) fn render_http(
+        &self,
+        request_id: Option<&str>,
+        challenge: &HeaderValue,
+    ) -> Response<Bytes> {
+        let bytes = match request_id.filter(|_| self.local) {
             Some(id) => {
                 let mut body = self.body.clone();
                 body.request_id = Some(id.to_owned());
@@ -218,10 +224,7 @@ impl Rejection {
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if self.status == StatusCode::UNAUTHORIZED {
-            headers.insert(
-                WWW_AUTHENTICATE,
-                HeaderValue::from_static(r#"ApiKey realm="composio", header="x-api-key""#),
-            );
+            headers.insert(WWW_AUTHENTICATE, challenge.clone());
         }
         if let Some(secs) = self.retry_after_secs {
             headers.insert(RETRY_AFTER, HeaderValue::from(secs));
@@ -229,13 +232,15 @@ impl Rejection {
         response
     }
 
-    /// A trailers-only gRPC response: HTTP 200, status in the headers, no body.
-    fn render_grpc(&self) -> Response<Bytes> {
+    /// A trailers-only gRPC response: HTTP 200, status in the headers, no body, and
+    /// the request's own content type (gRPC-web clients check its family).
+    fn render_grpc(&self, content_type: HeaderValue) -> Response<Bytes> {
         let mut response = Response::new(Bytes::new());
         let headers = response.headers_mut();
-        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(CONTENT_TYPE, content_type);
         headers.insert("grpc-status", HeaderValue::from(self.grpc_code()));
-        let message = utf8_percent_encode(&self.body.message, GRPC_MESSAGE).to_string();
+        let message = bounded(&self.body.message, MAX_GRPC_MESSAGE_BYTES);
+        let message = utf8_percent_encode(message, GRPC_MESSAGE).to_string();
         if let Ok(value) = HeaderValue::from_str(&message) {
             headers.insert("grpc-message", value);
         }
@@ -246,11 +251,63 @@ impl Rejection {
     }
 }
 
-/// Whether the request is gRPC (its rejection is then a `grpc-status`).
-fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+/// Longest `grpc-message`, in bytes before percent-encoding (at most three times
+/// that after): gRPC clients refuse header blocks past a few KiB (grpcio's default
+/// limit is 8 KiB, and tonic reports an h2 protocol error) instead of reading the
+/// status. Longer messages are cut on a character boundary.
+pub const MAX_GRPC_MESSAGE_BYTES: usize = 512;
+
+/// Longest inbound `x-request-id` echoed in an envelope; a longer one, an empty one,
+/// or one with bytes outside visible ASCII is not echoed (the envelope then has no
+/// `request_id`).
+pub const MAX_REQUEST_ID_BYTES: usize = 128;
+
+/// The `WWW-Authenticate` challenge of a 401: one `ApiKey` challenge per header the
+/// layer accepts (RFC 9110, section 11.6.1), so a client that follows it sends the
+/// key where it is accepted.
+pub(crate) fn challenge<'a>(headers: impl IntoIterator<Item = &'a str>) -> HeaderValue {
+    let challenges: Vec<String> = headers
+        .into_iter()
+        .map(|header| format!(r#"ApiKey realm="composio", header="{header}""#))
+        .collect();
+    // Header names are lowercase ASCII: always a valid value.
+    HeaderValue::from_str(&challenges.join(", "))
+        .unwrap_or_else(|_| HeaderValue::from_static(r#"ApiKey realm="composio""#))
+}
+
+/// The inbound `x-request-id`, if it is fit to echo.
+fn request_id(headers: &HeaderMap) -> Option<&str> {
+    let id = headers.get("x-request-id")?;
+    let bytes = id.as_bytes();
+    let fit = (1..=MAX_REQUEST_ID_BYTES).contains(&bytes.len())
+        && bytes.iter().all(|b| (0x21..=0x7E).contains(b));
+    fit.then(|| id.to_str().ok()).flatten()
+}
+
+/// For a gRPC request (`application/grpc`, optionally followed by `+`, `-` or `;`,
+/// in any case), the content type to answer with: the request's own media type,
+/// lowercased (`application/grpc`, `application/grpc+proto`,
+/// `application/grpc-web+proto`, `application/grpc-web-text`, ...).
+fn grpc_content_type(headers: &HeaderMap) -> Option<HeaderValue> {
+    const GRPC: &[u8] = b"application/grpc";
+    let value = headers.get(CONTENT_TYPE)?.as_bytes();
+    let media = value.split(|b| *b == b';').next()?.trim_ascii();
+    let rest = media.get(GRPC.len()..)?;
+    if !media[..GRPC.len()].eq_ignore_ascii_case(GRPC)
+        || !matches!(rest.first(), None | Some(b'+' | b'-'))
+    {
+        return None;
+    }
+    HeaderValue::from_bytes(&media.to_ascii_lowercase()).ok()
+}
+
+/// `message` cut to at most `max` bytes, on a character boundary.
+fn bounded(message: &str, max: usize) -> &str {
+    let mut end = message.len().min(max);
+    while !message.is_char_boundary(end) {
+        end -= 1;
+    }
+    &message[..end]
 }
 
 /// Bytes the gRPC spec requires percent-encoded in `grpc-message` (and `%` itself).
@@ -273,7 +330,8 @@ mod tests {
 
     #[test]
     fn no_credential_speaks_composio() {
-        let response = Rejection::no_credential("x-api-key").render(false, None);
+        let response =
+            Rejection::no_credential("x-api-key").render_http(None, &challenge(["x-api-key"]));
         assert_eq!(response.status(), 401);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         assert!(response.headers().contains_key(WWW_AUTHENTICATE));
@@ -287,8 +345,8 @@ mod tests {
 
     #[test]
     fn local_rejections_carry_the_inbound_request_id() {
-        let id = HeaderValue::from_static("req-123");
-        let envelope = parse(&Rejection::forbidden().render(false, Some(&id)));
+        let envelope =
+            parse(&Rejection::forbidden().render_http(Some("req-123"), &challenge(["x-api-key"])));
         assert_eq!(envelope.error.request_id.as_deref(), Some("req-123"));
         assert_eq!(envelope.error.status, 403);
     }
@@ -305,8 +363,7 @@ mod tests {
             errors: Some(vec!["detail".into()]),
         };
         let rejection = Rejection::upstream(StatusCode::UNAUTHORIZED, body.clone());
-        let id = HeaderValue::from_static("inbound");
-        let envelope = parse(&rejection.render(false, Some(&id)));
+        let envelope = parse(&rejection.render_http(Some("inbound"), &challenge(["x-api-key"])));
         assert_eq!(envelope.error.status, 401);
         assert_eq!(envelope.error.request_id.as_deref(), Some("upstream-1"));
         assert_eq!(envelope.error.message, body.message);
@@ -315,13 +372,16 @@ mod tests {
 
     #[test]
     fn unavailable_has_a_bounded_retry_after() {
-        let response = Rejection::unavailable("upstream answered 502", None).render(false, None);
+        let response = Rejection::unavailable("upstream answered 502", None)
+            .render_http(None, &challenge(["x-api-key"]));
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()[RETRY_AFTER], "5");
         assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
-        let response = Rejection::unavailable("429", Some(3600)).render(false, None);
+        let response =
+            Rejection::unavailable("429", Some(3600)).render_http(None, &challenge(["x-api-key"]));
         assert_eq!(response.headers()[RETRY_AFTER], "60");
-        let response = Rejection::unavailable("429", Some(0)).render(false, None);
+        let response =
+            Rejection::unavailable("429", Some(0)).render_http(None, &challenge(["x-api-key"]));
         assert_eq!(response.headers()[RETRY_AFTER], "1");
         assert_eq!(parse(&response).error.errors, Some(vec!["429".to_owned()]));
     }
@@ -333,7 +393,7 @@ mod tests {
             (Rejection::forbidden(), "7"),
             (Rejection::unavailable("down", None), "14"),
         ] {
-            let response = rejection.render(true, None);
+            let response = rejection.render_grpc(HeaderValue::from_static("application/grpc"));
             assert_eq!(response.status(), 200);
             assert_eq!(response.headers()[CONTENT_TYPE], "application/grpc");
             assert_eq!(response.headers()["grpc-status"], code);
@@ -352,7 +412,8 @@ mod tests {
             suggested_fix: None,
             errors: None,
         };
-        let response = Rejection::upstream(StatusCode::UNAUTHORIZED, body).render(true, None);
+        let response = Rejection::upstream(StatusCode::UNAUTHORIZED, body)
+            .render_grpc(HeaderValue::from_static("application/grpc"));
         assert_eq!(
             response.headers()["grpc-message"],
             "100%25 bad%0Akey %C3%BC"
@@ -364,5 +425,96 @@ mod tests {
         let envelope: ErrorEnvelope =
             serde_json::from_str(r#"{"error":{"message":"m","code":801,"status":401}}"#).unwrap();
         assert_eq!(envelope.error.slug, None);
+    }
+
+    fn headers(pairs: &[(&str, &[u8])]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (name, value) in pairs {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_bytes(value).unwrap(),
+            );
+        }
+        map
+    }
+
+    #[test]
+    fn grpc_is_recognised_in_any_case_and_only_as_a_whole_media_type() {
+        let kind = |ct: &[u8]| grpc_content_type(&headers(&[("content-type", ct)]));
+        for (sent, answered) in [
+            (&b"application/grpc"[..], "application/grpc"),
+            (b"Application/gRPC", "application/grpc"),
+            (b"application/grpc+proto", "application/grpc+proto"),
+            (b"application/grpc; charset=utf-8", "application/grpc"),
+            (b"application/grpc-web", "application/grpc-web"),
+            (b"application/GRPC-Web+proto", "application/grpc-web+proto"),
+            (b"application/grpc-web-text", "application/grpc-web-text"),
+        ] {
+            assert_eq!(kind(sent).unwrap(), answered, "{sent:?}");
+        }
+        for not_grpc in [
+            &b"application/grpcx"[..],
+            b"application/json",
+            b"text/grpc",
+            b"application/grp",
+        ] {
+            assert!(kind(not_grpc).is_none(), "{not_grpc:?}");
+        }
+        assert!(grpc_content_type(&HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn grpc_web_rejections_answer_in_the_requests_content_type() {
+        let request = headers(&[("content-type", b"application/grpc-web-text")]);
+        let response =
+            Rejection::no_credential("x-api-key").render_for(&request, &challenge(["x-api-key"]));
+        assert_eq!(
+            response.headers()[CONTENT_TYPE],
+            "application/grpc-web-text"
+        );
+        assert_eq!(response.headers()["grpc-status"], "16");
+    }
+
+    #[test]
+    fn grpc_message_is_bounded_on_a_character_boundary() {
+        let body = ErrorBody {
+            message: "é".repeat(6_000),
+            code: 1,
+            slug: None,
+            status: 401,
+            request_id: None,
+            suggested_fix: None,
+            errors: None,
+        };
+        let response = Rejection::upstream(StatusCode::UNAUTHORIZED, body)
+            .render_grpc(HeaderValue::from_static("application/grpc"));
+        let message = response.headers()["grpc-message"].to_str().unwrap();
+        assert_eq!(message, "%C3%A9".repeat(MAX_GRPC_MESSAGE_BYTES / 2));
+        assert_eq!(bounded("aé", 2), "a");
+        assert_eq!(bounded("short", 512), "short");
+    }
+
+    #[test]
+    fn only_a_bounded_visible_request_id_is_echoed() {
+        let id = |value: &[u8]| request_id(&headers(&[("x-request-id", value)])).map(str::to_owned);
+        assert_eq!(id(b"req-1").as_deref(), Some("req-1"));
+        let longest = "r".repeat(MAX_REQUEST_ID_BYTES);
+        assert_eq!(id(longest.as_bytes()), Some(longest.clone()));
+        assert_eq!(id(format!("{longest}r").as_bytes()), None);
+        assert_eq!(id(b"with space"), None);
+        assert_eq!(id("caf\u{e9}".as_bytes()), None);
+        assert_eq!(id(b""), None);
+    }
+
+    #[test]
+    fn the_challenge_names_every_accepted_header() {
+        assert_eq!(
+            challenge(["x-user-api-key"]),
+            r#"ApiKey realm="composio", header="x-user-api-key""#
+        );
+        assert_eq!(
+            challenge(["x-api-key", "x-org-api-key"]),
+            r#"ApiKey realm="composio", header="x-api-key", ApiKey realm="composio", header="x-org-api-key""#
+        );
     }
 }

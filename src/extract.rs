@@ -9,7 +9,7 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use crate::envelope::Rejection;
+use crate::envelope::{challenge, Rejection};
 use crate::session::SessionInfo;
 use crate::TRACING_TARGET;
 
@@ -46,7 +46,7 @@ impl IntoResponse for MissingSession {
             "SessionInfo extracted on a route without ComposioAuthLayer; answering 401"
         );
         Rejection::no_credential("x-api-key")
-            .render(false, None)
+            .render_http(None, &challenge(["x-api-key"]))
             .map(axum_core::body::Body::from)
     }
 }

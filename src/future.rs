@@ -13,12 +13,14 @@ use std::task::{ready, Context, Poll};
 
 use bytes::Bytes;
 use futures_util::FutureExt;
-use http::{Request, Response};
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::cache::{age_ms, Stale};
+use crate::drain::Drain;
 use crate::envelope::Rejection;
 use crate::policy::Policy;
 use crate::session::SessionInfo;
@@ -48,8 +50,9 @@ pin_project! {
         // Waiting for the key's verification.
         // (boxed: the miss path allocates anyway, and the hit path's future stays small)
         Verifying { verification: Verification, pending: Option<Box<Pending<S, ReqBody>>> },
-        // Answered by the layer.
-        Rejected { response: Option<Response<Bytes>> },
+        // Answered by the layer, once the rest of an HTTP/1.x request body has been
+        // read (see `drain.rs`).
+        Rejected { response: Option<Response<Bytes>>, #[pin] drain: Option<Drain<ReqBody>> },
     }
 }
 
@@ -66,6 +69,7 @@ struct Pending<S, ReqBody> {
 impl<S, ReqBody, ResBody> ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body,
 {
     /// Admits the request with `session` if the policy allows it: the inner service
     /// is called at once with the session in the request's extensions.
@@ -77,7 +81,7 @@ where
     ) -> Self {
         if let Some(refusal) = policy.refusal(&session) {
             tracing::debug!(target: TRACING_TARGET, "authorize predicate refused the session");
-            return Self::reject(refusal, &request);
+            return Self::reject(policy, refusal, request);
         }
         request.extensions_mut().insert(session);
         Self {
@@ -87,12 +91,19 @@ where
         }
     }
 
-    /// Answers `request` with `rejection`.
-    pub(crate) fn reject(rejection: &Rejection, request: &Request<ReqBody>) -> Self {
+    /// Answers `request` with `rejection`, rendered for it (HTTP or gRPC), after
+    /// draining what is left of an HTTP/1.x request body within a budget.
+    pub(crate) fn reject(
+        policy: &Policy,
+        rejection: &Rejection,
+        request: Request<ReqBody>,
+    ) -> Self {
         tracing::debug!(target: TRACING_TARGET, status = rejection.status().as_u16(), slug = ?rejection.body().slug, "rejected");
+        let response = rejection.render_for(request.headers(), policy.challenge());
         Self {
             state: State::Rejected {
-                response: Some(rejection.render_for(request.headers())),
+                response: Some(response),
+                drain: Drain::of(request),
             },
         }
     }
@@ -130,7 +141,7 @@ where
         } = pending;
         match verdict {
             Verdict::Allowed(session) => Self::admit(&policy, &mut inner, request, session),
-            Verdict::Rejected(rejection) => Self::reject(&rejection, &request),
+            Verdict::Rejected(rejection) => Self::reject(&policy, &rejection, request),
             Verdict::Undecided(rejection) => match stale.and_then(Stale::usable) {
                 Some(session) => {
                     tracing::warn!(
@@ -141,7 +152,7 @@ where
                     );
                     Self::admit(&policy, &mut inner, request, session)
                 }
-                None => Self::reject(&rejection, &request),
+                None => Self::reject(&policy, &rejection, request),
             },
         }
     }
@@ -150,6 +161,7 @@ where
 impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    ReqBody: http_body::Body,
 {
     type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
 
@@ -161,10 +173,19 @@ where
                         .poll(cx)
                         .map_ok(|response| response.map(ResponseBody::inner));
                 }
-                StateProj::Rejected { response } => {
-                    let response = response
+                StateProj::Rejected { response, drain } => {
+                    let drained = match drain.as_pin_mut() {
+                        Some(drain) => ready!(drain.poll_drain(cx)),
+                        None => true,
+                    };
+                    let mut response = response
                         .take()
                         .expect("ResponseFuture polled after completion");
+                    if !drained {
+                        response
+                            .headers_mut()
+                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                    }
                     return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
                 }
                 StateProj::Verifying {

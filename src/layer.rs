@@ -93,9 +93,9 @@ impl ComposioAuthLayer {
     pub async fn invalidate(&self, api_key: &str) {
         let state = &self.state;
         state.verifications.invalidate(
-            CredentialHeader::ALL
-                .into_iter()
-                .filter(|h| state.accepted.contains(*h))
+            state
+                .accepted
+                .iter()
                 .map(|h| state.cache.digest(h, api_key.as_bytes())),
         );
     }
@@ -417,7 +417,7 @@ impl ComposioAuthBuilder {
                 base_url,
                 cache,
                 verifications,
-                policy: Arc::new(Policy::new(self.authorize)),
+                policy: Arc::new(Policy::new(self.authorize, self.accepted)),
             }),
         }
     }

@@ -62,6 +62,7 @@ mod body;
 mod cache;
 mod credential;
 mod digest;
+mod drain;
 mod envelope;
 mod error;
 #[cfg(feature = "axum")]
@@ -80,7 +81,8 @@ mod verification;
 pub use body::ResponseBody;
 pub use cache::CachedVerdicts;
 pub use credential::{CredentialHeader, MAX_KEY_LEN};
-pub use envelope::{ErrorBody, ErrorEnvelope};
+pub use drain::{DRAIN_TIME, MAX_DRAINED_BYTES};
+pub use envelope::{ErrorBody, ErrorEnvelope, MAX_GRPC_MESSAGE_BYTES, MAX_REQUEST_ID_BYTES};
 pub use error::Error;
 #[cfg(feature = "axum")]
 pub use extract::MissingSession;

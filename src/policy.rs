@@ -1,28 +1,40 @@
-//! The last step before the inner service: the `authorize` predicate every valid
-//! session must pass, checked on every request (cached or not), and its 403.
+//! What a layer admits and how it says no: the `authorize` predicate every valid
+//! session must pass, checked on every request (cached or not), its 403, and the
+//! `WWW-Authenticate` challenge of the layer's 401s.
 
 use std::fmt;
 use std::sync::Arc;
 
-use crate::envelope::Rejection;
+use http::HeaderValue;
+
+use crate::credential::AcceptedHeaders;
+use crate::envelope::{challenge, Rejection};
 use crate::session::SessionInfo;
 
 /// The predicate of [`ComposioAuthBuilder::authorize`](crate::ComposioAuthBuilder::authorize).
 pub(crate) type Authorize = Arc<dyn Fn(&SessionInfo) -> bool + Send + Sync>;
 
-/// Whether a valid session may use this service.
+/// Whether a valid session may use this service, and the challenge of a 401.
 pub(crate) struct Policy {
     authorize: Option<Authorize>,
     /// Rendered per request from this one value.
     forbidden: Rejection,
+    /// Names every accepted credential header.
+    challenge: HeaderValue,
 }
 
 impl Policy {
-    pub(crate) fn new(authorize: Option<Authorize>) -> Self {
+    pub(crate) fn new(authorize: Option<Authorize>, accepted: AcceptedHeaders) -> Self {
         Self {
             authorize,
             forbidden: Rejection::forbidden(),
+            challenge: challenge(accepted.iter().map(|h| h.as_str())),
         }
+    }
+
+    /// The `WWW-Authenticate` value of this layer's 401s.
+    pub(crate) fn challenge(&self) -> &HeaderValue {
+        &self.challenge
     }
 
     /// The rejection for `session`, if the predicate refuses it.

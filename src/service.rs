@@ -69,6 +69,7 @@ impl<S: fmt::Debug> fmt::Debug for ComposioAuth<S> {
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ComposioAuth<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
+    ReqBody: http_body::Body,
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
@@ -85,7 +86,11 @@ where
             Ok((header, key)) => (header, state.cache.digest(header, key.as_bytes())),
             Err(error) => {
                 tracing::debug!(target: TRACING_TARGET, ?error, "no usable credential");
-                return ResponseFuture::reject(&error.rejection(state.accepted), &request);
+                return ResponseFuture::reject(
+                    &state.policy,
+                    &error.rejection(state.accepted),
+                    request,
+                );
             }
         };
         let known = match state.cache.lookup(&digest) {
@@ -95,7 +100,7 @@ where
                 // Read again only on a miss: the hit path borrows nothing past the digest.
                 let Some(key) = request.headers().get(header.header_name()) else {
                     let missing = CredentialError::Missing.rejection(state.accepted);
-                    return ResponseFuture::reject(&missing, &request);
+                    return ResponseFuture::reject(&state.policy, &missing, request);
                 };
                 match state.verifications.join_or_start(digest, header, key) {
                     Joined::Waiting(verification) => {
@@ -114,7 +119,7 @@ where
                     }
                     Joined::Known(known) => known,
                     Joined::CannotRun(rejection) => {
-                        return ResponseFuture::reject(&rejection, &request)
+                        return ResponseFuture::reject(&state.policy, &rejection, request)
                     }
                 }
             }
@@ -132,7 +137,7 @@ where
             }
             Known::Rejected(rejection) => {
                 tracing::trace!(target: TRACING_TARGET, status = rejection.status().as_u16(), "cached rejection");
-                ResponseFuture::reject(&rejection, &request)
+                ResponseFuture::reject(&state.policy, &rejection, request)
             }
         }
     }

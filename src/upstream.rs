@@ -412,7 +412,8 @@ mod tests {
         );
         let message = br#"{"message": "Rate limit exceeded..."}"#;
         let r = undecided(classify(StatusCode::TOO_MANY_REQUESTS, Some(7), message));
-        assert_eq!(r.render(false, None).headers()[RETRY_AFTER], "7");
+        let challenge = crate::envelope::challenge(["x-api-key"]);
+        assert_eq!(r.render_http(None, &challenge).headers()[RETRY_AFTER], "7");
         for status in [500, 502, 503, 504, 301, 302, 307, 308, 418] {
             let status = StatusCode::from_u16(status).unwrap();
             // Even a well-formed envelope on these statuses says nothing about the key.
