@@ -3,7 +3,7 @@
 //! - Two moka tiers with budgets of their own: valid sessions (`ttl`, plus the
 //!   `stale_if_error` window) and rejections (`negative_ttl`), so a flood of bad keys
 //!   can never evict a valid session.
-//! - Keyed by a salted SHA-256 digest of the base URL, the credential header and the
+//! - Keyed by a keyed 128-bit digest of the base URL, the credential header and the
 //!   key (see `digest.rs`); the key itself is never stored.
 //! - Lookups are synchronous (`moka::sync::Cache::get`, after the per-thread front in
 //!   `front.rs`): a hit costs no `await` and no allocation.
@@ -365,7 +365,7 @@ mod tests {
     }
 
     fn digest(n: u8) -> Digest {
-        Digest::from_bytes([n; 32])
+        Digest::from_bytes([n; 16])
     }
 
     fn allowed(session: &SessionInfo) -> Verdict {
@@ -589,9 +589,9 @@ mod tests {
         let session = SessionInfo::new(document());
         cache.settle(&digest(0), &allowed(&session), Instant::now());
         for i in 0..1000u32 {
-            let mut d = [0; 32];
+            let mut d = [0; 16];
             d[..4].copy_from_slice(&i.to_be_bytes());
-            d[31] = 1;
+            d[15] = 1;
             cache.settle(&Digest::from_bytes(d), &refused(), Instant::now());
         }
         let counts = cache.entry_counts();

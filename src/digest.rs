@@ -1,32 +1,46 @@
-//! What the cache holds instead of a key: a salted SHA-256 digest.
+//! What the cache holds instead of a key: a keyed 128-bit PRF of it.
 //!
-//! `SHA-256(block || key)`, where `block` is one 64-byte block made of a random
-//! per-layer salt, the SHA-256 of the base URL and the credential header. The block is
-//! compressed once, when the layer is built, so a request pays for one compression
-//! (keys up to 55 bytes) instead of two. The salt makes digests unpredictable outside
-//! the process, which lets the cache index entries by the digest's first eight bytes
-//! without hashing them again ([`DigestHasher`]) and without handing an attacker
-//! control over which bucket a key lands in.
+//! `digest = SipHash-1-3-128(k, base URL || 0 || header || key)`, where `k` is a
+//! 128-bit secret drawn from the operating system's randomness for each layer (as
+//! std's `HashMap` keys its SipHash-1-3). The prefix is absorbed once per layer and
+//! header; a request pays for its key's bytes only (a few nanoseconds on any CPU, no
+//! SHA instructions needed).
+//!
+//! Why this is enough here. A digest never leaves the process: it only has to keep
+//! distinct keys apart in this layer's cache, against an attacker who does not know
+//! `k`. Within a layer, the encoding is injective (the prefix has one fixed length
+//! per header; the key's length is part of SipHash's finalisation), so two keys can
+//! share a digest only by a collision of the PRF's 128-bit output: for an attacker
+//! without `k`, each forged key has a 2^-128 chance of landing on a given victim's
+//! digest, and the whole cache (at most millions of entries) has a collision
+//! probability below 2^-80. Outputs also look random to such an attacker, so the
+//! cache can index entries by the digest's first 8 bytes without hashing them again
+//! ([`DigestHasher`]) and without handing an attacker control over which bucket a
+//! key lands in. Someone who can read the process's memory sees the digests and `k`,
+//! and can test guessed keys offline; Composio keys carry about 120 random bits,
+//! which no guessing reaches (and such a reader sees the sessions anyway). What the
+//! cache never holds is the key itself.
+//!
+//! The shared Redis tier, when there is one, names its entries with an HMAC under a
+//! fleet secret instead, computed only on a local miss.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
 
-use sha2::{Digest as _, Sha256};
+use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::credential::CredentialHeader;
 
-/// SHA-256 of (salt, base URL, header, key).
+/// SipHash-1-3-128 of (base URL, header, key) under a per-layer secret.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Digest([u8; 32]);
+pub(crate) struct Digest([u8; 16]);
 
 impl Digest {
     #[cfg(test)]
-    pub(crate) fn from_bytes(bytes: [u8; 32]) -> Self {
+    pub(crate) fn from_bytes(bytes: [u8; 16]) -> Self {
         Self(bytes)
     }
-}
 
-impl Digest {
     /// A slot index below `slots` (a power of two), from bits the hash does not use.
     pub(crate) fn slot(&self, slots: usize) -> usize {
         usize::from(u16::from_ne_bytes([self.0[8], self.0[9]])) & (slots - 1)
@@ -54,27 +68,24 @@ impl std::fmt::Debug for Digest {
 
 /// Makes the digests of one layer.
 pub(crate) struct Digester {
-    /// SHA-256 states that have absorbed the prefix block, one per credential header.
-    prefixes: [Sha256; 3],
+    /// SipHash states keyed with the layer's secret that have absorbed the prefix,
+    /// one per credential header.
+    prefixes: [SipHasher13; 3],
 }
 
 impl Digester {
     pub(crate) fn new(base_url: &str) -> Self {
+        // Seeded from the operating system's randomness, distinct per instance.
         let random = RandomState::new();
-        let mut salt = [0u8; 16];
-        salt[..8].copy_from_slice(&random.hash_one(0u8).to_ne_bytes());
-        salt[8..].copy_from_slice(&random.hash_one(1u8).to_ne_bytes());
-        Self::with_salt(base_url, salt)
+        Self::with_secret(base_url, (random.hash_one(0u8), random.hash_one(1u8)))
     }
 
-    fn with_salt(base_url: &str, salt: [u8; 16]) -> Self {
-        let url: [u8; 32] = Sha256::digest(base_url.as_bytes()).into();
+    fn with_secret(base_url: &str, (k0, k1): (u64, u64)) -> Self {
         let prefix = |header: CredentialHeader| {
-            let mut block = [0u8; 64];
-            block[..16].copy_from_slice(&salt);
-            block[16..48].copy_from_slice(&url);
-            block[48] = header as u8;
-            Sha256::new_with_prefix(block)
+            let mut hasher = SipHasher13::new_with_keys(k0, k1);
+            hasher.write(base_url.as_bytes());
+            hasher.write(&[0, header as u8]);
+            hasher
         };
         Self {
             prefixes: CredentialHeader::ALL.map(prefix),
@@ -82,9 +93,9 @@ impl Digester {
     }
 
     pub(crate) fn digest(&self, header: CredentialHeader, key: &[u8]) -> Digest {
-        let mut hasher = self.prefixes[header as usize].clone();
-        hasher.update(key);
-        Digest(hasher.finalize().into())
+        let mut hasher = self.prefixes[header as usize];
+        hasher.write(key);
+        Digest(u128::from(hasher.finish128()).to_le_bytes())
     }
 }
 
@@ -120,18 +131,15 @@ impl BuildHasher for DigestHasher {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
-    fn digest_is_sha256_of_the_prefix_block_and_the_key() {
-        let digester = Digester::with_salt("https://a", [7; 16]);
-        let mut block = [0u8; 64];
-        block[..16].copy_from_slice(&[7; 16]);
-        block[16..48].copy_from_slice(&Sha256::digest(b"https://a"));
-        block[48] = CredentialHeader::OrgApiKey as u8;
-        let expected: [u8; 32] = Sha256::new_with_prefix(block)
-            .chain_update(b"oak_1")
-            .finalize()
-            .into();
+    fn digest_is_siphash13_128_of_the_prefix_and_the_key() {
+        let digester = Digester::with_secret("https://a", (7, 9));
+        let mut reference = SipHasher13::new_with_keys(7, 9);
+        reference.write(b"https://a\0\x02oak_1");
+        let expected = u128::from(reference.finish128()).to_le_bytes();
+        assert_eq!(CredentialHeader::OrgApiKey as u8, 2);
         assert_eq!(
             digester.digest(CredentialHeader::OrgApiKey, b"oak_1").0,
             expected
@@ -139,7 +147,7 @@ mod tests {
     }
 
     #[test]
-    fn digests_separate_salts_base_urls_headers_and_keys() {
+    fn digests_separate_secrets_base_urls_headers_and_keys() {
         let a = Digester::new("https://a");
         let d = |digester: &Digester, header, key: &[u8]| digester.digest(header, key);
         let key = b"ak_1";
@@ -149,11 +157,13 @@ mod tests {
         );
         assert_ne!(
             d(&a, CredentialHeader::ApiKey, key),
-            d(&Digester::new("https://b"), CredentialHeader::ApiKey, key)
+            d(&Digester::new("https://a"), CredentialHeader::ApiKey, key),
+            "another layer, another secret"
         );
+        let same_secret = |url| Digester::with_secret(url, (1, 2));
         assert_ne!(
-            d(&a, CredentialHeader::ApiKey, key),
-            d(&Digester::new("https://a"), CredentialHeader::ApiKey, key)
+            d(&same_secret("https://a"), CredentialHeader::ApiKey, key),
+            d(&same_secret("https://b"), CredentialHeader::ApiKey, key)
         );
         assert_ne!(
             d(&a, CredentialHeader::ApiKey, key),
@@ -167,11 +177,38 @@ mod tests {
 
     #[test]
     fn the_hash_is_the_first_eight_bytes() {
-        let digest = Digest([0xab; 32]);
+        let digest = Digest([0xab; 16]);
         assert_eq!(
             DigestHasher::default().hash_one(digest),
             u64::from_ne_bytes([0xab; 8])
         );
         assert!(!format!("{digest:?}").contains("abababab ab"));
+    }
+
+    fn header() -> impl Strategy<Value = CredentialHeader> {
+        prop::sample::select(CredentialHeader::ALL.to_vec())
+    }
+
+    proptest! {
+        /// Distinct (base URL, header, key) triples never share a digest, even
+        /// under one secret (where only the encoding keeps them apart), and keys
+        /// that are prefixes of each other or split differently stay apart.
+        #[test]
+        fn distinct_inputs_never_share_a_digest(
+            urls in prop::collection::vec("https://[a-z]{0,6}(/[a-z0-9]{0,4})?", 1..3),
+            inputs in prop::collection::vec((header(), prop::collection::vec(any::<u8>(), 0..40)), 1..40),
+        ) {
+            let mut seen = std::collections::HashMap::new();
+            for url in &urls {
+                let digester = Digester::with_secret(url, (42, 43));
+                for (header, key) in &inputs {
+                    let digest = digester.digest(*header, key).0;
+                    let input = (url.clone(), *header as u8, key.clone());
+                    if let Some(previous) = seen.insert(digest, input.clone()) {
+                        prop_assert_eq!(previous, input);
+                    }
+                }
+            }
+        }
     }
 }

@@ -111,7 +111,7 @@ mod tests {
 
     #[test]
     fn a_slot_serves_its_session_until_the_refresh_point() {
-        let (digest, session, now) = (Digest::from_bytes([9; 32]), session(), Instant::now());
+        let (digest, session, now) = (Digest::from_bytes([9; 16]), session(), Instant::now());
         offer(CACHE, digest, now, now + Duration::from_secs(1), &session);
         assert!(get(CACHE, &digest, now).is_some_and(|s| s.same_entry(&session)));
         assert!(get(CACHE - 1, &digest, now).is_none(), "another cache");
@@ -122,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_slot_never_serves_a_retired_session() {
-        let (digest, session, now) = (Digest::from_bytes([10; 32]), session(), Instant::now());
+        let (digest, session, now) = (Digest::from_bytes([10; 16]), session(), Instant::now());
         offer(CACHE, digest, now, now + Duration::from_secs(60), &session);
         session.retire();
         assert!(get(CACHE, &digest, now).is_none());
@@ -130,7 +130,7 @@ mod tests {
 
     #[test]
     fn a_slot_keeps_no_session_alive() {
-        let (digest, session, now) = (Digest::from_bytes([11; 32]), session(), Instant::now());
+        let (digest, session, now) = (Digest::from_bytes([11; 16]), session(), Instant::now());
         let weak = session.downgrade();
         offer(CACHE, digest, now, now + Duration::from_secs(60), &session);
         drop(session);
