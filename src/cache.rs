@@ -9,9 +9,14 @@
 //!   `front.rs`): a hit costs no `await` and no allocation.
 //! - A verdict's age counts from the moment its upstream request was sent, not from
 //!   its insertion: the `Expiry` below gives each entry what is left of its lifetime.
-//! - Every session the cache lets go of (invalidated, replaced, refused, evicted,
-//!   expired) is marked retired, so no per-thread front and no `stale_if_error`
-//!   serves it afterwards.
+//! - When something newer is known about a key (an invalidation, or a refusal of a
+//!   key that had a session), the key's [`Revocations`] stripe is bumped before the
+//!   call returns. A per-thread front slot and a stale session remember the stripe's
+//!   count from when they were read, and are not served once it moved: so no front
+//!   and no `stale_if_error` serves a verdict from before, even for a session moka
+//!   had already evicted that some request still holds. (Marking the sessions
+//!   themselves through moka's eviction listener cost about 1.5 KiB per cached
+//!   session.)
 //!
 //! Writes ([`VerdictCache::settle`], [`VerdictCache::remove`],
 //! [`VerdictCache::clear`]) are made only by `verification.rs`, under the lock of
@@ -82,13 +87,57 @@ pub(crate) struct Stale {
     session: SessionInfo,
     /// The end of its `stale_if_error` window.
     until: Instant,
+    revocations: Arc<Revocations>,
+    /// Its key's revocation count when it was read.
+    mark: u64,
+    digest: Digest,
 }
 
 impl Stale {
     /// The session, if it may still be served now: inside its window, and nothing
-    /// newer is known about its key (no refusal, no invalidation, no newer session).
+    /// newer is known about its key (no refusal, no invalidation) since it was read.
     pub(crate) fn usable(self) -> Option<SessionInfo> {
-        (Instant::now() < self.until && !self.session.is_retired()).then_some(self.session)
+        let unchanged = self.revocations.mark(&self.digest) == self.mark;
+        (Instant::now() < self.until && unchanged).then_some(self.session)
+    }
+}
+
+/// Per stripe of digests, how many times a verdict was revoked (invalidated, or a
+/// session refused). Striped so that the count is bounded memory and one atomic
+/// load on a hit; a revocation also voids the front slots of the other keys in its
+/// stripe (one in [`Revocations::STRIPES`]), which then read moka once.
+#[derive(Debug)]
+pub(crate) struct Revocations {
+    counts: Box<[AtomicU64]>,
+}
+
+impl Revocations {
+    const STRIPES: usize = 4096;
+
+    fn new() -> Self {
+        Self {
+            counts: (0..Self::STRIPES).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn stripe(&self, digest: &Digest) -> &AtomicU64 {
+        &self.counts[digest.stripe(Self::STRIPES)]
+    }
+
+    /// The count for `digest` now.
+    pub(crate) fn mark(&self, digest: &Digest) -> u64 {
+        self.stripe(digest).load(Ordering::SeqCst)
+    }
+
+    /// Records that what was known about `digest` is void.
+    fn revoke(&self, digest: &Digest) {
+        self.stripe(digest).fetch_add(1, Ordering::SeqCst);
+    }
+
+    fn revoke_all(&self) {
+        for count in self.counts.iter() {
+            count.fetch_add(1, Ordering::SeqCst);
+        }
     }
 }
 
@@ -108,6 +157,7 @@ pub(crate) struct VerdictCache {
     digester: Digester,
     sessions: Cache<Digest, SessionInfo, DigestHasher>,
     rejections: Cache<Digest, CachedRejection, DigestHasher>,
+    revocations: Arc<Revocations>,
 }
 
 impl VerdictCache {
@@ -127,9 +177,6 @@ impl VerdictCache {
                 ttl: policy.ttl,
                 kept: policy.ttl + policy.stale_if_error,
             })
-            // Whatever the cause (replaced, refused, invalidated, evicted, expired):
-            // no front serves a session the cache no longer holds.
-            .eviction_listener(|_, session: SessionInfo, _| session.retire())
             .build_with_hasher(DigestHasher::default());
         let rejections = Cache::builder()
             .name("composio-auth rejections")
@@ -145,6 +192,7 @@ impl VerdictCache {
             digester: Digester::new(base_url),
             sessions,
             rejections,
+            revocations: Arc::new(Revocations::new()),
         }
     }
 
@@ -156,8 +204,11 @@ impl VerdictCache {
     /// [`Age`] that [`SessionLife`] brings up to date inside `get` from the time moka
     /// reads anyway.
     pub(crate) fn lookup(&self, digest: &Digest) -> Lookup {
+        // Read before moka: a revocation bumps it after removing, so a session read
+        // from moka before the removal is offered to the front with the old count.
+        let mark = self.revocations.mark(digest);
         let now = Instant::now();
-        if let Some(session) = front::get(self.id, digest, now) {
+        if let Some(session) = front::get(self.id, digest, mark, now) {
             return Lookup::Known(Known::Fresh {
                 session,
                 refresh: false,
@@ -167,7 +218,7 @@ impl VerdictCache {
             return match session.age() {
                 Age::Fresh => {
                     let fresh_until = session.verified() + self.fresh_for;
-                    front::offer(self.id, *digest, now, fresh_until, &session);
+                    front::offer(self.id, *digest, mark, now, fresh_until, &session);
                     Lookup::Known(Known::Fresh {
                         session,
                         refresh: false,
@@ -180,9 +231,14 @@ impl VerdictCache {
                 // moka keeps sessions `ttl + stale_if_error`: this one is usable stale.
                 Age::Expired => {
                     let until = session.verified() + self.policy.ttl + self.policy.stale_if_error;
-                    Lookup::Miss {
-                        stale: Some(Stale { session, until }),
-                    }
+                    let stale = Stale {
+                        session,
+                        until,
+                        revocations: Arc::clone(&self.revocations),
+                        mark,
+                        digest: *digest,
+                    };
+                    Lookup::Miss { stale: Some(stale) }
                 }
             };
         }
@@ -192,7 +248,7 @@ impl VerdictCache {
         Lookup::Miss { stale: None }
     }
 
-    /// Caches the verdict of a call sent at `sent_at`. A refusal retires the key's
+    /// Caches the verdict of a call sent at `sent_at`. A refusal revokes the key's
     /// session at once (even with `negative_ttl` zero); an undecided verdict changes
     /// nothing.
     pub(crate) fn settle(&self, digest: &Digest, verdict: &Verdict, sent_at: Instant) {
@@ -215,33 +271,35 @@ impl VerdictCache {
         }
     }
 
-    /// Forgets what is cached for `digest`; its session is retired before this
-    /// returns.
+    /// Forgets what is cached for `digest`, and revokes it: no front or stale
+    /// session read before this call is served after it.
     pub(crate) fn remove(&self, digest: &Digest) {
-        self.remove_session(digest);
+        self.sessions.invalidate(digest);
         self.rejections.invalidate(digest);
+        self.revocations.revoke(digest);
     }
 
+    /// Drops the session of a key Composio refused, and revokes it if there was one.
     fn remove_session(&self, digest: &Digest) {
-        if let Some(session) = self.sessions.remove(digest) {
-            session.retire();
+        if self.sessions.remove(digest).is_some() {
+            self.revocations.revoke(digest);
         }
     }
 
-    /// Forgets every entry; every session is retired, and released by moka, before
-    /// this returns.
+    /// Forgets every entry and revokes every key; moka has released every session
+    /// before this returns.
     pub(crate) fn clear(&self) {
         // One by one rather than `invalidate_all`, which moka applies lazily.
         let digests: Vec<Digest> = self.sessions.iter().map(|(digest, _)| *digest).collect();
         for digest in &digests {
-            self.remove_session(digest);
+            self.sessions.invalidate(digest);
         }
-        // A backstop for anything the scan could not see (moka retires it through
-        // the eviction listener).
+        // A backstop for anything the scan could not see.
         self.sessions.invalidate_all();
         self.rejections.invalidate_all();
         self.sessions.run_pending_tasks();
         self.rejections.run_pending_tasks();
+        self.revocations.revoke_all();
     }
 
     /// Sessions and rejections held now (after pending maintenance).
@@ -343,7 +401,7 @@ pub(crate) fn age_ms(session: &SessionInfo) -> u128 {
 mod tests {
     use super::*;
     use crate::digest::Digest;
-    use crate::session::SessionDocument;
+    use crate::session::{SessionDocument, WeakSession};
 
     fn policy() -> CachePolicy {
         CachePolicy {
@@ -401,12 +459,13 @@ mod tests {
     }
 
     #[test]
-    fn a_refusal_retires_the_session_and_a_session_replaces_a_refusal() {
+    fn a_refusal_revokes_the_session_and_a_session_replaces_a_refusal() {
         let cache = VerdictCache::new(policy(), "u");
         let session = SessionInfo::new(document());
         cache.settle(&digest(1), &allowed(&session), Instant::now());
+        let mark = cache.revocations.mark(&digest(1));
         cache.settle(&digest(1), &refused(), Instant::now());
-        assert!(session.is_retired());
+        assert!(cache.revocations.mark(&digest(1)) > mark);
         assert!(matches!(
             cache.lookup(&digest(1)),
             Lookup::Known(Known::Rejected(_))
@@ -414,10 +473,14 @@ mod tests {
         let next = SessionInfo::new(document());
         cache.settle(&digest(1), &allowed(&next), Instant::now());
         assert!(is_fresh(cache.lookup(&digest(1)), &next));
+        // Refusing a key that had no session revokes nothing.
+        let mark = cache.revocations.mark(&digest(2));
+        cache.settle(&digest(2), &refused(), Instant::now());
+        assert_eq!(cache.revocations.mark(&digest(2)), mark);
     }
 
     #[test]
-    fn zero_negative_ttl_caches_no_rejection_but_still_retires_the_session() {
+    fn zero_negative_ttl_caches_no_rejection_but_still_revokes_the_session() {
         let cache = VerdictCache::new(
             CachePolicy {
                 negative_ttl: Duration::ZERO,
@@ -427,8 +490,9 @@ mod tests {
         );
         let session = SessionInfo::new(document());
         cache.settle(&digest(1), &allowed(&session), Instant::now());
+        let mark = cache.revocations.mark(&digest(1));
         cache.settle(&digest(1), &refused(), Instant::now());
-        assert!(session.is_retired());
+        assert!(cache.revocations.mark(&digest(1)) > mark);
         assert!(is_miss(cache.lookup(&digest(1))));
     }
 
@@ -460,18 +524,39 @@ mod tests {
         assert!(stale.usable().is_some_and(|s| s.same_entry(&session)));
     }
 
+    /// The stale session `lookup` finds for a key whose session has expired.
+    fn stale(cache: &VerdictCache, d: Digest) -> Stale {
+        match cache.lookup(&d) {
+            Lookup::Miss { stale: Some(stale) } => stale,
+            other => panic!("expected a stale session, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn a_retired_stale_session_is_not_usable() {
+    fn a_stale_session_is_not_usable_once_its_key_is_revoked_or_its_window_over() {
+        let cache = VerdictCache::new(
+            CachePolicy {
+                stale_if_error: Duration::from_secs(60),
+                ..policy()
+            },
+            "u",
+        );
         let session = SessionInfo::new(document());
-        let stale = |until| Stale {
-            session: session.clone(),
-            until,
-        };
-        let later = Instant::now() + Duration::from_secs(60);
-        assert!(stale(later).usable().is_some());
-        assert!(stale(Instant::now()).usable().is_none(), "window over");
-        session.retire();
-        assert!(stale(later).usable().is_none(), "something newer is known");
+        cache.settle(&digest(1), &allowed(&session), Instant::now());
+        session.grow_to(Age::Expired);
+        assert!(stale(&cache, digest(1)).usable().is_some());
+        let mut over = stale(&cache, digest(1));
+        over.until = Instant::now();
+        assert!(over.usable().is_none(), "window over");
+        // Read before a refusal: not served after it.
+        let before = stale(&cache, digest(1));
+        cache.settle(&digest(1), &refused(), Instant::now());
+        assert!(before.usable().is_none(), "something newer is known");
+        // Read before an invalidation: likewise.
+        cache.settle(&digest(2), &allowed(&session), Instant::now());
+        let before = stale(&cache, digest(2));
+        cache.remove(&digest(2));
+        assert!(before.usable().is_none());
     }
 
     #[test]
@@ -521,7 +606,37 @@ mod tests {
     }
 
     #[test]
-    fn clear_and_eviction_retire_sessions() {
+    fn clear_revokes_every_key_and_eviction_releases_sessions() {
+        let cache = VerdictCache::new(
+            CachePolicy {
+                max_capacity: 1,
+                stale_if_error: Duration::from_secs(60),
+                ..policy()
+            },
+            "u",
+        );
+        let sessions: Vec<_> = (0..20).map(|_| SessionInfo::new(document())).collect();
+        let released: Vec<_> = sessions.iter().map(SessionInfo::downgrade).collect();
+        for (i, session) in sessions.iter().enumerate() {
+            cache.settle(&digest(i as u8), &allowed(session), Instant::now());
+        }
+        assert_eq!(cache.entry_counts().sessions, 1);
+        drop(sessions);
+        let alive: Vec<_> = released.iter().filter_map(WeakSession::upgrade).collect();
+        assert_eq!(alive.len(), 1, "evicted sessions are freed");
+        alive[0].grow_to(Age::Expired);
+        let kept = (0..20)
+            .map(|i| digest(i as u8))
+            .find(|d| matches!(cache.lookup(d), Lookup::Miss { stale: Some(_) }))
+            .unwrap();
+        let before = stale(&cache, kept);
+        cache.clear();
+        assert!(before.usable().is_none());
+        assert_eq!(cache.entry_counts(), CachedVerdicts::default());
+    }
+
+    #[test]
+    fn an_evicted_session_a_request_still_holds_is_not_served_after_an_invalidation() {
         let cache = VerdictCache::new(
             CachePolicy {
                 max_capacity: 1,
@@ -529,21 +644,19 @@ mod tests {
             },
             "u",
         );
-        let sessions: Vec<_> = (0..20).map(|_| SessionInfo::new(document())).collect();
-        for (i, session) in sessions.iter().enumerate() {
-            cache.settle(&digest(i as u8), &allowed(session), Instant::now());
-        }
-        let kept = cache.entry_counts().sessions;
-        assert_eq!(kept, 1);
-        let retired = sessions.iter().filter(|s| s.is_retired()).count();
-        assert_eq!(
-            retired,
-            sessions.len() - 1,
-            "every evicted session is retired"
+        let held = SessionInfo::new(document());
+        cache.settle(&digest(1), &allowed(&held), Instant::now());
+        assert!(is_fresh(cache.lookup(&digest(1)), &held)); // in this thread's front
+        cache.settle(
+            &digest(2),
+            &allowed(&SessionInfo::new(document())),
+            Instant::now(),
         );
-        cache.clear();
-        assert!(sessions.iter().all(SessionInfo::is_retired));
-        assert_eq!(cache.entry_counts(), CachedVerdicts::default());
+        cache.entry_counts(); // moka evicts one of the two
+                              // Whichever moka kept, the front still has `held`, alive because it is held.
+        assert!(is_fresh(cache.lookup(&digest(1)), &held));
+        cache.remove(&digest(1));
+        assert!(is_miss(cache.lookup(&digest(1))));
     }
 
     #[test]

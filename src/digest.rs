@@ -45,6 +45,12 @@ impl Digest {
     pub(crate) fn slot(&self, slots: usize) -> usize {
         usize::from(u16::from_ne_bytes([self.0[8], self.0[9]])) & (slots - 1)
     }
+
+    /// A stripe index below `stripes` (a power of two), from bits neither the hash
+    /// nor [`Digest::slot`] uses.
+    pub(crate) fn stripe(&self, stripes: usize) -> usize {
+        usize::from(u16::from_ne_bytes([self.0[10], self.0[11]])) & (stripes - 1)
+    }
 }
 
 impl Hash for Digest {

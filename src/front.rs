@@ -4,10 +4,13 @@
 //!
 //! A slot serves a session only while all of these hold: same cache, same digest,
 //! the session is younger than the point where moka would report it due for refresh
-//! (or expired), and the cache has not let go of it (see `SessionInfo::is_retired`:
-//! invalidated, replaced, refused or evicted). Past the refresh point reads go to
-//! moka again, which starts the refresh-ahead and applies expiry. So the front
-//! answers exactly what moka would.
+//! (or expired), and nothing newer is known about its key since the slot was filled
+//! (its stripe's revocation count has not moved: no invalidation, no refusal). Past
+//! the refresh point reads go to moka again, which starts the refresh-ahead and
+//! applies expiry. So the front answers what moka would, with one exception inside
+//! the TTL promise: a session moka evicted for capacity that a request still holds
+//! (keeping it alive) is served from a slot until its refresh point, unless its key
+//! is revoked meanwhile.
 //!
 //! A slot holds its session weakly: it never keeps a session alive that the cache
 //! and every request have dropped, so memory stays bounded by the cache's capacity
@@ -29,17 +32,19 @@ const SLOTS: usize = 1024;
 struct Slot {
     cache: u64,
     digest: Digest,
+    /// The key's revocation count when the slot was filled.
+    mark: u64,
     fresh_until: Instant,
     session: WeakSession,
 }
 
 impl Slot {
-    /// The slot's session, if it is still good for `cache` at `now`.
-    fn session(&self, cache: u64, now: Instant) -> Option<SessionInfo> {
-        if self.cache != cache || now >= self.fresh_until {
+    /// The slot's session, if it is still good for `cache` at `mark` and `now`.
+    fn session(&self, cache: u64, mark: u64, now: Instant) -> Option<SessionInfo> {
+        if self.cache != cache || self.mark != mark || now >= self.fresh_until {
             return None;
         }
-        self.session.upgrade().filter(|s| !s.is_retired())
+        self.session.upgrade()
     }
 }
 
@@ -47,14 +52,14 @@ thread_local! {
     static FRONT: RefCell<Box<[Option<Slot>]>> = RefCell::new((0..SLOTS).map(|_| None).collect());
 }
 
-/// The session in this thread's slot for `digest`, if it is still good at `now`.
-/// A slot found no longer good is emptied.
-pub(crate) fn get(cache: u64, digest: &Digest, now: Instant) -> Option<SessionInfo> {
+/// The session in this thread's slot for `digest`, if it is still good at the key's
+/// revocation count `mark` and at `now`. A slot found no longer good is emptied.
+pub(crate) fn get(cache: u64, digest: &Digest, mark: u64, now: Instant) -> Option<SessionInfo> {
     FRONT.with(|front| {
         let mut front = front.try_borrow_mut().ok()?;
         let slot = &mut front[digest.slot(SLOTS)];
         let occupant = slot.as_ref().filter(|s| s.digest == *digest)?;
-        let session = occupant.session(cache, now);
+        let session = occupant.session(cache, mark, now);
         if session.is_none() {
             *slot = None;
         }
@@ -67,6 +72,7 @@ pub(crate) fn get(cache: u64, digest: &Digest, now: Instant) -> Option<SessionIn
 pub(crate) fn offer(
     cache: u64,
     digest: Digest,
+    mark: u64,
     now: Instant,
     fresh_until: Instant,
     session: &SessionInfo,
@@ -76,15 +82,18 @@ pub(crate) fn offer(
             return;
         };
         let slot = &mut front[digest.slot(SLOTS)];
-        if slot
-            .as_ref()
-            .is_some_and(|s| s.digest != digest && s.session(cache, now).is_some())
-        {
+        if slot.as_ref().is_some_and(|s| {
+            s.digest != digest
+                && s.cache == cache
+                && now < s.fresh_until
+                && s.session.upgrade().is_some()
+        }) {
             return;
         }
         *slot = Some(Slot {
             cache,
             digest,
+            mark,
             fresh_until,
             session: session.downgrade(),
         });
@@ -112,29 +121,50 @@ mod tests {
     #[test]
     fn a_slot_serves_its_session_until_the_refresh_point() {
         let (digest, session, now) = (Digest::from_bytes([9; 16]), session(), Instant::now());
-        offer(CACHE, digest, now, now + Duration::from_secs(1), &session);
-        assert!(get(CACHE, &digest, now).is_some_and(|s| s.same_entry(&session)));
-        assert!(get(CACHE - 1, &digest, now).is_none(), "another cache");
-        assert!(get(CACHE, &digest, now + Duration::from_secs(1)).is_none());
+        offer(
+            CACHE,
+            digest,
+            0,
+            now,
+            now + Duration::from_secs(1),
+            &session,
+        );
+        assert!(get(CACHE, &digest, 0, now).is_some_and(|s| s.same_entry(&session)));
+        assert!(get(CACHE - 1, &digest, 0, now).is_none(), "another cache");
+        assert!(get(CACHE, &digest, 0, now + Duration::from_secs(1)).is_none());
         // A slot found no longer good was emptied.
-        assert!(get(CACHE, &digest, now).is_none());
+        assert!(get(CACHE, &digest, 0, now).is_none());
     }
 
     #[test]
-    fn a_slot_never_serves_a_retired_session() {
+    fn a_slot_never_serves_a_session_of_a_revoked_key() {
         let (digest, session, now) = (Digest::from_bytes([10; 16]), session(), Instant::now());
-        offer(CACHE, digest, now, now + Duration::from_secs(60), &session);
-        session.retire();
-        assert!(get(CACHE, &digest, now).is_none());
+        offer(
+            CACHE,
+            digest,
+            7,
+            now,
+            now + Duration::from_secs(60),
+            &session,
+        );
+        assert!(get(CACHE, &digest, 8, now).is_none());
+        assert!(get(CACHE, &digest, 7, now).is_none(), "emptied");
     }
 
     #[test]
     fn a_slot_keeps_no_session_alive() {
         let (digest, session, now) = (Digest::from_bytes([11; 16]), session(), Instant::now());
         let weak = session.downgrade();
-        offer(CACHE, digest, now, now + Duration::from_secs(60), &session);
+        offer(
+            CACHE,
+            digest,
+            0,
+            now,
+            now + Duration::from_secs(60),
+            &session,
+        );
         drop(session);
         assert!(weak.upgrade().is_none(), "the slot kept the session alive");
-        assert!(get(CACHE, &digest, now).is_none());
+        assert!(get(CACHE, &digest, 0, now).is_none());
     }
 }

@@ -50,10 +50,6 @@ struct SessionState {
     /// Set by the first request that starts a refresh-ahead of this entry, so that one
     /// entry starts at most one.
     refresh_started: AtomicBool,
-    /// Set when the cache lets go of this session (invalidated, replaced, refused,
-    /// evicted): a per-thread front then never serves it again, nor does
-    /// `stale_if_error`.
-    retired: AtomicBool,
 }
 
 /// How far into its life a cached session is.
@@ -85,7 +81,6 @@ impl SessionInfo {
                 verified_at: sent_at,
                 age: AtomicU8::new(Age::Fresh as u8),
                 refresh_started: AtomicBool::new(false),
-                retired: AtomicBool::new(false),
             }),
         }
     }
@@ -125,18 +120,6 @@ impl SessionInfo {
     pub(crate) fn claim_refresh(&self) -> bool {
         !self.state.refresh_started.load(Ordering::Relaxed)
             && !self.state.refresh_started.swap(true, Ordering::AcqRel)
-    }
-
-    /// Marks the session as let go by the cache (see [`SessionInfo::is_retired`]).
-    pub(crate) fn retire(&self) {
-        self.state.retired.store(true, Ordering::Release);
-    }
-
-    /// Whether the cache has let go of this session: invalidated, replaced by a newer
-    /// verdict, refused, or evicted. A retired session is served only to requests
-    /// that already hold it.
-    pub(crate) fn is_retired(&self) -> bool {
-        self.state.retired.load(Ordering::Acquire)
     }
 
     /// A handle that does not keep the session alive (for the per-thread front).

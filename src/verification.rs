@@ -196,7 +196,7 @@ impl Verifications {
     }
 
     /// Forgets `digests`: their flights stop being joinable and will settle nothing,
-    /// and their cached verdicts are gone (sessions retired) before this returns.
+    /// and their cached verdicts are gone (and revoked) before this returns.
     pub(crate) fn invalidate(&self, digests: impl IntoIterator<Item = Digest>) {
         let mut flights = self.state.flights();
         for digest in digests {
