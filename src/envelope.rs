@@ -401,10 +401,10 @@ mod tests {
         }
     }
 
-    #[test]
-    fn grpc_message_is_percent_encoded() {
+    /// A gRPC rejection carrying Composio's `message`.
+    fn grpc_rejection(message: String) -> Response<Bytes> {
         let body = ErrorBody {
-            message: "100% bad\nkey ü".into(),
+            message,
             code: 1,
             slug: None,
             status: 401,
@@ -412,8 +412,13 @@ mod tests {
             suggested_fix: None,
             errors: None,
         };
-        let response = Rejection::upstream(StatusCode::UNAUTHORIZED, body)
-            .render_grpc(HeaderValue::from_static("application/grpc"));
+        Rejection::upstream(StatusCode::UNAUTHORIZED, body)
+            .render_grpc(HeaderValue::from_static("application/grpc"))
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        let response = grpc_rejection("100% bad\nkey ü".into());
         assert_eq!(
             response.headers()["grpc-message"],
             "100%25 bad%0Akey %C3%BC"
@@ -477,17 +482,7 @@ mod tests {
 
     #[test]
     fn grpc_message_is_bounded_on_a_character_boundary() {
-        let body = ErrorBody {
-            message: "é".repeat(6_000),
-            code: 1,
-            slug: None,
-            status: 401,
-            request_id: None,
-            suggested_fix: None,
-            errors: None,
-        };
-        let response = Rejection::upstream(StatusCode::UNAUTHORIZED, body)
-            .render_grpc(HeaderValue::from_static("application/grpc"));
+        let response = grpc_rejection("é".repeat(6_000));
         let message = response.headers()["grpc-message"].to_str().unwrap();
         assert_eq!(message, "%C3%A9".repeat(MAX_GRPC_MESSAGE_BYTES / 2));
         assert_eq!(bounded("aé", 2), "a");

@@ -10,8 +10,15 @@ mod common;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::{setup, within, ALICE, BOB};
+use common::{setup, within, Client, ALICE, BOB};
 use composio_auth::testing::StandIn;
+use tokio::task::JoinHandle;
+
+/// `GET /me` with `key`, in a task of its own.
+fn spawn_me(client: &Client, key: &str) -> JoinHandle<StatusCode> {
+    let (client, key) = (client.clone(), key.to_owned());
+    tokio::spawn(async move { client.me(&key).await.status })
+}
 
 /// Each scenario runs this many times (fresh keys each time) so that the ordering is
 /// exercised repeatedly, not once.
@@ -26,19 +33,13 @@ async fn a_request_after_invalidate_never_joins_a_verification_that_started_befo
         let calls = composio.calls();
 
         composio.hold();
-        let before = {
-            let (client, key) = (client.clone(), key.clone());
-            tokio::spawn(async move { client.me(&key).await.status })
-        };
+        let before = spawn_me(&client, &key);
         // Composio has decided "valid"; its answer is held.
         within("the upstream call", composio.wait_for_calls(calls + 1)).await;
         composio.revoke(&key);
         layer.invalidate(&key).await;
 
-        let after = {
-            let (client, key) = (client.clone(), key.clone());
-            tokio::spawn(async move { client.me(&key).await.status })
-        };
+        let after = spawn_me(&client, &key);
         // The later request asks Composio itself, and hears the revocation.
         within("the upstream call", composio.wait_for_calls(calls + 2)).await;
         composio.release();
@@ -74,10 +75,7 @@ async fn a_request_after_invalidate_never_joins_a_refresh_ahead_that_started_bef
         composio.revoke(&key);
         layer.invalidate(&key).await;
 
-        let after = {
-            let (client, key) = (client.clone(), key.clone());
-            tokio::spawn(async move { client.me(&key).await.status })
-        };
+        let after = spawn_me(&client, &key);
         within("the upstream call", composio.wait_for_calls(calls + 2)).await;
         composio.release();
         assert_eq!(
@@ -99,10 +97,7 @@ async fn invalidating_one_key_leaves_other_verifications_in_flight_alone() {
         composio.add_session(&key, StandIn::example_document());
         let calls = composio.calls();
         composio.hold();
-        let bystander = {
-            let (client, key) = (client.clone(), key.clone());
-            tokio::spawn(async move { client.me(&key).await.status })
-        };
+        let bystander = spawn_me(&client, &key);
         within("the upstream call", composio.wait_for_calls(calls + 1)).await;
         layer.invalidate(ALICE).await;
         composio.release();
@@ -140,17 +135,11 @@ async fn a_verdicts_age_counts_from_when_its_question_was_sent() {
 async fn invalidate_all_reaches_verifications_in_flight_too() {
     let (composio, layer, client) = setup(|b| b).await;
     composio.hold();
-    let before = {
-        let client = client.clone();
-        tokio::spawn(async move { client.me(ALICE).await.status })
-    };
+    let before = spawn_me(&client, ALICE);
     within("the upstream call", composio.wait_for_calls(1)).await;
     composio.revoke(ALICE);
     layer.invalidate_all().await;
-    let after = {
-        let client = client.clone();
-        tokio::spawn(async move { client.me(ALICE).await.status })
-    };
+    let after = spawn_me(&client, ALICE);
     within("the upstream call", composio.wait_for_calls(2)).await;
     composio.release();
     assert_eq!(before.await.unwrap(), StatusCode::OK);
