@@ -24,6 +24,14 @@ pin_project! {
     }
 }
 
+/// The empty body (what tower-http's `TimeoutLayer` answers a 408 with, when it
+/// wraps this layer).
+impl<B> Default for ResponseBody<B> {
+    fn default() -> Self {
+        Self::rejection(Bytes::new())
+    }
+}
+
 impl<B> ResponseBody<B> {
     pub(crate) fn inner(body: B) -> Self {
         Self {

@@ -160,6 +160,7 @@ impl fmt::Debug for ComposioAuthLayer {
 /// | [`max_concurrent_verifications`](Self::max_concurrent_verifications) | 64 |
 /// | [`refresh_ahead`](Self::refresh_ahead) | on (at 80% of `ttl`) |
 /// | [`credential_headers`](Self::credential_headers) | `x-api-key` |
+/// | [`hide_credential`](Self::hide_credential) | off |
 /// | [`authorize`](Self::authorize) | every valid session |
 #[derive(Clone)]
 #[must_use]
@@ -176,6 +177,7 @@ pub struct ComposioAuthBuilder {
     negative_max_capacity: u64,
     max_concurrent_verifications: usize,
     refresh_ahead: bool,
+    hide_credential: bool,
     accepted: AcceptedHeaders,
     authorize: Option<Authorize>,
 }
@@ -201,6 +203,7 @@ impl ComposioAuthBuilder {
             negative_max_capacity: 10_000,
             max_concurrent_verifications: 64,
             refresh_ahead: true,
+            hide_credential: false,
             accepted: AcceptedHeaders::DEFAULT,
             authorize: None,
         }
@@ -310,6 +313,15 @@ impl ComposioAuthBuilder {
         self
     }
 
+    /// Whether to remove the credential header from an admitted request before the
+    /// inner service sees it (off by default, like Kong's `hide_credentials`), so
+    /// that no handler, log or downstream proxy can read or forward the key. Leave
+    /// it off when handlers call Composio on their user's behalf with that key.
+    pub fn hide_credential(mut self, hide: bool) -> Self {
+        self.hide_credential = hide;
+        self
+    }
+
     /// A predicate every valid session must pass, checked on every request (cached
     /// or not); a session it refuses gets 403.
     ///
@@ -414,6 +426,7 @@ impl ComposioAuthBuilder {
         ComposioAuthLayer {
             state: Arc::new(LayerState {
                 accepted: self.accepted,
+                hide_credential: self.hide_credential,
                 base_url,
                 cache,
                 verifications,
@@ -440,6 +453,7 @@ impl fmt::Debug for ComposioAuthBuilder {
                 &self.max_concurrent_verifications,
             )
             .field("credential_headers", &self.accepted.names())
+            .field("hide_credential", &self.hide_credential)
             .field(
                 "authorize",
                 &self.authorize.as_ref().map(|_| "Fn(&SessionInfo) -> bool"),

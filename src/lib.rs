@@ -44,6 +44,58 @@
 //! Configuration lives on [`ComposioAuthBuilder`]; the [`testing`] module (feature
 //! `test-util`) has a loopback stand-in of Composio for tests.
 //!
+//! # Composition with tower-http
+//!
+//! In axum a layer added later wraps the ones added before it. Where this layer goes
+//! among the layers an app already has (each point is a test in
+//! `tests/composition.rs`):
+//!
+//! - **`CorsLayer` outside.** Browsers send CORS preflights without credentials: with
+//!   CORS inside this layer every preflight is refused with 401. Outside, preflights
+//!   are answered by CORS, and this layer's rejections still get the CORS headers the
+//!   page needs to read them.
+//! - **`SetRequestIdLayer` outside**, so the envelopes this layer makes carry the
+//!   generated `x-request-id` as `request_id`; `PropagateRequestIdLayer` returns it
+//!   to the client.
+//! - **`TraceLayer` outside.** Each upstream verification runs in a
+//!   `composio_auth.verification` span, a child of the request's span, and rejections
+//!   are traced like any response.
+//! - **`CompressionLayer` outside** compresses rejections too.
+//! - **`TimeoutLayer` outside, longer than [`ComposioAuthBuilder::timeout`]**: the
+//!   layer answers 503 within its own budget, and the outer timeout stays a backstop
+//!   for the handlers. ([`ResponseBody`] is `Default`, the empty body that
+//!   `TimeoutLayer` answers 408 with.)
+//! - **`Router::route_layer`** protects only the routes added before it and leaves
+//!   unknown paths 404; **`Router::layer`** protects every path, unknown ones
+//!   included (401 without a key).
+//! - **HTTP/2** (h2c with prior knowledge through `axum::serve`) is answered exactly
+//!   as HTTP/1.1.
+//! - **tonic-web: `GrpcWebLayer` outside**, so this layer sees plain gRPC and tonic-web
+//!   encodes the status for the browser; inside, gRPC-web requests still get a
+//!   trailers-only answer in their own content type.
+//! - [`ComposioAuthBuilder::hide_credential`] removes the key's header before
+//!   anything inside the layer sees the request.
+//!
+//! ```
+//! use axum::{routing::get, Router};
+//! use composio_auth::ComposioAuthLayer;
+//! use tower_http::cors::CorsLayer;
+//! use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+//! use tower_http::trace::TraceLayer;
+//!
+//! # fn build() -> Result<Router, composio_auth::Error> {
+//! let app: Router = Router::new()
+//!     .route("/me", get(|| async { "me" }))
+//!     .route_layer(ComposioAuthLayer::builder().build()?)
+//!     .route("/health", get(|| async { "ok" }))
+//!     .layer(CorsLayer::permissive())
+//!     .layer(PropagateRequestIdLayer::x_request_id())
+//!     .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+//!     .layer(TraceLayer::new_for_http());
+//! # Ok(app)
+//! # }
+//! ```
+//!
 //! # Features
 //!
 //! - `axum` (default): [`SessionInfo`] and `Option<SessionInfo>` as axum extractors.
@@ -52,8 +104,11 @@
 //! # Logs
 //!
 //! Events go to the `composio_auth` target: cache hits (`trace`), misses, upstream
-//! status and latency, and verdicts (`debug`), upstream failures (`warn`). No event
-//! ever contains a key.
+//! status and latency, and verdicts (`debug`), upstream failures (`warn`). Each
+//! upstream verification runs in a `composio_auth.verification` span (`debug`) with
+//! the fields `header`, `outcome`, `upstream_status` and `latency_ms`, a child of
+//! the span of the request that started it (e.g. tower-http's `TraceLayer`). No
+//! event or span ever contains a key.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

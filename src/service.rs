@@ -20,6 +20,8 @@ use crate::TRACING_TARGET;
 /// What every service made by one layer shares.
 pub(crate) struct LayerState {
     pub(crate) accepted: AcceptedHeaders,
+    /// Remove the credential header before the inner service sees the request.
+    pub(crate) hide_credential: bool,
     pub(crate) base_url: String,
     pub(crate) cache: Arc<VerdictCache>,
     pub(crate) verifications: Verifications,
@@ -104,6 +106,9 @@ where
                 };
                 match state.verifications.join_or_start(digest, header, key) {
                     Joined::Waiting(verification) => {
+                        if state.hide_credential {
+                            request.headers_mut().remove(header.header_name());
+                        }
                         // The call waits for the verification: the service polled
                         // ready goes with it, a clone stays for the next `poll_ready`.
                         let clone = self.inner.clone();
@@ -131,6 +136,9 @@ where
                     if let Some(key) = request.headers().get(header.header_name()) {
                         state.verifications.refresh(digest, header, key);
                     }
+                }
+                if state.hide_credential {
+                    request.headers_mut().remove(header.header_name());
                 }
                 // Called right away: the service polled ready is the one called.
                 ResponseFuture::admit(&state.policy, &mut self.inner, request, session)

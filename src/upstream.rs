@@ -195,6 +195,7 @@ impl Upstream {
             }
         };
         let status = response.status();
+        tracing::Span::current().record("upstream_status", status.as_u16());
         let retry_after = retry_after_secs(response.headers());
         let body = read_capped(response, MAX_UPSTREAM_BODY_BYTES).await;
         let verdict = match body {

@@ -34,6 +34,7 @@ use futures_util::future::{FutureExt, Shared};
 use http::HeaderValue;
 use tokio::runtime::{self, Handle};
 use tokio::sync::{oneshot, Semaphore};
+use tracing::Instrument;
 
 use crate::cache::{Known, Lookup, VerdictCache};
 use crate::credential::CredentialHeader;
@@ -185,13 +186,27 @@ impl Verifications {
             id,
         };
         let key = key.clone();
+        // A child of the request's span (e.g. tower-http's `TraceLayer`), so traces
+        // show the verification inside the request that started it.
+        let span = tracing::debug_span!(
+            target: TRACING_TARGET,
+            "composio_auth.verification",
+            header = header.as_str(),
+            outcome = tracing::field::Empty,
+            upstream_status = tracing::field::Empty,
+            latency_ms = tracing::field::Empty,
+        );
         let task = async move {
             let (verdict, sent_at) = guard.state.call_within_budget(header, key).await;
+            let span = tracing::Span::current();
+            span.record("outcome", verdict.kind());
+            span.record("latency_ms", sent_at.elapsed().as_secs_f64() * 1e3);
             guard.settle(&verdict, sent_at);
             // Waiters hear the verdict after it is cached: a request that arrives
             // once a waiter has its answer finds the verdict in the cache.
             let _ = sender.send(verdict);
-        };
+        }
+        .instrument(span);
         (verification, task)
     }
 

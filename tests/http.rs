@@ -205,6 +205,33 @@ async fn a_session_never_holds_the_key() {
 }
 
 #[tokio::test]
+async fn hide_credential_removes_the_key_before_the_handler_and_is_off_by_default() {
+    for hide in [false, true] {
+        let composio = common::composio().await;
+        let layer = common::builder(&composio)
+            .hide_credential(hide)
+            .build()
+            .unwrap();
+        let app = axum::Router::new()
+            .route(
+                "/sees-key",
+                axum::routing::get(|headers: axum::http::HeaderMap| async move {
+                    format!("{}", headers.contains_key("x-api-key"))
+                }),
+            )
+            .layer(layer);
+        let client = Client::new(serve(app).await);
+        // The first request waits for the verification, the second is a cache hit.
+        for _ in 0..2 {
+            let answer = client.get("/sees-key", &[("x-api-key", ALICE)]).await;
+            assert_eq!(answer.status, 200);
+            assert_eq!(answer.body, (!hide).to_string(), "hide_credential({hide})");
+        }
+        assert_eq!(composio.calls_for(ALICE), 1);
+    }
+}
+
+#[tokio::test]
 async fn a_valid_key_reaches_the_handler_with_its_session() {
     let (composio, _, client) = setup(|b| b).await;
     let answer = client.me(ALICE).await;

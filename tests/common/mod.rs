@@ -147,26 +147,77 @@ impl Client {
 }
 
 /// Every `tracing` event (all levels, all targets) recorded on this thread while the
-/// guard lives, as text: level, target, message and every field.
+/// guard lives, as text: level, target, message and every field; and every span,
+/// with its parent and fields (which also count as events' text, for the secrets
+/// audit).
 #[derive(Clone)]
 pub struct Capture {
     events: Arc<Mutex<Vec<String>>>,
+    spans: Arc<Mutex<Vec<CapturedSpan>>>,
     count: watch::Sender<usize>,
+}
+
+/// A span as recorded: its name, its parent's name, and its fields as text.
+#[derive(Clone, Debug)]
+pub struct CapturedSpan {
+    pub id: u64,
+    pub name: String,
+    pub parent: Option<String>,
+    pub fields: String,
+}
+
+struct Fields(String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        let _ = write!(self.0, " {}={:?}", field.name(), value);
+    }
+    fn record_str(&mut self, field: &Field, value: &str) {
+        let _ = write!(self.0, " {}={}", field.name(), value);
+    }
 }
 
 struct CaptureLayer(Capture);
 
-impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for CaptureLayer {
-    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        struct Fields(String);
-        impl Visit for Fields {
-            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                let _ = write!(self.0, " {}={:?}", field.name(), value);
-            }
-            fn record_str(&mut self, field: &Field, value: &str) {
-                let _ = write!(self.0, " {}={}", field.name(), value);
-            }
+impl<S> tracing_subscriber::Layer<S> for CaptureLayer
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: Context<'_, S>,
+    ) {
+        let mut fields = Fields(String::new());
+        attrs.record(&mut fields);
+        let parent = ctx
+            .span(id)
+            .and_then(|span| span.parent())
+            .map(|parent| parent.name().to_owned());
+        self.0.spans.lock().unwrap().push(CapturedSpan {
+            id: id.into_u64(),
+            name: attrs.metadata().name().to_owned(),
+            parent,
+            fields: fields.0,
+        });
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        _ctx: Context<'_, S>,
+    ) {
+        let mut fields = Fields(String::new());
+        values.record(&mut fields);
+        let mut spans = self.0.spans.lock().unwrap();
+        if let Some(span) = spans.iter_mut().rev().find(|s| s.id == id.into_u64()) {
+            span.fields.push_str(&fields.0);
         }
+    }
+
+    fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
         let meta = event.metadata();
         let mut fields = Fields(format!("{} {}", meta.level(), meta.target()));
         event.record(&mut fields);
@@ -181,6 +232,7 @@ impl Capture {
     pub fn install() -> (Self, tracing::subscriber::DefaultGuard) {
         let capture = Self {
             events: Arc::default(),
+            spans: Arc::default(),
             count: watch::Sender::new(0),
         };
         let subscriber = tracing_subscriber::registry()
@@ -190,8 +242,21 @@ impl Capture {
         (capture, guard)
     }
 
+    /// Every event's text, then every span's name and fields.
     pub fn events(&self) -> Vec<String> {
-        self.events.lock().unwrap().clone()
+        let mut all = self.events.lock().unwrap().clone();
+        all.extend(
+            self.spans
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|s| format!("span {}{}", s.name, s.fields)),
+        );
+        all
+    }
+
+    pub fn spans(&self) -> Vec<CapturedSpan> {
+        self.spans.lock().unwrap().clone()
     }
 
     pub fn count_containing(&self, needle: &str) -> usize {

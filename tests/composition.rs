@@ -1,0 +1,214 @@
+//! The layer among the tower-http layers an axum app already stacks, each claim of
+//! the README's composition guide checked with the real layers over real TCP.
+
+mod common;
+
+use std::time::Duration;
+
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::routing::get;
+use axum::Router;
+use common::{builder, composio, serve, Capture, Client, ALICE};
+use composio_auth::SessionInfo;
+use tower::ServiceBuilder;
+use tower_http::compression::CompressionLayer;
+use tower_http::cors::CorsLayer;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+fn me() -> Router {
+    Router::new().route(
+        "/me",
+        get(|session: SessionInfo| async move { session.org_member.email.clone() }),
+    )
+}
+
+/// A CORS preflight for `GET /me` from another origin, without a key (browsers never
+/// send credentials on a preflight).
+async fn preflight(client: &Client) -> reqwest::Response {
+    client
+        .http
+        .request(Method::OPTIONS, format!("http://{}/me", client.addr))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .header("access-control-request-headers", "x-api-key")
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cors_goes_outside_the_layer_so_that_preflights_pass() {
+    let composio = composio().await;
+    let layer = builder(&composio).build().unwrap();
+    let cors = || {
+        CorsLayer::new()
+            .allow_origin(HeaderValue::from_static("https://app.example"))
+            .allow_headers([axum::http::header::HeaderName::from_static("x-api-key")])
+    };
+
+    // Outside (added last): the preflight is answered by CORS, the request is checked.
+    let outside = Client::new(serve(me().layer(layer.clone()).layer(cors())).await);
+    let answer = preflight(&outside).await;
+    assert_eq!(answer.status(), StatusCode::OK);
+    assert_eq!(
+        answer.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+    let refused = outside
+        .http
+        .get(format!("http://{}/me", outside.addr))
+        .header("origin", "https://app.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    // A rejection still carries the CORS headers, so the browser lets the page read it.
+    assert_eq!(
+        refused.headers()["access-control-allow-origin"],
+        "https://app.example"
+    );
+
+    // Inside: every preflight is refused.
+    let inside = Client::new(serve(me().layer(cors()).layer(layer)).await);
+    assert_eq!(preflight(&inside).await.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(composio.calls(), 0);
+}
+
+#[tokio::test]
+async fn request_ids_set_outside_reach_the_layers_envelopes_and_are_returned() {
+    let composio = composio().await;
+    let app = me().layer(
+        ServiceBuilder::new()
+            .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
+            .layer(PropagateRequestIdLayer::x_request_id())
+            .layer(builder(&composio).build().unwrap()),
+    );
+    let client = Client::new(serve(app).await);
+    let answer = client.get("/me", &[]).await;
+    assert_eq!(answer.status, 401);
+    let id = answer.headers["x-request-id"].to_str().unwrap();
+    assert_eq!(answer.envelope().error.request_id.as_deref(), Some(id));
+    assert_eq!(id.len(), 36, "a generated UUID: {id}");
+}
+
+#[tokio::test]
+async fn rejections_are_compressed_and_verifications_end_within_the_layers_budget() {
+    let composio = composio().await;
+    let budget = Duration::from_millis(300);
+    // (`TimeoutLayer::new` is the constructor every tower-http 0.6 release has.)
+    #[allow(deprecated)]
+    let timeout = TimeoutLayer::new(budget * 10);
+    let app = me().layer(
+        ServiceBuilder::new()
+            .layer(CompressionLayer::new())
+            .layer(timeout)
+            .layer(builder(&composio).timeout(budget).build().unwrap()),
+    );
+    let client = Client::new(serve(app).await);
+    let compressed = client.get("/me", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(compressed.status, 401);
+    assert_eq!(compressed.headers["content-encoding"], "gzip");
+
+    // A stalled Composio: the layer's own 503, within its budget, before the
+    // outer timeout's 408.
+    composio.hold();
+    let started = std::time::Instant::now();
+    let answer = client.me(ALICE).await;
+    assert_eq!(answer.status, 503);
+    assert!(started.elapsed() < budget * 5, "{:?}", started.elapsed());
+    composio.release();
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn traces_show_the_verification_inside_the_request() {
+    let (capture, _guard) = Capture::install();
+    let composio = composio().await;
+    let app = me()
+        .layer(builder(&composio).build().unwrap())
+        .layer(TraceLayer::new_for_http());
+    let client = Client::new(serve(app).await);
+    assert_eq!(client.me(ALICE).await.status, 200);
+    assert_eq!(client.get("/me", &[]).await.status, 401);
+
+    let spans = capture.spans();
+    let verification = spans
+        .iter()
+        .find(|s| s.name == "composio_auth.verification")
+        .expect("a verification span");
+    assert_eq!(verification.parent.as_deref(), Some("request"));
+    for field in [
+        "header=x-api-key",
+        "outcome=allowed",
+        "upstream_status=200",
+        "latency_ms=",
+    ] {
+        assert!(verification.fields.contains(field), "{verification:?}");
+    }
+    assert!(!verification.fields.contains(ALICE));
+    // The rejection is traced by TraceLayer like any response.
+    capture.wait_for("status=401", 1).await;
+}
+
+#[tokio::test]
+async fn route_layer_protects_some_routes_layer_protects_every_path() {
+    let composio = composio().await;
+    let layer = builder(&composio).build().unwrap();
+    let routes = || me().route("/health", get(|| async { "ok" }));
+
+    // `route_layer` on the protected routes, added before the open ones: open routes
+    // stay open, unknown paths stay 404.
+    let per_route = Client::new(
+        serve(
+            me().route_layer(layer.clone())
+                .route("/health", get(|| async { "ok" })),
+        )
+        .await,
+    );
+    assert_eq!(per_route.get("/health", &[]).await.status, 200);
+    assert_eq!(per_route.get("/me", &[]).await.status, 401);
+    assert_eq!(per_route.get("/nowhere", &[]).await.status, 404);
+    assert_eq!(per_route.me(ALICE).await.status, 200);
+
+    // `layer` on the whole router: every path, unknown ones included, needs a key.
+    let everything = Client::new(serve(routes().layer(layer)).await);
+    assert_eq!(everything.get("/health", &[]).await.status, 401);
+    assert_eq!(everything.get("/nowhere", &[]).await.status, 401);
+    assert_eq!(
+        everything
+            .get("/nowhere", &[("x-api-key", ALICE)])
+            .await
+            .status,
+        404
+    );
+}
+
+#[tokio::test]
+async fn h2c_with_prior_knowledge_through_axum_serve() {
+    let composio = composio().await;
+    let addr = serve(me().layer(builder(&composio).build().unwrap())).await;
+    let h2 = reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let get = |key: Option<&str>| {
+        let mut request = h2.get(format!("http://{addr}/me"));
+        if let Some(key) = key {
+            request = request.header("x-api-key", key);
+        }
+        request.send()
+    };
+    let answer = get(Some(ALICE)).await.unwrap();
+    assert_eq!(answer.version(), reqwest::Version::HTTP_2);
+    assert_eq!(answer.status(), 200);
+    let refused = get(None).await.unwrap();
+    assert_eq!(refused.version(), reqwest::Version::HTTP_2);
+    assert_eq!(refused.status(), 401);
+    assert!(refused
+        .text()
+        .await
+        .unwrap()
+        .contains("Auth_NoAuthProvided"));
+}
