@@ -110,6 +110,12 @@ impl AsyncAuthorizeRequest<Body> for Naive {
 // tower-http's `ValidateRequest` returns the rejection response as its `Err`.
 #[allow(clippy::result_large_err)]
 fn per_request(c: &mut Criterion) {
+    // With `--features metrics`, every layer below records into a Prometheus
+    // recorder, as in production (the row "warm hit, metrics on" of BENCHMARKS.md).
+    #[cfg(feature = "metrics")]
+    let _metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("the only recorder");
     let (_upstream_runtime, stand_in) = upstream(&[KEY.to_owned()]);
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -22,6 +22,7 @@ use crate::body::ResponseBody;
 use crate::cache::{age_ms, Stale};
 use crate::drain::Drain;
 use crate::envelope::Rejection;
+use crate::instruments::Answer;
 use crate::policy::Policy;
 use crate::session::SessionInfo;
 use crate::upstream::Verdict;
@@ -76,6 +77,16 @@ where
     pub(crate) fn admit(
         policy: &Policy,
         inner: &mut S,
+        request: Request<ReqBody>,
+        session: SessionInfo,
+    ) -> Self {
+        Self::admit_as(Answer::Allowed, policy, inner, request, session)
+    }
+
+    fn admit_as(
+        answer: Answer,
+        policy: &Policy,
+        inner: &mut S,
         mut request: Request<ReqBody>,
         session: SessionInfo,
     ) -> Self {
@@ -83,6 +94,7 @@ where
             tracing::debug!(target: TRACING_TARGET, "authorize predicate refused the session");
             return Self::reject(policy, refusal, request);
         }
+        policy.answered(answer);
         request.extensions_mut().insert(session);
         Self {
             state: State::Called {
@@ -99,6 +111,7 @@ where
         request: Request<ReqBody>,
     ) -> Self {
         tracing::debug!(target: TRACING_TARGET, status = rejection.status().as_u16(), slug = ?rejection.body().slug, "rejected");
+        policy.answered(Answer::of_status(rejection.status()));
         let response = rejection.render_for(request.headers(), policy.challenge());
         Self {
             state: State::Rejected {
@@ -150,7 +163,7 @@ where
                         reason = ?rejection.body().errors,
                         "Composio undecided; serving a stale session"
                     );
-                    Self::admit(&policy, &mut inner, request, session)
+                    Self::admit_as(Answer::Stale, &policy, &mut inner, request, session)
                 }
                 None => Self::reject(&policy, &rejection, request),
             },

@@ -10,6 +10,7 @@ use tower_layer::Layer;
 
 use crate::cache::{CachePolicy, CachedVerdicts, VerdictCache};
 use crate::credential::{AcceptedHeaders, CredentialHeader};
+use crate::instruments::Instruments;
 use crate::policy::{Authorize, Policy};
 use crate::service::{ComposioAuth, LayerState};
 use crate::session::SessionInfo;
@@ -417,11 +418,13 @@ impl ComposioAuthBuilder {
             refresh_ahead: self.refresh_ahead,
         };
         let cache = Arc::new(VerdictCache::new(policy, &base_url));
+        let instruments = Arc::new(Instruments::new());
         let verifications = Verifications::new(
             Arc::clone(&cache),
             upstream,
             self.timeout,
             self.max_concurrent_verifications,
+            Arc::clone(&instruments),
         );
         ComposioAuthLayer {
             state: Arc::new(LayerState {
@@ -430,7 +433,12 @@ impl ComposioAuthBuilder {
                 base_url,
                 cache,
                 verifications,
-                policy: Arc::new(Policy::new(self.authorize, self.accepted)),
+                policy: Arc::new(Policy::new(
+                    self.authorize,
+                    self.accepted,
+                    Arc::clone(&instruments),
+                )),
+                instruments,
             }),
         }
     }

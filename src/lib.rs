@@ -124,6 +124,7 @@ mod error;
 mod extract;
 mod front;
 mod future;
+mod instruments;
 mod layer;
 mod policy;
 mod service;

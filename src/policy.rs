@@ -1,6 +1,6 @@
 //! What a layer admits and how it says no: the `authorize` predicate every valid
-//! session must pass, checked on every request (cached or not), its 403, and the
-//! `WWW-Authenticate` challenge of the layer's 401s.
+//! session must pass, checked on every request (cached or not), its 403, the
+//! `WWW-Authenticate` challenge of the layer's 401s, and the count of its answers.
 
 use std::fmt;
 use std::sync::Arc;
@@ -9,6 +9,7 @@ use http::HeaderValue;
 
 use crate::credential::AcceptedHeaders;
 use crate::envelope::{challenge, Rejection};
+use crate::instruments::{Answer, Instruments};
 use crate::session::SessionInfo;
 
 /// The predicate of [`ComposioAuthBuilder::authorize`](crate::ComposioAuthBuilder::authorize).
@@ -21,15 +22,26 @@ pub(crate) struct Policy {
     forbidden: Rejection,
     /// Names every accepted credential header.
     challenge: HeaderValue,
+    instruments: Arc<Instruments>,
 }
 
 impl Policy {
-    pub(crate) fn new(authorize: Option<Authorize>, accepted: AcceptedHeaders) -> Self {
+    pub(crate) fn new(
+        authorize: Option<Authorize>,
+        accepted: AcceptedHeaders,
+        instruments: Arc<Instruments>,
+    ) -> Self {
         Self {
             authorize,
             forbidden: Rejection::forbidden(),
             challenge: challenge(accepted.iter().map(|h| h.as_str())),
+            instruments,
         }
+    }
+
+    /// Counts a request's answer (feature `metrics`).
+    pub(crate) fn answered(&self, answer: Answer) {
+        self.instruments.answered(answer);
     }
 
     /// The `WWW-Authenticate` value of this layer's 401s.

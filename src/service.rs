@@ -13,6 +13,7 @@ use crate::body::ResponseBody;
 use crate::cache::{Known, Lookup, VerdictCache};
 use crate::credential::{self, AcceptedHeaders, CredentialError};
 use crate::future::ResponseFuture;
+use crate::instruments::{self, Instruments};
 use crate::policy::Policy;
 use crate::verification::{Joined, Verifications};
 use crate::TRACING_TARGET;
@@ -26,6 +27,7 @@ pub(crate) struct LayerState {
     pub(crate) cache: Arc<VerdictCache>,
     pub(crate) verifications: Verifications,
     pub(crate) policy: Arc<Policy>,
+    pub(crate) instruments: Arc<Instruments>,
 }
 
 /// The service made by [`ComposioAuthLayer`](crate::ComposioAuthLayer): verifies the
@@ -99,6 +101,7 @@ where
             Lookup::Known(known) => known,
             Lookup::Miss { stale } => {
                 tracing::debug!(target: TRACING_TARGET, stale = stale.is_some(), "cache miss");
+                state.instruments.looked_up(instruments::Lookup::Miss);
                 // Read again only on a miss: the hit path borrows nothing past the digest.
                 let Some(key) = request.headers().get(header.header_name()) else {
                     let missing = CredentialError::Missing.rejection(state.accepted);
@@ -132,6 +135,7 @@ where
         match known {
             Known::Fresh { session, refresh } => {
                 tracing::trace!(target: TRACING_TARGET, "cache hit");
+                state.instruments.looked_up(instruments::Lookup::Hit);
                 if refresh {
                     if let Some(key) = request.headers().get(header.header_name()) {
                         state.verifications.refresh(digest, header, key);
@@ -145,6 +149,9 @@ where
             }
             Known::Rejected(rejection) => {
                 tracing::trace!(target: TRACING_TARGET, status = rejection.status().as_u16(), "cached rejection");
+                state
+                    .instruments
+                    .looked_up(instruments::Lookup::NegativeHit);
                 ResponseFuture::reject(&state.policy, &rejection, request)
             }
         }

@@ -40,6 +40,7 @@ use crate::cache::{Known, Lookup, VerdictCache};
 use crate::credential::CredentialHeader;
 use crate::digest::Digest;
 use crate::envelope::Rejection;
+use crate::instruments::Instruments;
 use crate::upstream::{Upstream, Verdict};
 use crate::TRACING_TARGET;
 
@@ -74,6 +75,7 @@ struct State {
     max_concurrent: usize,
     flights: Mutex<HashMap<Digest, Flight>>,
     next_flight: AtomicU64,
+    instruments: Arc<Instruments>,
 }
 
 /// A key's flight in the in-flight map.
@@ -89,6 +91,7 @@ impl Verifications {
         upstream: Upstream,
         budget: Duration,
         max_concurrent: usize,
+        instruments: Arc<Instruments>,
     ) -> Self {
         Self {
             state: Arc::new(State {
@@ -99,6 +102,7 @@ impl Verifications {
                 max_concurrent,
                 flights: Mutex::new(HashMap::new()),
                 next_flight: AtomicU64::new(0),
+                instruments,
             }),
         }
     }
@@ -218,6 +222,10 @@ impl Verifications {
             flights.remove(&digest);
             self.state.cache.remove(&digest);
         }
+        drop(flights);
+        self.state
+            .instruments
+            .entries(|| self.state.cache.entry_counts());
     }
 
     /// As [`invalidate`](Self::invalidate), for every key.
@@ -225,6 +233,10 @@ impl Verifications {
         let mut flights = self.state.flights();
         flights.clear();
         self.state.cache.clear();
+        drop(flights);
+        self.state
+            .instruments
+            .entries(|| self.state.cache.entry_counts());
     }
 }
 
@@ -269,6 +281,7 @@ impl State {
             return no_slot();
         }
         let sent_at = Instant::now();
+        self.instruments.call_started();
         let call = self.upstream.verify(header, key, sent_at);
         let verdict = match tokio::time::timeout_at(deadline, call).await {
             Ok(verdict) => verdict,
@@ -277,6 +290,7 @@ impl State {
                 Verdict::undecided(format!("verification timed out after {budget:?}"), None)
             }
         };
+        self.instruments.call_ended(&verdict, sent_at);
         drop(permit);
         (verdict, sent_at)
     }
@@ -298,6 +312,10 @@ impl FlightGuard {
         if flights.get(&self.digest).is_some_and(|f| f.id == self.id) {
             self.state.cache.settle(&self.digest, verdict, sent_at);
             flights.remove(&self.digest);
+            drop(flights);
+            self.state
+                .instruments
+                .entries(|| self.state.cache.entry_counts());
             tracing::trace!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict settled");
         } else {
             tracing::debug!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict not cached: invalidated or replaced while in flight");

@@ -1,0 +1,139 @@
+//! Every metric of the `metrics` feature moves as the README's table says, read from
+//! `metrics-util`'s debugging recorder.
+#![cfg(feature = "metrics")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{app, builder, composio, serve, Client, ALICE, BOB};
+use composio_auth::testing::Reply;
+use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
+use metrics_util::{CompositeKey, MetricKind};
+
+/// The recorder's values since the last snapshot (taking one resets counters and
+/// gauges to zero and drains histograms).
+struct Values(Vec<(CompositeKey, DebugValue)>);
+
+impl Values {
+    fn take(snapshotter: &Snapshotter) -> Self {
+        let values = snapshotter.snapshot().into_vec();
+        Self(
+            values
+                .into_iter()
+                .map(|(key, _, _, value)| (key, value))
+                .collect(),
+        )
+    }
+
+    /// The value of the metric `name` whose labels include `label`, if any.
+    fn get(&self, name: &str, label: Option<(&str, &str)>) -> Option<&DebugValue> {
+        self.0
+            .iter()
+            .find(|(key, _)| {
+                key.key().name() == name
+                    && label.is_none_or(|(k, v)| {
+                        key.key().labels().any(|l| l.key() == k && l.value() == v)
+                    })
+            })
+            .map(|(_, value)| value)
+    }
+
+    fn counter(&self, name: &str, label: (&str, &str)) -> u64 {
+        match self.get(name, Some(label)) {
+            Some(DebugValue::Counter(n)) => *n,
+            other => panic!("{name} {label:?}: {other:?}"),
+        }
+    }
+
+    fn gauge(&self, name: &str, label: Option<(&str, &str)>) -> f64 {
+        match self.get(name, label) {
+            Some(DebugValue::Gauge(n)) => n.into_inner(),
+            other => panic!("{name} {label:?}: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn every_metric_moves_as_documented() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let composio = composio().await;
+    let ttl = Duration::from_millis(300);
+    // Handles are registered when the layer is built: with this recorder.
+    let layer = metrics::with_local_recorder(&recorder, || {
+        builder(&composio)
+            .ttl(ttl)
+            .stale_if_error(Duration::from_secs(60))
+            .refresh_ahead(false)
+            .authorize(|session| session.org_member.role == "admin")
+            .build()
+            .unwrap()
+    });
+    let client = Client::new(serve(app(layer)).await);
+
+    assert_eq!(client.me(ALICE).await.status, 200); // miss, allowed
+    assert_eq!(client.me(ALICE).await.status, 200); // hit
+    assert_eq!(client.me(BOB).await.status, 403); // miss, allowed upstream, forbidden
+    assert_eq!(client.get("/me", &[]).await.status, 401); // no key: no lookup
+    assert_eq!(client.me("ak_unknown_metrics_key").await.status, 401); // miss, rejected
+    assert_eq!(client.me("ak_unknown_metrics_key").await.status, 401); // negative hit
+    composio.fail_with(Reply::html(502));
+    assert_eq!(client.me("ak_down_metrics_key_0").await.status, 503); // miss, undecided
+    tokio::time::sleep(ttl + Duration::from_millis(50)).await; // let ALICE go stale
+    assert_eq!(client.me(ALICE).await.status, 200); // miss, undecided, stale
+
+    let values = Values::take(&snapshotter);
+    let requests = |result| values.counter("composio_auth_requests_total", ("result", result));
+    let cache = |result| values.counter("composio_auth_cache_total", ("result", result));
+    let calls =
+        |outcome| values.counter("composio_auth_upstream_calls_total", ("outcome", outcome));
+    assert_eq!(requests("allowed"), 2);
+    assert_eq!(requests("forbidden"), 1);
+    assert_eq!(requests("unauthorized"), 3);
+    assert_eq!(requests("unavailable"), 1);
+    assert_eq!(requests("stale"), 1);
+    assert_eq!(cache("hit"), 1);
+    assert_eq!(cache("negative_hit"), 1);
+    assert_eq!(cache("miss"), 5);
+    assert_eq!(calls("allowed"), 2);
+    assert_eq!(calls("rejected"), 1);
+    assert_eq!(calls("undecided"), 2);
+    match values.get("composio_auth_upstream_duration_seconds", None) {
+        Some(DebugValue::Histogram(samples)) => {
+            assert_eq!(samples.len(), 5);
+            assert!(samples.iter().all(|s| s.into_inner() >= 0.0));
+        }
+        other => panic!("duration: {other:?}"),
+    }
+    assert_eq!(values.gauge("composio_auth_upstream_in_flight", None), 0.0);
+    // ALICE's session (stale, kept for the window), BOB's; the unknown key's rejection.
+    let sessions = values.gauge("composio_auth_cache_entries", Some(("tier", "sessions")));
+    assert_eq!(sessions, 2.0);
+    let rejections = values.gauge("composio_auth_cache_entries", Some(("tier", "rejections")));
+    assert_eq!(rejections, 1.0);
+    let kinds: Vec<MetricKind> = values.0.iter().map(|(key, _)| key.kind()).collect();
+    assert!(kinds.contains(&MetricKind::Histogram));
+}
+
+#[tokio::test]
+async fn the_in_flight_gauge_counts_calls_being_answered() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let composio = composio().await;
+    let layer = metrics::with_local_recorder(&recorder, || builder(&composio).build().unwrap());
+    let client = Client::new(serve(app(layer)).await);
+    composio.hold();
+    let waiting = {
+        let client = client.clone();
+        tokio::spawn(async move { client.me(ALICE).await.status })
+    };
+    common::within("the upstream call", composio.wait_for_calls(1)).await;
+    let held = Values::take(&snapshotter);
+    assert_eq!(held.gauge("composio_auth_upstream_in_flight", None), 1.0);
+    composio.release();
+    assert_eq!(waiting.await.unwrap(), 200);
+    // Relative to the last snapshot, which reset the gauge: one call fewer.
+    let after = Values::take(&snapshotter);
+    assert_eq!(after.gauge("composio_auth_upstream_in_flight", None), -1.0);
+}
