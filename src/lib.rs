@@ -100,6 +100,8 @@
 //!
 //! - `axum` (default): [`SessionInfo`] and `Option<SessionInfo>` as axum extractors.
 //! - `test-util`: the [`testing`] module.
+//! - `metrics`: counters, gauges and a histogram through the `metrics` facade (see
+//!   the README's Metrics section); install the recorder before building the layer.
 //!
 //! # Logs
 //!

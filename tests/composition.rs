@@ -212,3 +212,57 @@ async fn h2c_with_prior_knowledge_through_axum_serve() {
         .unwrap()
         .contains("Auth_NoAuthProvided"));
 }
+
+#[tokio::test]
+async fn a_per_client_rate_limiter_before_the_layer_keeps_a_flood_off_the_upstream() {
+    use std::net::SocketAddr;
+    use std::sync::Arc;
+    use tower_governor::governor::GovernorConfigBuilder;
+    use tower_governor::GovernorLayer;
+
+    let composio = composio().await;
+    // Each client IP: a burst of 5 requests, then one every 10 s.
+    let config = Arc::new(
+        GovernorConfigBuilder::default()
+            .per_second(10)
+            .burst_size(5)
+            .finish()
+            .unwrap(),
+    );
+    let app = me()
+        .layer(builder(&composio).build().unwrap())
+        .layer(GovernorLayer::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+        .unwrap()
+    });
+    let client = Client::new(addr);
+    // One client sprays 50 random keys.
+    let mut statuses = Vec::new();
+    for i in 0..50 {
+        statuses.push(
+            client
+                .me(&format!("ak_random_flood_key_{i:04}"))
+                .await
+                .status,
+        );
+    }
+    let limited = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::TOO_MANY_REQUESTS)
+        .count();
+    let refused = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::UNAUTHORIZED)
+        .count();
+    assert_eq!(limited + refused, 50);
+    // Only the requests the limiter let through reached the layer, and Composio.
+    assert_eq!(composio.calls() as usize, refused);
+    assert!(refused <= 5, "{refused} reached Composio");
+}
