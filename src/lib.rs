@@ -70,9 +70,12 @@
 //!   included (401 without a key).
 //! - **HTTP/2** (h2c with prior knowledge through `axum::serve`) is answered exactly
 //!   as HTTP/1.1.
-//! - **tonic-web: `GrpcWebLayer` outside**, so this layer sees plain gRPC and tonic-web
-//!   encodes the status for the browser; inside, gRPC-web requests still get a
-//!   trailers-only answer in their own content type.
+//! - **A per-client rate limiter outside** (e.g. `tower_governor`'s `GovernorLayer`,
+//!   keyed by peer IP): a client spraying random keys is stopped after its burst
+//!   before it spends the upstream budget everyone shares.
+//! - **tonic-web: `GrpcWebLayer` outside** (with `accept_http1(true)`), so this layer
+//!   sees plain gRPC and tonic-web encodes the status for the browser; inside,
+//!   gRPC-web requests still get a trailers-only answer in their own content type.
 //! - [`ComposioAuthBuilder::hide_credential`] removes the key's header before
 //!   anything inside the layer sees the request.
 //!

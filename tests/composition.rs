@@ -266,3 +266,86 @@ async fn a_per_client_rate_limiter_before_the_layer_keeps_a_flood_off_the_upstre
     assert_eq!(composio.calls() as usize, refused);
     assert!(refused <= 5, "{refused} reached Composio");
 }
+
+/// A gRPC-web `Health/Check` over HTTP/1.1 (an empty request message, framed), as a
+/// browser client sends it; returns the status, content type and `grpc-status`
+/// (from the headers of a trailers-only answer, else from the trailer frame).
+async fn grpc_web_check(addr: std::net::SocketAddr, key: Option<&str>) -> (u16, String, String) {
+    let mut request = reqwest::Client::builder()
+        .no_proxy()
+        .http1_only()
+        .build()
+        .unwrap()
+        .post(format!("http://{addr}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc-web+proto")
+        .header("x-grpc-web", "1")
+        .body(vec![0u8, 0, 0, 0, 0]);
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    let content_type = response.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let in_headers = response
+        .headers()
+        .get("grpc-status")
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = response.bytes().await.unwrap();
+    let grpc_status = in_headers.unwrap_or_else(|| {
+        // The trailer frame (flag 0x80) holds `grpc-status:N`.
+        let text = String::from_utf8_lossy(&body);
+        let at = text.find("grpc-status:").expect("a grpc-status trailer");
+        text[at + 12..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect()
+    });
+    (status, content_type, grpc_status)
+}
+
+#[tokio::test]
+async fn grpc_web_clients_get_the_status_with_grpc_web_layer_outside_or_inside() {
+    let composio = composio().await;
+    for web_outside in [true, false] {
+        let health = tonic_health::server::HealthService::from_health_reporter(
+            tonic_health::server::HealthReporter::new(),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let incoming = tonic::transport::server::TcpIncoming::from(listener);
+        let auth = builder(&composio).build().unwrap();
+        let service = tonic_health::pb::health_server::HealthServer::new(health);
+        let server = tonic::transport::Server::builder().accept_http1(true);
+        if web_outside {
+            // Recommended: tonic-web translates, the layer sees plain gRPC.
+            let router = server
+                .layer(tonic_web::GrpcWebLayer::new())
+                .layer(auth)
+                .add_service(service);
+            tokio::spawn(router.serve_with_incoming(incoming));
+        } else {
+            let router = server
+                .layer(auth)
+                .layer(tonic_web::GrpcWebLayer::new())
+                .add_service(service);
+            tokio::spawn(router.serve_with_incoming(incoming));
+        }
+        let (status, content_type, grpc_status) = grpc_web_check(addr, None).await;
+        assert_eq!(status, 200, "outside: {web_outside}");
+        assert!(
+            content_type.starts_with("application/grpc-web"),
+            "{content_type}"
+        );
+        assert_eq!(grpc_status, "16", "outside: {web_outside}");
+        let (status, content_type, grpc_status) = grpc_web_check(addr, Some(ALICE)).await;
+        assert_eq!(status, 200);
+        assert!(
+            content_type.starts_with("application/grpc-web"),
+            "{content_type}"
+        );
+        assert_eq!(grpc_status, "0", "outside: {web_outside}");
+    }
+}
