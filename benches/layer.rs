@@ -49,6 +49,17 @@ async fn call(app: &Router, key: &str) -> StatusCode {
     app.clone().oneshot(request(key)).await.unwrap().status()
 }
 
+/// As [`call`], from a client at a fixed address (what `axum::serve` with
+/// `into_make_service_with_connect_info` gives a per-client rate limiter).
+async fn call_from_peer(app: &Router, key: &str) -> StatusCode {
+    let mut request = request(key);
+    let peer = std::net::SocketAddr::from(([127, 0, 0, 1], 40_000));
+    request
+        .extensions_mut()
+        .insert(axum::extract::ConnectInfo(peer));
+    app.clone().oneshot(request).await.unwrap().status()
+}
+
 /// The stand-in on a runtime (and thread) of its own, as a real upstream would be.
 fn upstream(keys: &[String]) -> (tokio::runtime::Runtime, StandIn) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -138,6 +149,20 @@ fn per_request(c: &mut Criterion) {
         .build()
         .unwrap();
     let protected = finish(handler().layer(layer.clone()));
+    // The same, behind a per-client rate limiter that never limits here: what the
+    // limiter itself costs a request.
+    let governor = std::sync::Arc::new(
+        tower_governor::governor::GovernorConfigBuilder::default()
+            .per_nanosecond(1)
+            .burst_size(u32::MAX)
+            .finish()
+            .unwrap(),
+    );
+    let governed = finish(
+        handler()
+            .layer(layer.clone())
+            .layer(tower_governor::GovernorLayer::new(governor)),
+    );
     let naive = finish(
         handler().layer(AsyncRequireAuthorizationLayer::new(Naive {
             client: reqwest::Client::builder().no_proxy().build().unwrap(),
@@ -153,6 +178,7 @@ fn per_request(c: &mut Criterion) {
         for app in [&bare, &static_key, &protected, &naive] {
             assert_eq!(call(app, KEY).await, StatusCode::OK);
         }
+        assert_eq!(call_from_peer(&governed, KEY).await, StatusCode::OK);
     });
 
     let mut group = c.benchmark_group("per_request");
@@ -164,6 +190,9 @@ fn per_request(c: &mut Criterion) {
     ] {
         group.bench_function(name, |b| b.to_async(&runtime).iter(|| call(app, KEY)));
     }
+    group.bench_function("warm_hit_behind_rate_limiter", |b| {
+        b.to_async(&runtime).iter(|| call_from_peer(&governed, KEY))
+    });
     group.bench_function("cold_miss", |b| {
         b.to_async(&runtime).iter(|| async {
             layer.invalidate(KEY).await;
