@@ -98,7 +98,13 @@ where
             }
         };
         let known = match state.cache.lookup(&digest) {
-            Lookup::Known(known) => known,
+            Lookup::Known(known) => {
+                state.instruments.looked_up(match known {
+                    Known::Fresh { .. } => instruments::Lookup::Hit,
+                    Known::Rejected(_) => instruments::Lookup::NegativeHit,
+                });
+                known
+            }
             Lookup::Miss { stale } => {
                 tracing::debug!(target: TRACING_TARGET, stale = stale.is_some(), "cache miss");
                 state.instruments.looked_up(instruments::Lookup::Miss);
@@ -135,7 +141,6 @@ where
         match known {
             Known::Fresh { session, refresh } => {
                 tracing::trace!(target: TRACING_TARGET, "cache hit");
-                state.instruments.looked_up(instruments::Lookup::Hit);
                 if refresh {
                     if let Some(key) = request.headers().get(header.header_name()) {
                         state.verifications.refresh(digest, header, key);
@@ -149,9 +154,6 @@ where
             }
             Known::Rejected(rejection) => {
                 tracing::trace!(target: TRACING_TARGET, status = rejection.status().as_u16(), "cached rejection");
-                state
-                    .instruments
-                    .looked_up(instruments::Lookup::NegativeHit);
                 ResponseFuture::reject(&state.policy, &rejection, request)
             }
         }
