@@ -195,7 +195,7 @@ fn per_request(c: &mut Criterion) {
     });
     group.bench_function("cold_miss", |b| {
         b.to_async(&runtime).iter(|| async {
-            layer.invalidate(KEY).await;
+            layer.invalidate(KEY).await.unwrap();
             call(&protected, KEY).await
         })
     });

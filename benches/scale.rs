@@ -300,7 +300,7 @@ async fn cold_miss() {
         started.elapsed()
     };
     for _ in 0..N {
-        layer.invalidate("ak_cold_key").await;
+        layer.invalidate("ak_cold_key").await.unwrap();
         cold.push(timed().await);
         warm.push(timed().await);
     }

@@ -161,7 +161,14 @@ pub(crate) struct VerdictCache {
 }
 
 impl VerdictCache {
+    #[cfg(test)]
     pub(crate) fn new(policy: CachePolicy, base_url: &str) -> Self {
+        Self::keyed(policy, base_url, None)
+    }
+
+    /// A cache whose digests are keyed with `secret` (shared by a fleet's replicas),
+    /// or with a random secret of its own.
+    pub(crate) fn keyed(policy: CachePolicy, base_url: &str, secret: Option<(u64, u64)>) -> Self {
         static NEXT_ID: AtomicU64 = AtomicU64::new(0);
         let refresh_after = if policy.refresh_ahead {
             policy.ttl.mul_f64(REFRESH_AHEAD_AT)
@@ -189,11 +196,17 @@ impl VerdictCache {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             fresh_for: refresh_after,
             policy,
-            digester: Digester::new(base_url),
+            digester: Digester::new(base_url, secret),
             sessions,
             rejections,
             revocations: Arc::new(Revocations::new()),
         }
+    }
+
+    /// How long a session may be kept after its verification: `ttl +
+    /// stale_if_error`.
+    pub(crate) fn session_life(&self) -> Duration {
+        self.policy.ttl + self.policy.stale_if_error
     }
 
     pub(crate) fn digest(&self, header: CredentialHeader, key: &[u8]) -> Digest {

@@ -36,9 +36,14 @@ use crate::credential::CredentialHeader;
 pub(crate) struct Digest([u8; 16]);
 
 impl Digest {
-    #[cfg(test)]
+    #[cfg(any(test, feature = "redis"))]
     pub(crate) fn from_bytes(bytes: [u8; 16]) -> Self {
         Self(bytes)
+    }
+
+    #[cfg(feature = "redis")]
+    pub(crate) fn as_bytes(&self) -> &[u8; 16] {
+        &self.0
     }
 
     /// A slot index below `slots` (a power of two), from bits the hash does not use.
@@ -80,10 +85,14 @@ pub(crate) struct Digester {
 }
 
 impl Digester {
-    pub(crate) fn new(base_url: &str) -> Self {
-        // Seeded from the operating system's randomness, distinct per instance.
-        let random = RandomState::new();
-        Self::with_secret(base_url, (random.hash_one(0u8), random.hash_one(1u8)))
+    /// Digests under `secret`, or (`None`) under a random secret of this layer's own,
+    /// seeded from the operating system's randomness.
+    pub(crate) fn new(base_url: &str, secret: Option<(u64, u64)>) -> Self {
+        let secret = secret.unwrap_or_else(|| {
+            let random = RandomState::new();
+            (random.hash_one(0u8), random.hash_one(1u8))
+        });
+        Self::with_secret(base_url, secret)
     }
 
     fn with_secret(base_url: &str, (k0, k1): (u64, u64)) -> Self {
@@ -154,7 +163,7 @@ mod tests {
 
     #[test]
     fn digests_separate_secrets_base_urls_headers_and_keys() {
-        let a = Digester::new("https://a");
+        let a = Digester::new("https://a", None);
         let d = |digester: &Digester, header, key: &[u8]| digester.digest(header, key);
         let key = b"ak_1";
         assert_eq!(
@@ -163,7 +172,11 @@ mod tests {
         );
         assert_ne!(
             d(&a, CredentialHeader::ApiKey, key),
-            d(&Digester::new("https://a"), CredentialHeader::ApiKey, key),
+            d(
+                &Digester::new("https://a", None),
+                CredentialHeader::ApiKey,
+                key
+            ),
             "another layer, another secret"
         );
         let same_secret = |url| Digester::with_secret(url, (1, 2));

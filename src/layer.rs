@@ -10,6 +10,9 @@ use tower_layer::Layer;
 
 use crate::cache::{CachePolicy, CachedVerdicts, VerdictCache};
 use crate::credential::{AcceptedHeaders, CredentialHeader};
+use crate::fleet::Fleet;
+#[cfg(feature = "redis")]
+use crate::fleet::{FleetSettings, Lives, RedisCache};
 use crate::instruments::Instruments;
 use crate::policy::{Authorize, Policy};
 use crate::service::{ComposioAuth, LayerState};
@@ -89,23 +92,59 @@ impl ComposioAuthLayer {
     /// verification in flight get its answer. Other keys are untouched: their
     /// entries and verifications stay.
     ///
-    /// It is `async` so that it can reach other replicas sharing a cache; today it
-    /// completes without waiting.
-    pub async fn invalidate(&self, api_key: &str) {
+    /// With a [`shared_cache`](ComposioAuthBuilder::shared_cache), when it returns
+    /// `Ok`: the key's verdict is gone from Redis, no verification in flight on any
+    /// replica can record it again, and the invalidation is on the fleet's stream.
+    /// Every replica that is subscribed drops the key as soon as it reads the
+    /// message (milliseconds; see BENCHMARKS.md, "Fleet"), and a replica that is
+    /// not subscribed right now does so when it reconnects (or drops every local
+    /// verdict, if the stream no longer reaches back that far). It does not wait
+    /// for the other replicas to confirm.
+    ///
+    /// # Errors
+    ///
+    /// Only with a shared cache, when Redis cannot be reached within its budget (or
+    /// its circuit breaker is open): the key is then forgotten on this replica only,
+    /// as above, and the other replicas keep their verdicts until their TTL. Call
+    /// again to reach them.
+    pub async fn invalidate(&self, api_key: &str) -> Result<(), Error> {
         let state = &self.state;
-        state.verifications.invalidate(
-            state
-                .accepted
-                .iter()
-                .map(|h| state.cache.digest(h, api_key.as_bytes())),
-        );
+        let digests: Vec<_> = state
+            .accepted
+            .iter()
+            .map(|h| (h, state.cache.digest(h, api_key.as_bytes())))
+            .collect();
+        state
+            .verifications
+            .invalidate(digests.iter().map(|(_, digest)| *digest));
+        match state.verifications.fleet() {
+            Some(fleet) if !fleet.invalidate(api_key.as_bytes(), &digests).await => Err(
+                Error::unreachable("the key was forgotten on this replica only"),
+            ),
+            _ => Ok(()),
+        }
     }
 
     /// As [`invalidate`](Self::invalidate), for every key: when the returned future
     /// completes, no request is admitted on a verdict obtained before the call, and
-    /// every cached session has been released.
-    pub async fn invalidate_all(&self) {
-        self.state.verifications.invalidate_all();
+    /// every cached session has been released. With a shared cache, `Ok` means that
+    /// no replica reads a verdict recorded in Redis before the call, and that every
+    /// replica drops its local verdicts when it reads the message (as for
+    /// `invalidate`).
+    ///
+    /// # Errors
+    ///
+    /// As [`invalidate`](Self::invalidate): Redis could not be reached, and only
+    /// this replica forgot its verdicts.
+    pub async fn invalidate_all(&self) -> Result<(), Error> {
+        let state = &self.state;
+        state.verifications.invalidate_all();
+        match state.verifications.fleet() {
+            Some(fleet) if !fleet.invalidate_all().await => Err(Error::unreachable(
+                "every key was forgotten on this replica only",
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// How many sessions and rejections are cached, after pending maintenance.
@@ -181,6 +220,8 @@ pub struct ComposioAuthBuilder {
     hide_credential: bool,
     accepted: AcceptedHeaders,
     authorize: Option<Authorize>,
+    #[cfg(feature = "redis")]
+    shared_cache: Option<RedisCache>,
 }
 
 impl Default for ComposioAuthBuilder {
@@ -207,7 +248,20 @@ impl ComposioAuthBuilder {
             hide_credential: false,
             accepted: AcceptedHeaders::DEFAULT,
             authorize: None,
+            #[cfg(feature = "redis")]
+            shared_cache: None,
         }
+    }
+
+    /// Shares verdicts and invalidations with the other replicas of this service
+    /// through Redis (feature `redis`): one upstream call per key per TTL for the
+    /// whole fleet, and [`invalidate`](ComposioAuthLayer::invalidate) reaches every
+    /// replica. See [`RedisCache`] and the README, "Running several replicas".
+    /// Replicas sharing a Redis should share their TTL settings too.
+    #[cfg(feature = "redis")]
+    pub fn shared_cache(mut self, cache: RedisCache) -> Self {
+        self.shared_cache = Some(cache);
+        self
     }
 
     /// Composio's API origin, e.g. `https://backend.composio.dev` (a path prefix is
@@ -405,6 +459,10 @@ impl ComposioAuthBuilder {
                 "credential_headers must name at least one header",
             ));
         }
+        #[cfg(feature = "redis")]
+        if let Some(cache) = &self.shared_cache {
+            cache.validate()?;
+        }
         Ok(())
     }
 
@@ -417,7 +475,9 @@ impl ComposioAuthBuilder {
             negative_max_capacity: self.negative_max_capacity,
             refresh_ahead: self.refresh_ahead,
         };
-        let cache = Arc::new(VerdictCache::new(policy, &base_url));
+        let fleet = self.fleet(&base_url);
+        let secret = fleet.as_ref().map(|fleet| fleet.local_digest_secret());
+        let cache = Arc::new(VerdictCache::keyed(policy, &base_url, secret));
         let instruments = Arc::new(Instruments::new());
         let verifications = Verifications::new(
             Arc::clone(&cache),
@@ -425,6 +485,7 @@ impl ComposioAuthBuilder {
             self.timeout,
             self.max_concurrent_verifications,
             Arc::clone(&instruments),
+            fleet,
         );
         ComposioAuthLayer {
             state: Arc::new(LayerState {
@@ -444,9 +505,36 @@ impl ComposioAuthBuilder {
     }
 }
 
+impl ComposioAuthBuilder {
+    #[cfg(feature = "redis")]
+    fn fleet(&self, base_url: &str) -> Option<Arc<Fleet>> {
+        let cache = self.shared_cache.as_ref()?;
+        Some(Arc::new(Fleet::new(FleetSettings {
+            servers: cache.servers.clone(),
+            pepper: cache.pepper.as_ref().into(),
+            prefix: cache.prefix.clone(),
+            budget: cache.budget,
+            wait: cache.wait.unwrap_or(self.timeout / 2).min(self.timeout),
+            base_url: base_url.to_owned(),
+            lives: Lives {
+                session: self.ttl + self.stale_if_error,
+                rejection: self.negative_ttl,
+            },
+            lease: self.timeout,
+        })))
+    }
+
+    #[cfg(not(feature = "redis"))]
+    #[allow(clippy::unused_self)]
+    fn fleet(&self, _: &str) -> Option<Arc<Fleet>> {
+        None
+    }
+}
+
 impl fmt::Debug for ComposioAuthBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ComposioAuthBuilder")
+        let mut debug = f.debug_struct("ComposioAuthBuilder");
+        debug
             .field("base_url", &self.base_url)
             .field("session_path", &self.session_path)
             .field("session_paths", &self.session_paths)
@@ -465,8 +553,10 @@ impl fmt::Debug for ComposioAuthBuilder {
             .field(
                 "authorize",
                 &self.authorize.as_ref().map(|_| "Fn(&SessionInfo) -> bool"),
-            )
-            .finish()
+            );
+        #[cfg(feature = "redis")]
+        debug.field("shared_cache", &self.shared_cache);
+        debug.finish()
     }
 }
 

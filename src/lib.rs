@@ -127,10 +127,12 @@ mod envelope;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
+mod fleet;
 mod front;
 mod future;
 mod instruments;
 mod layer;
+mod per_runtime;
 mod policy;
 mod service;
 mod session;
@@ -147,6 +149,8 @@ pub use envelope::{ErrorBody, ErrorEnvelope, MAX_GRPC_MESSAGE_BYTES, MAX_REQUEST
 pub use error::Error;
 #[cfg(feature = "axum")]
 pub use extract::MissingSession;
+#[cfg(feature = "redis")]
+pub use fleet::RedisCache;
 pub use future::ResponseFuture;
 pub use layer::{
     ComposioAuthBuilder, ComposioAuthLayer, BASE_URL_ENV, DEFAULT_BASE_URL, DEFAULT_SESSION_PATH,

@@ -143,7 +143,9 @@ where
                 tracing::trace!(target: TRACING_TARGET, "cache hit");
                 if refresh {
                     if let Some(key) = request.headers().get(header.header_name()) {
-                        state.verifications.refresh(digest, header, key);
+                        state
+                            .verifications
+                            .refresh(digest, header, key, session.verified());
                     }
                 }
                 if state.hide_credential {

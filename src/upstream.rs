@@ -13,15 +13,15 @@
 //! runtime's calls on a connection that the other, idle, runtime never polls.
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use http::header::{ACCEPT, CONTENT_LENGTH, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
-use tokio::runtime;
 
 use crate::credential::CredentialHeader;
 use crate::envelope::{ErrorEnvelope, Rejection};
+use crate::per_runtime::PerRuntime;
 use crate::session::{SessionDocument, SessionInfo};
 use crate::TRACING_TARGET;
 
@@ -31,9 +31,6 @@ pub const MAX_UPSTREAM_BODY_BYTES: usize = 64 * 1024;
 
 /// The `user-agent` of every upstream call.
 pub(crate) const USER_AGENT: &str = concat!("composio-auth/", env!("CARGO_PKG_VERSION"));
-
-/// Runtimes whose HTTP client is kept; the least recently added goes first.
-const CLIENTS_KEPT: usize = 8;
 
 /// What the layer decided about a key.
 #[derive(Clone, Debug)]
@@ -61,6 +58,13 @@ impl Verdict {
     }
 }
 
+/// Composio's decided answer, as it came: what the shared tier records.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) body: Vec<u8>,
+}
+
 /// The endpoint and its HTTP clients, or why there are none.
 pub(crate) enum Upstream {
     Ready {
@@ -78,7 +82,7 @@ pub(crate) enum Upstream {
 pub(crate) struct Clients {
     loopback: bool,
     connect_timeout: Duration,
-    by_runtime: Mutex<Vec<(runtime::Id, reqwest::Client)>>,
+    by_runtime: PerRuntime<reqwest::Client>,
 }
 
 impl Clients {
@@ -88,7 +92,7 @@ impl Clients {
         let clients = Self {
             loopback,
             connect_timeout,
-            by_runtime: Mutex::new(Vec::new()),
+            by_runtime: PerRuntime::new(),
         };
         clients.build()?;
         Ok(clients)
@@ -120,21 +124,12 @@ impl Clients {
 
     /// The client of the runtime this runs on.
     fn current(&self) -> Result<reqwest::Client, String> {
-        let id = runtime::Handle::try_current()
-            .map_err(|_| "no Tokio runtime".to_owned())?
-            .id();
-        let mut by_runtime = self
-            .by_runtime
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some((_, client)) = by_runtime.iter().find(|(runtime, _)| *runtime == id) {
-            return Ok(client.clone());
+        let id = PerRuntime::<()>::current_runtime().ok_or("no Tokio runtime")?;
+        if let Some(client) = self.by_runtime.get(id) {
+            return Ok(client);
         }
         let client = self.build()?;
-        if by_runtime.len() == CLIENTS_KEPT {
-            by_runtime.remove(0);
-        }
-        by_runtime.push((id, client.clone()));
+        self.by_runtime.set(id, client.clone());
         Ok(client)
     }
 }
@@ -159,22 +154,20 @@ impl Upstream {
         header: CredentialHeader,
         key: HeaderValue,
         sent_at: Instant,
-    ) -> Verdict {
+    ) -> (Verdict, Option<Answer>) {
         let (urls, clients) = match self {
             Self::Ready { urls, clients } => (urls, clients),
             Self::Misconfigured(reason) => {
                 tracing::error!(target: TRACING_TARGET, %reason, "composio-auth is misconfigured; answering 503");
-                return Verdict::undecided(
-                    "this service's Composio authentication is misconfigured",
-                    None,
-                );
+                let reason = "this service's Composio authentication is misconfigured";
+                return (Verdict::undecided(reason, None), None);
             }
         };
         let client = match clients.current() {
             Ok(client) => client,
             Err(reason) => {
                 tracing::error!(target: TRACING_TARGET, %reason, "no HTTP client for Composio");
-                return Verdict::undecided(reason, None);
+                return (Verdict::undecided(reason, None), None);
             }
         };
         let response = client
@@ -188,19 +181,20 @@ impl Upstream {
             Err(error) => {
                 let error = error.without_url();
                 tracing::warn!(target: TRACING_TARGET, %error, latency_ms = elapsed_ms(sent_at), "Composio unreachable");
-                return Verdict::undecided(
-                    format!("Composio could not be reached: {}", describe(&error)),
-                    None,
-                );
+                let reason = format!("Composio could not be reached: {}", describe(&error));
+                return (Verdict::undecided(reason, None), None);
             }
         };
         let status = response.status();
         tracing::Span::current().record("upstream_status", status.as_u16());
         let retry_after = retry_after_secs(response.headers());
         let body = read_capped(response, MAX_UPSTREAM_BODY_BYTES).await;
-        let verdict = match body {
-            Ok(body) => classify(status, retry_after, &body, sent_at),
-            Err(reason) => Verdict::undecided(reason, retry_after),
+        let (verdict, answer) = match body {
+            Ok(body) => match classify(status, retry_after, &body, sent_at) {
+                verdict @ Verdict::Undecided(_) => (verdict, None),
+                verdict => (verdict, Some(Answer { status, body })),
+            },
+            Err(reason) => (Verdict::undecided(reason, retry_after), None),
         };
         tracing::debug!(
             target: TRACING_TARGET,
@@ -209,7 +203,7 @@ impl Upstream {
             verdict = verdict.kind(),
             "Composio answered"
         );
-        verdict
+        (verdict, answer)
     }
 }
 

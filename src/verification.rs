@@ -40,8 +40,9 @@ use crate::cache::{Known, Lookup, VerdictCache};
 use crate::credential::CredentialHeader;
 use crate::digest::Digest;
 use crate::envelope::Rejection;
+use crate::fleet::Fleet;
 use crate::instruments::Instruments;
-use crate::upstream::{Upstream, Verdict};
+use crate::upstream::{Answer, Upstream, Verdict};
 use crate::TRACING_TARGET;
 
 /// The verdict of a flight, as each waiting request awaits it.
@@ -60,6 +61,16 @@ pub(crate) enum Joined {
     CannotRun(Rejection),
 }
 
+/// What an invalidation from another replica asks of this layer's verifications.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum Invalidation {
+    Keys(Vec<Digest>),
+    All,
+}
+
+/// Applies an [`Invalidation`]; `false` once the layer is gone.
+pub(crate) type Forget = Box<dyn Fn(Invalidation) -> bool + Send + Sync>;
+
 /// The verifications of one layer: what they need (cache, upstream, slots, budget)
 /// and the flights in progress.
 pub(crate) struct Verifications {
@@ -76,6 +87,8 @@ struct State {
     flights: Mutex<HashMap<Digest, Flight>>,
     next_flight: AtomicU64,
     instruments: Arc<Instruments>,
+    /// The shared tier, when replicas share verdicts through Redis.
+    fleet: Option<Arc<Fleet>>,
 }
 
 /// A key's flight in the in-flight map.
@@ -92,19 +105,38 @@ impl Verifications {
         budget: Duration,
         max_concurrent: usize,
         instruments: Arc<Instruments>,
+        fleet: Option<Arc<Fleet>>,
     ) -> Self {
-        Self {
-            state: Arc::new(State {
-                cache,
-                upstream,
-                budget,
-                permits: Semaphore::new(max_concurrent),
-                max_concurrent,
-                flights: Mutex::new(HashMap::new()),
-                next_flight: AtomicU64::new(0),
-                instruments,
-            }),
+        let state = Arc::new(State {
+            cache,
+            upstream,
+            budget,
+            permits: Semaphore::new(max_concurrent),
+            max_concurrent,
+            flights: Mutex::new(HashMap::new()),
+            next_flight: AtomicU64::new(0),
+            instruments,
+            fleet,
+        });
+        if let Some(fleet) = &state.fleet {
+            let layer = Arc::downgrade(&state);
+            fleet.bind(Box::new(move |invalidation| {
+                let Some(state) = layer.upgrade() else {
+                    return false;
+                };
+                match invalidation {
+                    Invalidation::Keys(digests) => state.forget(digests),
+                    Invalidation::All => state.forget_all(),
+                }
+                true
+            }));
         }
+        Self { state }
+    }
+
+    /// The shared tier, if this layer has one.
+    pub(crate) fn fleet(&self) -> Option<&Arc<Fleet>> {
+        self.state.fleet.as_ref()
     }
 
     /// For a request whose lookup missed: the key's flight on this runtime; or a
@@ -131,15 +163,24 @@ impl Verifications {
         if let Lookup::Known(known) = self.state.cache.lookup(&digest) {
             return Joined::Known(known);
         }
-        let (verification, task) = self.flight(&mut flights, &runtime, digest, header, key);
+        let (verification, task) =
+            self.flight(&mut flights, &runtime, digest, header, key, Duration::ZERO);
         drop(flights);
         runtime.spawn(task);
         Joined::Waiting(verification)
     }
 
-    /// Starts one background re-verification of a key whose session nears its TTL,
-    /// unless the key already has a flight on this runtime. Nobody waits for it.
-    pub(crate) fn refresh(&self, digest: Digest, header: CredentialHeader, key: &HeaderValue) {
+    /// Starts one background re-verification of a key whose session (verified at
+    /// `verified`) nears its TTL, unless the key already has a flight on this
+    /// runtime. Nobody waits for it. With a shared tier, a fresher verdict another
+    /// replica recorded is taken instead of asking Composio.
+    pub(crate) fn refresh(
+        &self,
+        digest: Digest,
+        header: CredentialHeader,
+        key: &HeaderValue,
+        verified: Instant,
+    ) {
         let Ok(runtime) = Handle::try_current() else {
             return;
         };
@@ -151,7 +192,13 @@ impl Verifications {
             return;
         }
         tracing::debug!(target: TRACING_TARGET, "refreshing a session ahead of its expiry");
-        let (_, task) = self.flight(&mut flights, &runtime, digest, header, key);
+        // What the cached session has left: a shared verdict must outlive it.
+        let floor = self
+            .state
+            .cache
+            .session_life()
+            .saturating_sub(verified.elapsed());
+        let (_, task) = self.flight(&mut flights, &runtime, digest, header, key, floor);
         drop(flights);
         runtime.spawn(task);
     }
@@ -166,6 +213,7 @@ impl Verifications {
         digest: Digest,
         header: CredentialHeader,
         key: &HeaderValue,
+        floor: Duration,
     ) -> (Verification, impl Future<Output = ()> + Send + 'static) {
         let id = self.state.next_flight.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
@@ -201,7 +249,17 @@ impl Verifications {
             latency_ms = tracing::field::Empty,
         );
         let task = async move {
-            let (verdict, sent_at) = guard.state.call_within_budget(header, key).await;
+            let state = &guard.state;
+            let (verdict, sent_at, share) = match &state.fleet {
+                Some(fleet) => {
+                    let call = |key| state.call_within_budget(header, key);
+                    fleet.verify(header, key, floor, call).await
+                }
+                None => {
+                    let (verdict, sent_at, _) = state.call_within_budget(header, key).await;
+                    (verdict, sent_at, None)
+                }
+            };
             let span = tracing::Span::current();
             span.record("outcome", verdict.kind());
             span.record("latency_ms", sent_at.elapsed().as_secs_f64() * 1e3);
@@ -209,6 +267,10 @@ impl Verifications {
             // Waiters hear the verdict after it is cached: a request that arrives
             // once a waiter has its answer finds the verdict in the cache.
             let _ = sender.send(verdict);
+            // Then the other replicas, through Redis.
+            if let Some(share) = share {
+                share.await;
+            }
         }
         .instrument(span);
         (verification, task)
@@ -217,36 +279,41 @@ impl Verifications {
     /// Forgets `digests`: their flights stop being joinable and will settle nothing,
     /// and their cached verdicts are gone (and revoked) before this returns.
     pub(crate) fn invalidate(&self, digests: impl IntoIterator<Item = Digest>) {
-        let mut flights = self.state.flights();
-        for digest in digests {
-            flights.remove(&digest);
-            self.state.cache.remove(&digest);
-        }
-        drop(flights);
-        self.state
-            .instruments
-            .entries(|| self.state.cache.entry_counts());
+        self.state.forget(digests);
     }
 
     /// As [`invalidate`](Self::invalidate), for every key.
     pub(crate) fn invalidate_all(&self) {
-        let mut flights = self.state.flights();
-        flights.clear();
-        self.state.cache.clear();
-        drop(flights);
-        self.state
-            .instruments
-            .entries(|| self.state.cache.entry_counts());
+        self.state.forget_all();
     }
 }
 
 impl State {
+    fn forget(&self, digests: impl IntoIterator<Item = Digest>) {
+        let mut flights = self.flights();
+        for digest in digests {
+            flights.remove(&digest);
+            self.cache.remove(&digest);
+        }
+        drop(flights);
+        self.instruments.entries(|| self.cache.entry_counts());
+    }
+
+    fn forget_all(&self) {
+        let mut flights = self.flights();
+        flights.clear();
+        self.cache.clear();
+        drop(flights);
+        self.instruments.entries(|| self.cache.entry_counts());
+    }
+
     fn flights(&self) -> MutexGuard<'_, HashMap<Digest, Flight>> {
         self.flights.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits for a verification slot, then asks Composio, all within the budget.
-    /// Returns the verdict and when the upstream request was sent.
+    /// Returns the verdict, when the upstream request was sent, and Composio's
+    /// answer when it decided.
     ///
     /// A slot obtained with less than a tenth of the budget left is given back
     /// unused: under overload, queued verifications would otherwise each start an
@@ -256,7 +323,7 @@ impl State {
         &self,
         header: CredentialHeader,
         key: HeaderValue,
-    ) -> (Verdict, Instant) {
+    ) -> (Verdict, Instant, Option<Answer>) {
         let budget = self.budget;
         let deadline = tokio::time::Instant::now() + budget;
         let no_slot = || {
@@ -265,7 +332,7 @@ impl State {
                 "no verification slot free in time ({} upstream calls in flight)",
                 self.max_concurrent
             );
-            (Verdict::undecided(reason, None), Instant::now())
+            (Verdict::undecided(reason, None), Instant::now(), None)
         };
         let permit = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
@@ -273,6 +340,7 @@ impl State {
                 return (
                     Verdict::undecided("verification slots closed", None),
                     Instant::now(),
+                    None,
                 )
             }
             Err(_) => return no_slot(),
@@ -283,16 +351,17 @@ impl State {
         let sent_at = Instant::now();
         self.instruments.call_started();
         let call = self.upstream.verify(header, key, sent_at);
-        let verdict = match tokio::time::timeout_at(deadline, call).await {
-            Ok(verdict) => verdict,
+        let (verdict, answer) = match tokio::time::timeout_at(deadline, call).await {
+            Ok(decided) => decided,
             Err(_) => {
                 tracing::warn!(target: TRACING_TARGET, ?budget, "verification timed out");
-                Verdict::undecided(format!("verification timed out after {budget:?}"), None)
+                let reason = format!("verification timed out after {budget:?}");
+                (Verdict::undecided(reason, None), None)
             }
         };
         self.instruments.call_ended(&verdict, sent_at);
         drop(permit);
-        (verdict, sent_at)
+        (verdict, sent_at, answer)
     }
 }
 

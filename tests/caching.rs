@@ -100,12 +100,12 @@ async fn invalidate_forgets_one_key_and_invalidate_all_every_key() {
     assert_eq!(client.me(BOB).await.status, 200);
     composio.revoke(ALICE);
     assert_eq!(client.me(ALICE).await.status, 200, "still cached");
-    layer.invalidate(ALICE).await;
+    layer.invalidate(ALICE).await.unwrap();
     assert_eq!(client.me(ALICE).await.status, 401);
     assert_eq!(client.me(BOB).await.status, 200, "other keys stay cached");
     assert_eq!((composio.calls_for(ALICE), composio.calls_for(BOB)), (2, 1));
 
-    layer.invalidate_all().await;
+    layer.invalidate_all().await.unwrap();
     assert_eq!(client.me(BOB).await.status, 200);
     assert_eq!(composio.calls_for(BOB), 2);
 }
@@ -120,7 +120,7 @@ async fn a_verification_in_flight_during_invalidate_is_not_cached() {
     };
     composio.wait_for_calls(1).await;
     // Invalidated (say, revoked elsewhere) while Composio is still answering.
-    layer.invalidate(ALICE).await;
+    layer.invalidate(ALICE).await.unwrap();
     composio.release();
     // The request that asked gets the answer it asked for...
     assert_eq!(first.await.unwrap(), StatusCode::OK);

@@ -140,7 +140,7 @@ async fn raw_faults_get_503_inside_the_budget_and_nothing_is_cached() {
     let upstream = Faulty::start(Fault::Healthy).await;
     let (layer, client) = protected(upstream.base_url(), None).await;
     for (what, fault, reason) in raw_faults() {
-        layer.invalidate_all().await;
+        layer.invalidate_all().await.unwrap();
         upstream.set(fault);
         let before = upstream.requests();
         assert_503_in_budget(&client, what, reason).await;

@@ -127,7 +127,7 @@ fn a_verdict_invalidated_in_flight_reaches_no_thread_while_it_settles() {
             composio.wait_for_calls(calls + 1),
         )); // decided "valid"
         composio.revoke(&key);
-        upstream_rt.block_on(layer.invalidate(&key));
+        upstream_rt.block_on(layer.invalidate(&key)).unwrap();
 
         // The held verification settles and is paused right there, in its critical
         // section, having decided not to cache its (pre-invalidation) verdict.

@@ -69,7 +69,7 @@ async fn memory_is_bounded_by_capacity_and_nothing_outlives_invalidation_or_the_
     let app = app(layer.clone());
     // Warm the connections and the runtime's own allocations.
     assert_eq!(me(&app, "ak_warm_0123456789abcdef").await, StatusCode::OK);
-    layer.invalidate_all().await;
+    layer.invalidate_all().await.unwrap();
     let before = live();
 
     // 3,000 keys, each served twice (the second time from this thread's front).
@@ -86,7 +86,7 @@ async fn memory_is_bounded_by_capacity_and_nothing_outlives_invalidation_or_the_
     eprintln!("live heap over baseline: {grown} B after 3,000 keys");
     assert!(grown < 4 * MIB, "{grown} bytes live with max_capacity 10");
 
-    layer.invalidate_all().await;
+    layer.invalidate_all().await.unwrap();
     let grown = live() - before;
     eprintln!("live heap over baseline: {grown} B after invalidate_all");
     assert!(grown < 2 * MIB, "{grown} bytes live after invalidate_all");

@@ -33,7 +33,7 @@ async fn revoke_invalidate_and_ask_again(
     calls: u64,
 ) {
     composio.revoke(key);
-    layer.invalidate(key).await;
+    layer.invalidate(key).await.unwrap();
     let after = spawn_me(client, key);
     within("the upstream call", composio.wait_for_calls(calls + 2)).await;
     composio.release();
@@ -96,7 +96,7 @@ async fn invalidating_one_key_leaves_other_verifications_in_flight_alone() {
         composio.hold();
         let bystander = spawn_me(&client, &key);
         within("the upstream call", composio.wait_for_calls(calls + 1)).await;
-        layer.invalidate(ALICE).await;
+        layer.invalidate(ALICE).await.unwrap();
         composio.release();
         assert_eq!(bystander.await.unwrap(), StatusCode::OK);
         // Its verdict was cached: no second call for it.
@@ -135,7 +135,7 @@ async fn invalidate_all_reaches_verifications_in_flight_too() {
     let before = spawn_me(&client, ALICE);
     within("the upstream call", composio.wait_for_calls(1)).await;
     composio.revoke(ALICE);
-    layer.invalidate_all().await;
+    layer.invalidate_all().await.unwrap();
     let after = spawn_me(&client, ALICE);
     within("the upstream call", composio.wait_for_calls(2)).await;
     composio.release();

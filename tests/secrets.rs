@@ -55,7 +55,7 @@ async fn no_event_at_any_level_contains_a_key_or_a_secret() {
     composio.fail_with(Reply::html(502));
     tokio::time::sleep(Duration::from_millis(500)).await; // let ALICE's session go stale
     assert_eq!(client.me(ALICE).await.status, 200);
-    layer.invalidate(ALICE).await;
+    layer.invalidate(ALICE).await.unwrap();
     assert_eq!(client.me(ALICE).await.status, 503);
 
     let events = capture.events();

@@ -1,0 +1,164 @@
+//! The connections to Redis: one multiplexed connection (or cluster connection) per
+//! Tokio runtime, opened on first use; every operation bounded by the Redis budget
+//! and guarded by the circuit breaker. A connection that fails is dropped and the
+//! next operation opens another; that is all the reconnecting there is.
+
+use std::future::Future;
+use std::time::Duration;
+
+use redis::aio::{ConnectionLike, MultiplexedConnection};
+use redis::cluster::ClusterClient;
+use redis::cluster_async::ClusterConnection;
+use redis::{
+    AsyncConnectionConfig, Cmd, ConnectionInfo, Pipeline, RedisFuture, RedisResult, Value,
+};
+
+use super::breaker::Breaker;
+use crate::per_runtime::PerRuntime;
+
+/// Where Redis is.
+#[derive(Clone)]
+pub(crate) enum Servers {
+    Single(ConnectionInfo),
+    Cluster(Vec<ConnectionInfo>),
+}
+
+/// A connection of either kind.
+#[derive(Clone)]
+pub(crate) enum Link {
+    Single(MultiplexedConnection),
+    Cluster(ClusterConnection),
+}
+
+impl ConnectionLike for Link {
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        match self {
+            Self::Single(link) => link.req_packed_command(cmd),
+            Self::Cluster(link) => link.req_packed_command(cmd),
+        }
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        pipeline: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        match self {
+            Self::Single(link) => link.req_packed_commands(pipeline, offset, count),
+            Self::Cluster(link) => link.req_packed_commands(pipeline, offset, count),
+        }
+    }
+
+    fn get_db(&self) -> i64 {
+        match self {
+            Self::Single(link) => link.get_db(),
+            Self::Cluster(link) => link.get_db(),
+        }
+    }
+}
+
+impl Servers {
+    /// Opens a connection whose replies may take `response_timeout` (`None`: any
+    /// time, for blocking reads), each connection attempt at most `connect_timeout`.
+    pub(crate) async fn connect(
+        &self,
+        connect_timeout: Duration,
+        response_timeout: Option<Duration>,
+    ) -> RedisResult<Link> {
+        match self {
+            Self::Single(info) => {
+                let config = AsyncConnectionConfig::new()
+                    .set_connection_timeout(Some(connect_timeout))
+                    .set_response_timeout(response_timeout);
+                let client = redis::Client::open(info.clone())?;
+                let link = client
+                    .get_multiplexed_async_connection_with_config(&config)
+                    .await?;
+                Ok(Link::Single(link))
+            }
+            Self::Cluster(nodes) => {
+                let mut builder = ClusterClient::builder(nodes.clone())
+                    .connection_timeout(connect_timeout)
+                    .retries(1);
+                if let Some(timeout) = response_timeout {
+                    builder = builder.response_timeout(timeout);
+                }
+                let link = builder.build()?.get_async_connection().await?;
+                Ok(Link::Cluster(link))
+            }
+        }
+    }
+}
+
+/// The connections of one fleet, their budget and their breaker.
+pub(crate) struct Links {
+    servers: Servers,
+    budget: Duration,
+    by_runtime: PerRuntime<Link>,
+    pub(crate) breaker: Breaker,
+}
+
+impl Links {
+    pub(crate) fn new(servers: Servers, budget: Duration) -> Self {
+        Self {
+            servers,
+            budget,
+            by_runtime: PerRuntime::new(),
+            breaker: Breaker::new(),
+        }
+    }
+
+    pub(crate) fn servers(&self) -> &Servers {
+        &self.servers
+    }
+
+    pub(crate) fn budget(&self) -> Duration {
+        self.budget
+    }
+
+    /// Runs `operation` on this runtime's connection within the budget, unless the
+    /// breaker keeps requests off Redis. `None` when it was not run or failed (the
+    /// breaker counts it, and a broken connection is dropped).
+    pub(crate) async fn run<T, F, Fut>(&self, operation: F) -> Option<T>
+    where
+        F: FnOnce(Link) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let runtime = PerRuntime::<Link>::current_runtime()?;
+        if !self.breaker.allows() {
+            return None;
+        }
+        let attempt = async {
+            let link = match self.by_runtime.get(runtime) {
+                Some(link) => link,
+                None => {
+                    let link = self.servers.connect(self.budget, Some(self.budget)).await?;
+                    self.by_runtime.set(runtime, link.clone());
+                    link
+                }
+            };
+            operation(link).await
+        };
+        match tokio::time::timeout(self.budget, attempt).await {
+            Ok(Ok(value)) => {
+                self.breaker.succeeded();
+                Some(value)
+            }
+            Ok(Err(error)) => {
+                if error.is_io_error() || error.is_unrecoverable_error() || error.is_timeout() {
+                    self.by_runtime.forget(runtime);
+                }
+                // The error's text names no password: redis-rs never prints one.
+                self.breaker.failed(&format!("{:?}", error.kind()));
+                None
+            }
+            Err(_) => {
+                self.by_runtime.forget(runtime);
+                self.breaker
+                    .failed(&format_args!("no answer within {:?}", self.budget));
+                None
+            }
+        }
+    }
+}

@@ -1,0 +1,291 @@
+//! The replica's subscription to the fleet's invalidations: one task per layer that
+//! reads the Redis Stream `{prefix}invalidations` from the last message it saw, so a
+//! replica that was disconnected replays what it missed when it reconnects.
+//!
+//! When it cannot prove it missed nothing (its first connection, a stream trimmed
+//! past its position, a Redis that restarted or was flushed, an epoch that moved
+//! without a message) it forgets every local verdict instead: a possibly revoked
+//! session is never served from a gap.
+//!
+//! The replica shares (reads or records verdicts in Redis) only while subscribed:
+//! only then does it know the current epoch and hear every invalidation.
+//!
+//! Like the flights, the task runs on a request's runtime; if that runtime goes
+//! away, the next verification starts another, which resumes from the same
+//! position.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
+use redis::{AsyncCommands, RedisResult};
+use tokio::sync::watch;
+
+use super::link::Link;
+use super::tier::{Fleet, STREAM_KEPT};
+use crate::verification::{Forget, Invalidation};
+use crate::TRACING_TARGET;
+
+/// How long one read blocks waiting for messages.
+const BLOCK: Duration = Duration::from_secs(1);
+/// Messages read at once.
+const BATCH: usize = 256;
+/// Longest pause between two attempts to reconnect.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// Where the subscription stands.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum Status {
+    /// Never connected yet: verifications wait (up to the Redis budget) for it.
+    Starting,
+    /// Subscribed; the epoch is known.
+    Listening,
+    /// Disconnected: verifications do not share until it is back.
+    Down,
+}
+
+pub(crate) struct Subscription {
+    forget: OnceLock<Forget>,
+    status: watch::Sender<Status>,
+    epoch: AtomicU64,
+    position: Mutex<Position>,
+}
+
+struct Position {
+    running: bool,
+    /// The id of the last message applied (or the stream's end when it caught up).
+    last: Option<(u64, u64)>,
+}
+
+impl Subscription {
+    pub(crate) fn new() -> Self {
+        Self {
+            forget: OnceLock::new(),
+            status: watch::Sender::new(Status::Starting),
+            epoch: AtomicU64::new(0),
+            position: Mutex::new(Position {
+                running: false,
+                last: None,
+            }),
+        }
+    }
+
+    pub(crate) fn bind(&self, forget: Forget) {
+        let _ = self.forget.set(forget);
+    }
+
+    fn position(&self) -> std::sync::MutexGuard<'_, Position> {
+        self.position.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn status(&self) -> Status {
+        *self.status.borrow()
+    }
+
+    /// The epoch to read and record under, once subscribed; `None` while not (after
+    /// waiting up to `budget` for a first connection).
+    pub(crate) async fn epoch(&self, budget: Duration) -> Option<u64> {
+        let mut status = self.status.subscribe();
+        if *status.borrow() == Status::Starting {
+            let _ = tokio::time::timeout(budget, status.wait_for(|s| *s != Status::Starting)).await;
+        }
+        let listening = *status.borrow() == Status::Listening;
+        listening.then(|| self.epoch.load(Ordering::Acquire))
+    }
+
+    /// Starts the subscription task on this runtime unless it runs.
+    pub(crate) fn start(&self, fleet: &Arc<Fleet>) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        {
+            let mut position = self.position();
+            if position.running {
+                return;
+            }
+            position.running = true;
+        }
+        let guard = Running(Arc::clone(fleet));
+        runtime.spawn(async move { guard.listen().await });
+    }
+
+    fn apply(&self, invalidation: Invalidation) -> bool {
+        self.forget.get().is_some_and(|forget| forget(invalidation))
+    }
+
+    /// Whether the layer is still there (an empty invalidation tells).
+    fn layer_is_alive(&self) -> bool {
+        self.apply(Invalidation::Keys(Vec::new()))
+    }
+}
+
+/// The subscription task's hold on its fleet; marks it stopped however the task ends.
+struct Running(Arc<Fleet>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let subscription = &self.0.subscription;
+        subscription
+            .status
+            .send_replace(if *subscription.status.borrow() == Status::Starting {
+                Status::Starting
+            } else {
+                Status::Down
+            });
+        subscription.position().running = false;
+    }
+}
+
+impl Running {
+    async fn listen(&self) {
+        let fleet = &self.0;
+        let budget = fleet.links.budget();
+        let mut pause = Duration::from_millis(20);
+        loop {
+            let connected = tokio::time::timeout(
+                budget * 4,
+                fleet.links.servers().connect(budget, Some(BLOCK + budget)),
+            )
+            .await;
+            let outcome = match connected {
+                Ok(Ok(link)) => {
+                    pause = Duration::from_millis(20);
+                    self.follow(link).await
+                }
+                Ok(Err(error)) => Err(error),
+                Err(_) => Err(redis::RedisError::from((
+                    redis::ErrorKind::Io,
+                    "no connection within the budget",
+                ))),
+            };
+            match outcome {
+                Ok(()) => return, // the layer is gone
+                Err(error) => {
+                    let was = fleet.subscription.status.send_replace(Status::Down);
+                    if was == Status::Listening {
+                        tracing::warn!(target: TRACING_TARGET, error = ?error.kind(), "the subscription to invalidations broke; verdicts are not shared until it is back");
+                    }
+                }
+            }
+            if !fleet.subscription.layer_is_alive() {
+                return;
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(MAX_PAUSE);
+        }
+    }
+
+    /// Catches up, then applies messages as they come. `Ok` once the layer is gone.
+    async fn follow(&self, mut link: Link) -> RedisResult<()> {
+        let fleet = &self.0;
+        let subscription = &fleet.subscription;
+        let mut last = self.catch_up(&mut link).await?;
+        subscription.status.send_replace(Status::Listening);
+        tracing::debug!(target: TRACING_TARGET, "subscribed to the fleet's invalidations");
+        let options = StreamReadOptions::default()
+            .block(BLOCK.as_millis() as usize)
+            .count(BATCH);
+        loop {
+            let reply: Option<StreamReadReply> = link
+                .xread_options(&[&fleet.stream], &[id_text(last)], &options)
+                .await?;
+            let messages = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+            for message in messages {
+                let Some(id) = parse_id(&message.id) else {
+                    continue;
+                };
+                if !self.apply(&message) {
+                    return Ok(());
+                }
+                last = id;
+                subscription.position().last = Some(last);
+            }
+            if !subscription.layer_is_alive() {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Finds where to read from, and forgets every local verdict unless the stream
+    /// still holds everything since the last message applied.
+    async fn catch_up(&self, link: &mut Link) -> RedisResult<(u64, u64)> {
+        let fleet = &self.0;
+        let subscription = &fleet.subscription;
+        let first: StreamRangeReply = link.xrange_count(&fleet.stream, "-", "+", 1).await?;
+        let first = first.ids.first().and_then(|m| parse_id(&m.id));
+        let epoch: Option<u64> = link.get(&fleet.epoch_key).await?;
+        let epoch = epoch.unwrap_or(0);
+        let known = subscription.position().last;
+        let continuous = matches!((known, first), (Some(last), Some(first)) if first <= last)
+            && epoch == subscription.epoch.load(Ordering::Acquire);
+        if continuous {
+            return Ok(known.unwrap_or_default());
+        }
+        // Where to read from: the end of the stream, marked by a message of our own
+        // (so the stream exists and a later check has a first id to compare).
+        let end: String = link
+            .xadd_maxlen(
+                &fleet.stream,
+                redis::streams::StreamMaxlen::Approx(STREAM_KEPT),
+                "*",
+                &[("hello", "1")],
+            )
+            .await?;
+        let end = parse_id(&end).unwrap_or_default();
+        subscription.epoch.store(epoch, Ordering::Release);
+        if known.is_some() || subscription.status.borrow().ne(&Status::Starting) {
+            tracing::warn!(target: TRACING_TARGET, "invalidations may have been missed (Redis restarted, flushed, or trimmed the stream); forgetting every local verdict");
+        }
+        subscription.apply(Invalidation::All);
+        subscription.position().last = Some(end);
+        Ok(end)
+    }
+
+    /// Applies one message; `false` once the layer is gone.
+    fn apply(&self, message: &StreamId) -> bool {
+        let fleet = &self.0;
+        let subscription = &fleet.subscription;
+        if let Some(epoch) = message
+            .get::<String>("all")
+            .and_then(|e| e.parse::<u64>().ok())
+        {
+            subscription.epoch.fetch_max(epoch, Ordering::AcqRel);
+            return subscription.apply(Invalidation::All);
+        }
+        let digests = (0..3)
+            .filter_map(|n| message.get::<Vec<u8>>(&format!("d{n}")))
+            .filter_map(|sealed| {
+                let digest = fleet.sealer.open_digest(&fleet.stream, &sealed);
+                if digest.is_none() {
+                    tracing::warn!(target: TRACING_TARGET, "an invalidation message does not open (another pepper, or tampered); ignored");
+                }
+                digest
+            })
+            .collect();
+        subscription.apply(Invalidation::Keys(digests))
+    }
+}
+
+fn parse_id(id: &str) -> Option<(u64, u64)> {
+    let (ms, seq) = id.split_once('-')?;
+    Some((ms.parse().ok()?, seq.parse().ok()?))
+}
+
+fn id_text((ms, seq): (u64, u64)) -> String {
+    format!("{ms}-{seq}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_ids_order_numerically() {
+        assert!(parse_id("9-5") < parse_id("10-0"));
+        assert!(parse_id("10-2") < parse_id("10-10"));
+        assert_eq!(parse_id("x"), None);
+        assert_eq!(id_text((12, 3)), "12-3");
+    }
+}

@@ -1,0 +1,249 @@
+//! [`RedisCache`]: where the fleet's shared tier lives, and its settings.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
+
+use super::link::Servers;
+use crate::Error;
+
+/// Shortest pepper accepted, in bytes.
+const MIN_PEPPER_LEN: usize = 32;
+/// Longest key prefix accepted, in bytes.
+const MAX_PREFIX_LEN: usize = 128;
+/// Longest Redis budget accepted.
+const MAX_BUDGET: Duration = Duration::from_secs(10);
+
+/// A Redis (or Valkey) shared by the replicas of a service: they share verdicts
+/// (one upstream call per key per TTL for the whole fleet) and invalidations
+/// (`invalidate` on one replica reaches every replica). Pass it to
+/// [`ComposioAuthBuilder::shared_cache`](crate::ComposioAuthBuilder::shared_cache).
+///
+/// Making one touches no network: each replica connects when it first needs Redis,
+/// and again after a failure, by itself.
+///
+/// The pepper is a fleet secret of at least 32 bytes, the same on every replica
+/// (e.g. from an environment variable): Redis keys are HMACs under it, so a Redis
+/// reader cannot test guessed API keys. Replicas with different peppers share
+/// nothing. What Redis sees is described in the README, "Running several replicas".
+///
+/// ```
+/// use composio_auth::{ComposioAuthLayer, RedisCache};
+/// use std::time::Duration;
+///
+/// let pepper = "a fleet secret of at least thirty-two bytes"; // e.g. from the environment
+/// let redis = RedisCache::new("redis://127.0.0.1:6379", pepper)?
+///     .prefix("orders-api:auth:")
+///     .budget(Duration::from_millis(50));
+/// let layer = ComposioAuthLayer::builder().shared_cache(redis).build()?;
+/// # Ok::<(), composio_auth::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct RedisCache {
+    pub(crate) servers: Servers,
+    pub(crate) pepper: Arc<[u8]>,
+    pub(crate) prefix: String,
+    pub(crate) budget: Duration,
+    pub(crate) wait: Option<Duration>,
+}
+
+impl RedisCache {
+    /// One Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://`
+    /// for TLS.
+    ///
+    /// # Errors
+    ///
+    /// When the URL does not parse or has another scheme, or the pepper is shorter
+    /// than 32 bytes. The message never contains the URL's password.
+    pub fn new(url: &str, pepper: impl AsRef<[u8]>) -> Result<Self, Error> {
+        Self::with(Servers::Single(connection_info(url)?), pepper.as_ref())
+    }
+
+    /// A Redis Cluster, given one or more of its nodes (the others are discovered).
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new), for each URL; and when no URL is given.
+    pub fn cluster<I, S>(urls: I, pepper: impl AsRef<[u8]>) -> Result<Self, Error>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let nodes = urls
+            .into_iter()
+            .map(|url| connection_info(url.as_ref()))
+            .collect::<Result<Vec<_>, _>>()?;
+        if nodes.is_empty() {
+            return Err(Error::new(
+                "RedisCache::cluster needs at least one node URL",
+            ));
+        }
+        Self::with(Servers::Cluster(nodes), pepper.as_ref())
+    }
+
+    fn with(servers: Servers, pepper: &[u8]) -> Result<Self, Error> {
+        if pepper.len() < MIN_PEPPER_LEN {
+            return Err(Error::new(format!(
+                "the Redis pepper is {} bytes; it must be at least {MIN_PEPPER_LEN} random bytes, the same on every replica",
+                pepper.len()
+            )));
+        }
+        Ok(Self {
+            servers,
+            pepper: pepper.into(),
+            prefix: "composio-auth:".to_owned(),
+            budget: Duration::from_millis(100),
+            wait: None,
+        })
+    }
+
+    /// The prefix of every Redis key this layer uses (default `composio-auth:`), e.g.
+    /// to give each service its own keys and an ACL limited to them. At most 128
+    /// bytes, without `{` or `}` (the layer's keys use hash tags).
+    #[must_use]
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The longest a request waits for one Redis operation (default 100 ms),
+    /// connecting included. Past it the request goes on without Redis; after three
+    /// failures in a row no request waits for Redis until it answers again.
+    #[must_use]
+    pub fn budget(mut self, budget: Duration) -> Self {
+        self.budget = budget;
+        self
+    }
+
+    /// The longest a replica waits for the verdict of another replica that is
+    /// verifying the same key, before asking Composio itself (default: half the
+    /// layer's [`timeout`](crate::ComposioAuthBuilder::timeout)).
+    #[must_use]
+    pub fn lease_wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.prefix.len() > MAX_PREFIX_LEN || self.prefix.contains(['{', '}']) {
+            return Err(Error::new(format!(
+                "the Redis key prefix must be at most {MAX_PREFIX_LEN} bytes, without '{{' or '}}'"
+            )));
+        }
+        if self.budget.is_zero() || self.budget > MAX_BUDGET {
+            return Err(Error::new(format!(
+                "the Redis budget is {:?}; it must be more than zero and at most {MAX_BUDGET:?}",
+                self.budget
+            )));
+        }
+        if self.wait.is_some_and(|wait| wait > MAX_BUDGET * 6) {
+            return Err(Error::new("lease_wait must be at most a minute"));
+        }
+        Ok(())
+    }
+}
+
+/// A node's address, parsed, for `url` with a scheme this layer accepts.
+fn connection_info(url: &str) -> Result<ConnectionInfo, Error> {
+    let parsed = url::Url::parse(url).map_err(|_| {
+        Error::new("the Redis URL does not parse; expected redis://[user:password@]host[:port][/db] or rediss://…")
+    })?;
+    match parsed.scheme() {
+        "redis" | "rediss" => {}
+        scheme => {
+            return Err(Error::new(format!(
+                "the Redis URL's scheme is {scheme:?}; use redis:// or rediss:// (TLS)"
+            )))
+        }
+    }
+    if parsed.host_str().is_none_or(str::is_empty) {
+        return Err(Error::new("the Redis URL names no host"));
+    }
+    parsed.into_connection_info().map_err(|e| {
+        Error::new(format!(
+            "the Redis URL is not usable ({:?}); expected redis://[user:password@]host[:port][/db]",
+            e.kind()
+        ))
+    })
+}
+
+impl fmt::Debug for RedisCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let address = |info: &ConnectionInfo| match info.addr() {
+            ConnectionAddr::Tcp(host, port) => format!("redis://{host}:{port}"),
+            ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}"),
+            other => format!("{other:?}"),
+        };
+        let servers: Vec<String> = match &self.servers {
+            Servers::Single(info) => vec![address(info)],
+            Servers::Cluster(nodes) => nodes.iter().map(address).collect(),
+        };
+        f.debug_struct("RedisCache")
+            .field("servers", &servers)
+            .field("cluster", &matches!(self.servers, Servers::Cluster(_)))
+            .field("pepper", &"<redacted>")
+            .field("prefix", &self.prefix)
+            .field("budget", &self.budget)
+            .field("lease_wait", &self.wait)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PEPPER: &str = "a fleet secret of at least thirty-two bytes";
+
+    fn error(result: Result<RedisCache, Error>) -> String {
+        result.expect_err("should be refused").to_string()
+    }
+
+    #[test]
+    fn urls_and_peppers_are_checked_without_echoing_a_password() {
+        assert!(RedisCache::new("redis://127.0.0.1:6379", PEPPER).is_ok());
+        assert!(RedisCache::new("rediss://user:pw@redis.example:6380/2", PEPPER).is_ok());
+        let refused = [
+            error(RedisCache::new("http://user:hunter2@redis.example", PEPPER)),
+            error(RedisCache::new("redis//user:hunter2@oops", PEPPER)),
+            error(RedisCache::new("redis://user:hunter2@:6379", PEPPER)),
+            error(RedisCache::new("unix:///run/redis.sock", PEPPER)),
+            error(RedisCache::cluster(
+                ["redis://a:1", "ftp://user:hunter2@b"],
+                PEPPER,
+            )),
+        ];
+        for message in &refused {
+            assert!(!message.contains("hunter2"), "{message}");
+            assert!(message.contains("redis://"), "{message}");
+        }
+        assert!(error(RedisCache::new("redis://h", "short")).contains("at least 32"));
+        assert!(error(RedisCache::cluster(Vec::<&str>::new(), PEPPER)).contains("at least one"));
+    }
+
+    #[test]
+    fn settings_are_checked_at_build() {
+        let base = || RedisCache::new("redis://h:1", PEPPER).unwrap();
+        assert!(base().validate().is_ok());
+        assert!(base().prefix("a{b}:").validate().is_err());
+        assert!(base().budget(Duration::ZERO).validate().is_err());
+        assert!(base().budget(Duration::from_secs(11)).validate().is_err());
+        assert!(base()
+            .lease_wait(Duration::from_secs(61))
+            .validate()
+            .is_err());
+    }
+
+    #[test]
+    fn debug_shows_where_but_no_secret() {
+        let cache = RedisCache::new("redis://user:hunter2@redis.example:6380", PEPPER).unwrap();
+        let shown = format!("{cache:?}");
+        assert!(shown.contains("redis.example:6380"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("thirty-two"),
+            "{shown}"
+        );
+    }
+}
