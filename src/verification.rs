@@ -192,12 +192,11 @@ impl Verifications {
             return;
         }
         tracing::debug!(target: TRACING_TARGET, "refreshing a session ahead of its expiry");
-        // What the cached session has left: a shared verdict must outlive it.
-        let floor = self
-            .state
-            .cache
-            .session_life()
-            .saturating_sub(verified.elapsed());
+        // What the cached session has left: a shared verdict must outlive it by a
+        // twentieth of a session's life to count as fresher (and not be the same
+        // verdict again, read a few milliseconds later).
+        let life = self.state.cache.session_life();
+        let floor = life.saturating_sub(verified.elapsed()) + life / 20;
         let (_, task) = self.flight(&mut flights, &runtime, digest, header, key, floor);
         drop(flights);
         runtime.spawn(task);

@@ -122,7 +122,7 @@ impl Links {
     /// breaker counts it, and a broken connection is dropped).
     pub(crate) async fn run<T, F, Fut>(&self, operation: F) -> Option<T>
     where
-        F: FnOnce(Link) -> Fut,
+        F: FnOnce(Link) -> Fut + Clone,
         Fut: Future<Output = RedisResult<T>>,
     {
         let runtime = PerRuntime::<Link>::current_runtime()?;
@@ -130,15 +130,25 @@ impl Links {
             return None;
         }
         let attempt = async {
-            let link = match self.by_runtime.get(runtime) {
-                Some(link) => link,
-                None => {
-                    let link = self.servers.connect(self.budget, Some(self.budget)).await?;
-                    self.by_runtime.set(runtime, link.clone());
-                    link
-                }
+            let connect = || async {
+                let link = self.servers.connect(self.budget, Some(self.budget)).await?;
+                self.by_runtime.set(runtime, link.clone());
+                Ok::<_, redis::RedisError>(link)
             };
-            operation(link).await
+            let Some(kept) = self.by_runtime.get(runtime) else {
+                return operation(connect().await?).await;
+            };
+            // A kept connection may have broken since its last use (Redis
+            // restarted): that is found out only now, and worth one new connection.
+            // Every operation of the tier may run twice (they are idempotent, or
+            // at worst publish a message twice).
+            match operation.clone()(kept).await {
+                Err(error) if error.is_connection_dropped() || error.is_connection_refusal() => {
+                    self.by_runtime.forget(runtime);
+                    operation(connect().await?).await
+                }
+                done => done,
+            }
         };
         match tokio::time::timeout(self.budget, attempt).await {
             Ok(Ok(value)) => {

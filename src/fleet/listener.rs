@@ -14,7 +14,7 @@
 //! away, the next verification starts another, which resumes from the same
 //! position.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -47,6 +47,9 @@ pub(crate) enum Status {
 
 pub(crate) struct Subscription {
     forget: OnceLock<Forget>,
+    /// Whether a verification went on without the fleet while not subscribed: its
+    /// verdict may predate an invalidation this replica never heard.
+    verified_alone: AtomicBool,
     status: watch::Sender<Status>,
     epoch: AtomicU64,
     position: Mutex<Position>,
@@ -62,6 +65,7 @@ impl Subscription {
     pub(crate) fn new() -> Self {
         Self {
             forget: OnceLock::new(),
+            verified_alone: AtomicBool::new(false),
             status: watch::Sender::new(Status::Starting),
             epoch: AtomicU64::new(0),
             position: Mutex::new(Position {
@@ -92,6 +96,9 @@ impl Subscription {
             let _ = tokio::time::timeout(budget, status.wait_for(|s| *s != Status::Starting)).await;
         }
         let listening = *status.borrow() == Status::Listening;
+        if !listening {
+            self.verified_alone.store(true, Ordering::Release);
+        }
         listening.then(|| self.epoch.load(Ordering::Acquire))
     }
 
@@ -182,7 +189,6 @@ impl Running {
         let fleet = &self.0;
         let subscription = &fleet.subscription;
         let mut last = self.catch_up(&mut link).await?;
-        subscription.status.send_replace(Status::Listening);
         tracing::debug!(target: TRACING_TARGET, "subscribed to the fleet's invalidations");
         let options = StreamReadOptions::default()
             .block(BLOCK.as_millis() as usize)
@@ -221,6 +227,7 @@ impl Running {
         let continuous = matches!((known, first), (Some(last), Some(first)) if first <= last)
             && epoch == subscription.epoch.load(Ordering::Acquire);
         if continuous {
+            subscription.status.send_replace(Status::Listening);
             return Ok(known.unwrap_or_default());
         }
         // Where to read from: the end of the stream, marked by a message of our own
@@ -235,11 +242,18 @@ impl Running {
             .await?;
         let end = parse_id(&end).unwrap_or_default();
         subscription.epoch.store(epoch, Ordering::Release);
-        if known.is_some() || subscription.status.borrow().ne(&Status::Starting) {
+        subscription.position().last = Some(end);
+        if known.is_some() {
             tracing::warn!(target: TRACING_TARGET, "invalidations may have been missed (Redis restarted, flushed, or trimmed the stream); forgetting every local verdict");
         }
-        subscription.apply(Invalidation::All);
-        subscription.position().last = Some(end);
+        // Listening first: what Redis holds now is current, and a verification that
+        // reads it meanwhile is voided with the rest just below. On a first
+        // subscription, local verdicts exist only if some verification went on
+        // without the fleet; verifications waiting for it are left alone.
+        subscription.status.send_replace(Status::Listening);
+        if known.is_some() || subscription.verified_alone.swap(false, Ordering::AcqRel) {
+            subscription.apply(Invalidation::All);
+        }
         Ok(end)
     }
 

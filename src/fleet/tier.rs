@@ -35,6 +35,10 @@ use crate::upstream::{classify, Answer, Verdict};
 use crate::verification::Forget;
 use crate::TRACING_TARGET;
 
+/// The first pause between two looks at another replica's lease; it doubles up
+/// to 50 ms.
+const FIRST_PAUSE: Duration = Duration::from_millis(2);
+
 /// Invalidation messages kept in the stream (approximately): what a replica that
 /// was disconnected can catch up on. One that missed more drops its local verdicts.
 pub(crate) const STREAM_KEPT: usize = 10_000;
@@ -273,7 +277,7 @@ impl Fleet {
         let entry = self.entry(header, key, epoch);
         let token = self.random_word();
         let deadline = tokio::time::Instant::now() + self.wait;
-        let mut pause = Duration::from_millis(2);
+        let mut pause = FIRST_PAUSE;
         loop {
             let (entry_ref, token_ref) = (&entry, &token);
             let reply: Option<Value> = self
@@ -310,6 +314,9 @@ impl Fleet {
                 }
                 2 => return Consulted::Verify(Some(Record::new(entry, gen, token))),
                 _ => {
+                    if pause == FIRST_PAUSE {
+                        tracing::debug!(target: TRACING_TARGET, "another replica holds the lease; waiting for its verdict");
+                    }
                     let now = tokio::time::Instant::now();
                     if now >= deadline {
                         tracing::debug!(target: TRACING_TARGET, "another replica's verification takes too long; verifying here");

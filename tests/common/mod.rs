@@ -17,6 +17,8 @@ use tracing_subscriber::layer::{Context, SubscriberExt};
 
 pub mod faulty;
 pub mod pause;
+#[cfg(feature = "redis")]
+pub mod redis;
 
 /// Awaits `future`, or panics naming `what` after 10 s (expected: milliseconds), so
 /// that a broken promise fails the test instead of hanging it.
@@ -56,6 +58,12 @@ pub fn app(layer: ComposioAuthLayer) -> Router {
             "/me",
             get(|Extension(session): Extension<SessionInfo>| async move {
                 session.org_member.email.clone()
+            }),
+        )
+        .route(
+            "/age",
+            get(|session: SessionInfo| async move {
+                session.verified().elapsed().as_millis().to_string()
             }),
         )
         .route(

@@ -1,0 +1,477 @@
+//! Replicas sharing verdicts and invalidations through a real `redis-server` (feature
+//! `redis`): each test starts its own server on a free loopback port.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::redis::RedisServer;
+use common::{app, builder, composio, serve, within, Capture, Client, ALICE, BOB};
+use composio_auth::testing::{Reply, StandIn};
+use composio_auth::{ComposioAuthBuilder, ComposioAuthLayer, RedisCache};
+
+const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
+
+/// A Redis budget generous enough that a loaded machine never makes these tests
+/// go on without Redis (the fault tests use short ones).
+const BUDGET: Duration = Duration::from_secs(2);
+
+fn shared(redis: &RedisServer) -> RedisCache {
+    RedisCache::new(&redis.url(), PEPPER)
+        .unwrap()
+        .budget(BUDGET)
+}
+
+/// `n` replicas of one service (each a layer served on its own port) sharing `redis`.
+async fn replicas(
+    composio: &StandIn,
+    cache: RedisCache,
+    n: usize,
+    configure: impl Fn(ComposioAuthBuilder) -> ComposioAuthBuilder,
+) -> Vec<(ComposioAuthLayer, Client)> {
+    let mut replicas = Vec::new();
+    for _ in 0..n {
+        let layer = configure(builder(composio).shared_cache(cache.clone()))
+            .build()
+            .unwrap();
+        let addr = serve(app(layer.clone())).await;
+        replicas.push((layer, Client::new(addr)));
+    }
+    replicas
+}
+
+/// The Redis key of the one verdict recorded (waiting for the write, which follows
+/// the answer).
+async fn recorded(redis: &RedisServer) -> String {
+    within("a verdict recorded in Redis", async {
+        loop {
+            let keys = redis.cli(&["--scan", "--pattern", "composio-auth:*:v*"]);
+            if let Some(key) = keys.lines().next() {
+                return key.to_owned();
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+}
+
+/// Polls `replica` with `key` until it is refused; how long that took.
+async fn until_refused(replica: &Client, key: &str) -> Duration {
+    let started = Instant::now();
+    within("the replica to refuse the key", async {
+        while replica.me(key).await.status != StatusCode::UNAUTHORIZED {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    started.elapsed()
+}
+
+#[tokio::test]
+async fn a_key_verified_on_one_replica_is_used_on_three_others_with_one_upstream_call() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let fleet = replicas(&composio, shared(&redis), 4, |b| b).await;
+    for (_, client) in &fleet {
+        let answer = client.me(ALICE).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(answer.body, "alice@example.com");
+    }
+    assert_eq!(composio.calls(), 1);
+    // And without Redis, the same four replicas ask four times.
+    let alone = common::composio().await;
+    for _ in 0..4 {
+        let layer = builder(&alone).build().unwrap();
+        let client = Client::new(serve(app(layer)).await);
+        assert_eq!(client.me(ALICE).await.status, 200);
+    }
+    assert_eq!(alone.calls(), 4);
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_on_every_replica_make_one_upstream_call() {
+    let (capture, _guard) = Capture::install();
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let fleet = replicas(&composio, shared(&redis), 4, |b| b).await;
+    composio.hold();
+    let mut requests = Vec::new();
+    for (_, client) in &fleet {
+        for _ in 0..8 {
+            let client = client.clone();
+            requests.push(tokio::spawn(async move { client.me(ALICE).await.status }));
+        }
+    }
+    within("the first call", composio.wait_for_calls(1)).await;
+    // The three other replicas found the lease taken and wait for its verdict.
+    within(
+        "three replicas waiting on the lease",
+        capture.wait_for("another replica holds the lease", 3),
+    )
+    .await;
+    composio.release();
+    for request in requests {
+        assert_eq!(request.await.unwrap(), 200);
+    }
+    assert_eq!(
+        composio.calls(),
+        1,
+        "one upstream call for 4 replicas x 8 requests"
+    );
+}
+
+#[tokio::test]
+async fn a_replica_that_waits_too_long_on_a_lease_asks_composio_itself() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let cache = shared(&redis).lease_wait(Duration::from_millis(300));
+    let fleet = replicas(&composio, cache, 2, |b| b).await;
+    composio.hold();
+    let first = {
+        let client = fleet[0].1.clone();
+        tokio::spawn(async move { client.me(ALICE).await.status })
+    };
+    within("the first call", composio.wait_for_calls(1)).await;
+    let second = {
+        let client = fleet[1].1.clone();
+        tokio::spawn(async move { client.me(ALICE).await.status })
+    };
+    // The first replica's verification is stuck (its answer held); the second one
+    // stops waiting for it and calls Composio itself, while the hold is still on.
+    within("the second replica's own call", composio.wait_for_calls(2)).await;
+    composio.release();
+    assert_eq!(first.await.unwrap(), 200);
+    assert_eq!(second.await.unwrap(), 200);
+}
+
+#[tokio::test]
+async fn a_refused_key_is_refused_on_every_replica_with_one_upstream_call() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let fleet = replicas(&composio, shared(&redis), 3, |b| b).await;
+    for (_, client) in &fleet {
+        let answer = client.me("ak_unknown_key_000000000").await;
+        assert_eq!(answer.status, 401);
+        assert_eq!(
+            answer.envelope().error.slug.as_deref(),
+            Some("APIKey_InvalidAPIKey")
+        );
+    }
+    assert_eq!(composio.calls(), 1);
+}
+
+#[tokio::test]
+async fn invalidate_on_one_replica_reaches_every_replica_and_their_fronts() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let fleet = replicas(&composio, shared(&redis), 4, |b| b).await;
+    for (_, client) in &fleet {
+        // Several requests each: the key is in moka and in the thread's front.
+        for _ in 0..3 {
+            assert_eq!(client.me(ALICE).await.status, 200);
+            assert_eq!(client.me(BOB).await.status, 200);
+        }
+    }
+    let calls = composio.calls();
+    assert_eq!(calls, 2);
+    composio.revoke(ALICE);
+    fleet[0].0.invalidate(ALICE).await.expect("Redis reachable");
+    assert_eq!(fleet[0].1.me(ALICE).await.status, 401);
+    for (_, client) in &fleet[1..] {
+        let took = until_refused(client, ALICE).await;
+        assert!(took < Duration::from_secs(1), "refused after {took:?}");
+    }
+    // Other keys are untouched everywhere.
+    for (_, client) in &fleet {
+        assert_eq!(client.me(BOB).await.status, 200);
+    }
+    assert_eq!(composio.calls_for(BOB), 1);
+}
+
+#[tokio::test]
+async fn invalidate_all_on_one_replica_reaches_every_replica() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let fleet = replicas(&composio, shared(&redis), 3, |b| b).await;
+    for (_, client) in &fleet {
+        assert_eq!(client.me(ALICE).await.status, 200);
+        assert_eq!(client.me(BOB).await.status, 200);
+    }
+    composio.revoke(ALICE);
+    composio.revoke(BOB);
+    fleet[2].0.invalidate_all().await.expect("Redis reachable");
+    for (_, client) in &fleet {
+        until_refused(client, ALICE).await;
+        until_refused(client, BOB).await;
+    }
+}
+
+#[tokio::test]
+async fn an_invalidation_sent_while_a_replica_was_not_subscribed_reaches_it_on_reconnect() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let cache = shared(&redis);
+    let a = builder(&composio)
+        .shared_cache(cache.clone())
+        .build()
+        .unwrap();
+    let b = builder(&composio).shared_cache(cache).build().unwrap();
+    let a_client = Client::new(serve(app(a.clone())).await);
+    assert_eq!(a_client.me(ALICE).await.status, 200);
+
+    // Replica B runs on a runtime of its own, where its subscription task lives.
+    let b_runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let b_app = app(b.clone());
+    let b_port = std::sync::mpsc::channel();
+    let (stop_b, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        b_runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            b_port.0.send(listener.local_addr().unwrap()).unwrap();
+            tokio::spawn(async move { axum::serve(listener, b_app).await.unwrap() });
+            let _ = stopped.await;
+        });
+        // The runtime (and B's subscription with it) goes away here.
+    });
+    let b_client = Client::new(b_port.1.recv().unwrap());
+    assert_eq!(b_client.me(ALICE).await.status, 200);
+    assert_eq!(b_client.me(BOB).await.status, 200);
+    let calls = composio.calls();
+    stop_b.send(()).unwrap();
+    thread.join().unwrap();
+
+    // While B hears nothing, ALICE is revoked and invalidated from A.
+    composio.revoke(ALICE);
+    a.invalidate(ALICE).await.expect("Redis reachable");
+
+    // B serves again (on this runtime); its next verification (BOB's, below, is
+    // still cached, so another key's) resubscribes, replays the stream and drops
+    // ALICE.
+    let b_client = Client::new(serve(app(b.clone())).await);
+    assert_eq!(b_client.me("ak_unknown_key_000000000").await.status, 401);
+    until_refused(&b_client, ALICE).await;
+    // Replayed, not guessed: BOB stayed cached on B (no upstream call for it).
+    assert_eq!(b_client.me(BOB).await.status, 200);
+    assert_eq!(composio.calls_for(BOB), 1);
+    assert!(composio.calls() <= calls + 3);
+}
+
+#[tokio::test]
+async fn a_replica_that_cannot_know_what_it_missed_drops_its_local_verdicts() {
+    let mut redis = RedisServer::start();
+    let composio = composio().await;
+    let fleet = replicas(&composio, shared(&redis), 2, |b| b).await;
+    for (layer, client) in &fleet {
+        assert_eq!(client.me(ALICE).await.status, 200);
+        assert_eq!(layer.cached().sessions, 1);
+    }
+    assert_eq!(composio.calls(), 1);
+    // Redis restarts empty: the stream and what it held are gone.
+    redis.restart();
+    // Each replica's subscription notices, and drops its sessions: the next request
+    // asks again (Composio, or Redis once a replica has recorded it).
+    within("the replicas to forget", async {
+        loop {
+            if fleet.iter().all(|(layer, _)| layer.cached().sessions == 0) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    for (_, client) in &fleet {
+        assert_eq!(client.me(ALICE).await.status, 200);
+    }
+    assert_eq!(
+        composio.calls(),
+        2,
+        "one more call for the fleet, not one per replica"
+    );
+}
+
+#[tokio::test]
+async fn an_adopted_verdict_keeps_its_age_and_no_copy_outlives_it() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let ttl = Duration::from_millis(1500);
+    let fleet = replicas(&composio, shared(&redis), 2, |b| {
+        b.ttl(ttl).refresh_ahead(false)
+    })
+    .await;
+    assert_eq!(
+        fleet[0].1.get("/age", &[("x-api-key", ALICE)]).await.status,
+        200
+    );
+    let verified = Instant::now();
+    // Time passing is what this test is about.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let age: u64 = fleet[1]
+        .1
+        .get("/age", &[("x-api-key", ALICE)])
+        .await
+        .body
+        .parse()
+        .unwrap();
+    assert!(
+        age >= 550,
+        "adopted with age {age} ms: a fresh TTL, not what was left"
+    );
+    assert_eq!(composio.calls(), 1);
+    // What Redis holds lives no longer than what is left of the TTL.
+    let key = recorded(&redis).await;
+    let pttl: u64 = redis.cli(&["pttl", &key]).trim().parse().unwrap();
+    let left = ttl.saturating_sub(verified.elapsed()).as_millis() as u64;
+    assert!(
+        pttl <= left + 50,
+        "pttl {pttl} ms, {left} ms left of the TTL"
+    );
+    // Once the TTL is over, both replicas ask again: one call for the fleet.
+    tokio::time::sleep(ttl.saturating_sub(verified.elapsed()) + Duration::from_millis(50)).await;
+    for (_, client) in &fleet {
+        assert_eq!(client.me(ALICE).await.status, 200);
+    }
+    assert_eq!(composio.calls(), 2);
+}
+
+#[tokio::test]
+async fn refresh_ahead_takes_a_fresher_verdict_from_redis_before_calling_composio() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let ttl = Duration::from_millis(1000);
+    let fleet = replicas(&composio, shared(&redis), 2, |b| b.ttl(ttl)).await;
+    for (_, client) in &fleet {
+        assert_eq!(client.me(ALICE).await.status, 200);
+    }
+    assert_eq!(composio.calls(), 1);
+    // Past the refresh point (80% of the TTL) on both replicas.
+    tokio::time::sleep(Duration::from_millis(850)).await;
+    // Replica 0 refreshes from Composio and records the fresher verdict.
+    assert_eq!(fleet[0].1.me(ALICE).await.status, 200);
+    within("replica 0's refresh", composio.wait_for_calls(2)).await;
+    within("the fresher verdict in Redis", async {
+        loop {
+            let keys = redis.cli(&["--scan", "--pattern", "composio-auth:*:v*"]);
+            if let Some(key) = keys.lines().next() {
+                let pttl: i64 = redis.cli(&["pttl", key]).trim().parse().unwrap_or(-2);
+                if pttl > 500 {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    // Replica 1's refresh takes it from Redis: no third call.
+    assert_eq!(fleet[1].1.me(ALICE).await.status, 200);
+    within("replica 1's refresh", async {
+        loop {
+            let age: u64 = fleet[1]
+                .1
+                .get("/age", &[("x-api-key", ALICE)])
+                .await
+                .body
+                .parse()
+                .unwrap();
+            if age < 500 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(composio.calls(), 2);
+}
+
+#[tokio::test]
+async fn undecided_outcomes_are_never_written_to_redis() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let fleet = replicas(&composio, shared(&redis), 2, |b| b).await;
+    composio.fail_with(Reply::html(502));
+    assert_eq!(fleet[0].1.me(ALICE).await.status, 503);
+    // The lease is given back once the outcome is known; nothing else is written.
+    within("the lease given back", async {
+        while !redis
+            .cli(&["--scan", "--pattern", "composio-auth:*:lock"])
+            .is_empty()
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    assert_eq!(
+        redis.cli(&["--scan", "--pattern", "composio-auth:*:v*"]),
+        ""
+    );
+    composio.recover();
+    assert_eq!(fleet[1].1.me(ALICE).await.status, 200);
+    assert_eq!(composio.calls(), 2);
+}
+
+#[tokio::test]
+async fn a_tampered_value_is_a_miss_logged_at_warn_never_a_session() {
+    let (capture, _guard) = Capture::install();
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let fleet = replicas(&composio, shared(&redis), 2, |b| b).await;
+    assert_eq!(fleet[0].1.me(ALICE).await.status, 200);
+    let key = recorded(&redis).await;
+    // Flip one byte in the middle of the ciphertext.
+    let middle = redis.cli(&["getrange", &key, "40", "40"]);
+    let flipped = if middle.trim() == "A" { "B" } else { "A" };
+    redis.cli(&["setrange", &key, "40", flipped]);
+    assert_eq!(fleet[1].1.me(ALICE).await.status, 200);
+    assert_eq!(composio.calls(), 2, "verified again");
+    assert_eq!(capture.count_containing("does not open"), 1);
+    // A value moved under another key's name does not open either.
+    assert_eq!(fleet[0].1.me(BOB).await.status, 200);
+    within("BOB's verdict recorded", async {
+        while redis
+            .cli(&["--scan", "--pattern", "composio-auth:*:v*"])
+            .lines()
+            .count()
+            < 2
+        {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+    let bob_key = redis
+        .cli(&["--scan", "--pattern", "composio-auth:*:v*"])
+        .lines()
+        .find(|k| *k != key)
+        .expect("BOB's verdict")
+        .to_owned();
+    redis.cli(&["copy", &key, &bob_key, "replace"]);
+    redis.cli(&["pexpire", &bob_key, "60000"]);
+    let other = builder(&composio)
+        .shared_cache(shared(&redis))
+        .build()
+        .unwrap();
+    let client = Client::new(serve(app(other)).await);
+    assert_eq!(client.me(BOB).await.body, "bob@example.com");
+}
+
+#[tokio::test]
+async fn replicas_with_another_pepper_share_nothing() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let ours = replicas(&composio, shared(&redis), 1, |b| b).await;
+    let cache = RedisCache::new(&redis.url(), "another pepper, also 32 bytes or more")
+        .unwrap()
+        .budget(BUDGET);
+    let theirs = replicas(&composio, cache, 1, |b| b).await;
+    assert_eq!(ours[0].1.me(ALICE).await.status, 200);
+    assert_eq!(theirs[0].1.me(ALICE).await.status, 200);
+    assert_eq!(composio.calls(), 2);
+    composio.revoke(ALICE);
+    // Their invalidation does not reach us (and is logged as foreign, not applied).
+    theirs[0].0.invalidate(ALICE).await.unwrap();
+    ours[0].0.invalidate(BOB).await.unwrap();
+    assert_eq!(ours[0].1.me(ALICE).await.status, 200);
+}
