@@ -171,8 +171,8 @@ impl Running {
                 Ok(()) => return, // the layer is gone
                 Err(error) => {
                     let was = fleet.subscription.status.send_replace(Status::Down);
-                    if was == Status::Listening {
-                        tracing::warn!(target: TRACING_TARGET, error = ?error.kind(), "the subscription to invalidations broke; verdicts are not shared until it is back");
+                    if was != Status::Down {
+                        tracing::warn!(target: TRACING_TARGET, error = ?error.kind(), "no subscription to the fleet's invalidations (Redis unreachable or refusing); verdicts are not shared until it is back");
                     }
                 }
             }
@@ -188,7 +188,11 @@ impl Running {
     async fn follow(&self, mut link: Link) -> RedisResult<()> {
         let fleet = &self.0;
         let subscription = &fleet.subscription;
+        let was = *subscription.status.borrow();
         let mut last = self.catch_up(&mut link).await?;
+        if was == Status::Down {
+            tracing::info!(target: TRACING_TARGET, "subscribed to the fleet's invalidations again; sharing verdicts resumes");
+        }
         tracing::debug!(target: TRACING_TARGET, "subscribed to the fleet's invalidations");
         let options = StreamReadOptions::default()
             .block(BLOCK.as_millis() as usize)
@@ -265,7 +269,9 @@ impl Running {
             .get::<String>("all")
             .and_then(|e| e.parse::<u64>().ok())
         {
-            subscription.epoch.fetch_max(epoch, Ordering::AcqRel);
+            // The stream's order is the epochs' order (even after a flush that
+            // restarted the count): the latest message wins.
+            subscription.epoch.store(epoch, Ordering::Release);
             return subscription.apply(Invalidation::All);
         }
         let digests = (0..3)

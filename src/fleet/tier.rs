@@ -6,12 +6,12 @@
 //!
 //! | Redis key | holds | lives |
 //! |---|---|---|
-//! | `{prefix}{<fleet digest>}:v<epoch>` | the sealed verdict | what is left of its lifetime |
+//! | `{prefix}{<fleet digest>}:v` | the epoch it was recorded in, and the sealed verdict | what is left of its lifetime |
 //! | `{prefix}{<fleet digest>}:lock` | the lease of the replica verifying it | the layer's `timeout` |
 //! | `{prefix}{<fleet digest>}:gen` | a random word, replaced by each invalidation | a generous bound on a verification |
 //!
-//! plus `{prefix}epoch` (bumped by `invalidate_all`) and the stream
-//! `{prefix}invalidations`. Recording is a compare-and-set against `gen`: a
+//! plus `{prefix}epoch` (bumped by `invalidate_all`: a verdict recorded in an
+//! earlier epoch is a miss) and the stream `{prefix}invalidations`. Recording is a compare-and-set against `gen`: a
 //! verification that began before an invalidation never writes its verdict back.
 
 use std::collections::hash_map::RandomState;
@@ -123,12 +123,40 @@ pub(crate) struct Fleet {
     next_token: AtomicU64,
 }
 
-/// A key's Redis keys and cipher.
+/// A key's Redis keys and cipher, in the epoch it is read in.
 struct Entry {
     value: String,
     lock: String,
     gen: String,
     cipher: ValueCipher,
+    epoch: u64,
+}
+
+impl Entry {
+    /// What Redis stores: the epoch, then the sealed answer (bound to this entry's
+    /// Redis key and epoch).
+    fn seal(&self, plain: &[u8]) -> Option<Vec<u8>> {
+        let epoch = self.epoch.to_be_bytes();
+        let sealed = self.cipher.seal(&self.context(&epoch), plain)?;
+        Some([&epoch[..], &sealed].concat())
+    }
+
+    /// The answer in `stored`: `Ok(None)` if it was recorded in another epoch,
+    /// `Err` if it does not open.
+    fn open(&self, stored: &[u8]) -> Result<Option<Vec<u8>>, ()> {
+        let (epoch, sealed) = stored.split_first_chunk::<8>().ok_or(())?;
+        if u64::from_be_bytes(*epoch) != self.epoch {
+            return Ok(None);
+        }
+        self.cipher
+            .open(&self.context(epoch), sealed)
+            .map(Some)
+            .ok_or(())
+    }
+
+    fn context(&self, epoch: &[u8; 8]) -> String {
+        format!("{} {}", self.value, u64::from_be_bytes(*epoch))
+    }
 }
 
 /// What consulting Redis allows a flight to write afterwards.
@@ -212,10 +240,11 @@ impl Fleet {
         let tag = self.sealer.fleet_digest(&self.base_url, header, key).hex();
         let prefix = &self.prefix;
         Entry {
-            value: format!("{prefix}{{{tag}}}:v{epoch}"),
+            value: format!("{prefix}{{{tag}}}:v"),
             lock: format!("{prefix}{{{tag}}}:lock"),
             gen: format!("{prefix}{{{tag}}}:gen"),
             cipher: self.sealer.value_cipher(key),
+            epoch,
         }
     }
 
@@ -299,14 +328,21 @@ impl Fleet {
             };
             match code {
                 1 => {
-                    let opened = entry.cipher.open(&entry.value, value).and_then(|plain| {
+                    let answer = |plain: Vec<u8>| {
                         let (status, body) = plain.split_first_chunk::<2>()?;
                         let status = StatusCode::from_u16(u16::from_be_bytes(*status)).ok()?;
                         Some((status, body.to_vec()))
-                    });
-                    let Some((status, body)) = opened else {
-                        tracing::warn!(target: TRACING_TARGET, "a verdict in Redis does not open (tampered, or another version); verifying again");
-                        return Consulted::Verify(Some(Record::new(entry, gen, String::new())));
+                    };
+                    let (status, body) = match entry.open(value).map(|p| p.map(answer)) {
+                        Ok(Some(Some(answer))) => answer,
+                        Ok(None) => {
+                            tracing::debug!(target: TRACING_TARGET, "the verdict in Redis predates the last invalidate_all; verifying again");
+                            return Consulted::Verify(Some(Record::new(entry, gen, String::new())));
+                        }
+                        Ok(Some(None)) | Err(()) => {
+                            tracing::warn!(target: TRACING_TARGET, "a verdict in Redis does not open (tampered, or another version); verifying again");
+                            return Consulted::Verify(Some(Record::new(entry, gen, String::new())));
+                        }
                     };
                     let left = Duration::from_millis(pttl);
                     let age = self.lives.of(status).saturating_sub(left);
@@ -338,7 +374,7 @@ impl Fleet {
                 .checked_sub(sent_at.elapsed())?;
             let mut plain = answer.status.as_u16().to_be_bytes().to_vec();
             plain.extend_from_slice(&stored_body(answer.status, answer.body));
-            let sealed = record.entry.cipher.seal(&record.entry.value, &plain)?;
+            let sealed = record.entry.seal(&plain)?;
             Some((sealed, left.as_millis().max(1) as u64))
         });
         if sealed.is_none() && record.token.is_empty() {
@@ -368,12 +404,10 @@ impl Fleet {
     /// a message on the stream carrying its local digests. `false` if Redis could
     /// not be reached.
     pub(crate) async fn invalidate(&self, key: &[u8], keys: &[(CredentialHeader, Digest)]) -> bool {
-        let Some(epoch) = self.current_epoch().await else {
-            return false;
-        };
         let gen_life = self.lives.session.max(self.lives.rejection) + self.lease + self.wait;
         for (header, _) in keys {
-            let entry = self.entry(*header, key, epoch);
+            // The one value key of every epoch.
+            let entry = self.entry(*header, key, 0);
             let gen = self.random_word();
             let forgotten: Option<i64> = self
                 .links
@@ -427,16 +461,6 @@ impl Fleet {
             })
             .await;
         id.is_some()
-    }
-
-    /// The fleet's epoch, as Redis has it now.
-    pub(crate) async fn current_epoch(&self) -> Option<u64> {
-        self.links
-            .run(|mut link| async move {
-                let epoch: Option<u64> = link.get(&self.epoch_key).await?;
-                Ok(epoch.unwrap_or(0))
-            })
-            .await
     }
 }
 
@@ -506,6 +530,26 @@ mod tests {
             stored_body(StatusCode::UNAUTHORIZED, envelope.clone()),
             envelope
         );
+    }
+
+    #[test]
+    fn a_value_opens_only_in_the_epoch_and_under_the_key_it_was_recorded_with() {
+        let sealer = Sealer::new(b"a fleet pepper of at least 32 bytes....");
+        let entry = |value: &str, epoch| Entry {
+            value: value.to_owned(),
+            lock: String::new(),
+            gen: String::new(),
+            cipher: sealer.value_cipher(b"ak_1"),
+            epoch,
+        };
+        let stored = entry("k", 3).seal(b"answer").unwrap();
+        assert_eq!(entry("k", 3).open(&stored), Ok(Some(b"answer".to_vec())));
+        assert_eq!(entry("k", 4).open(&stored), Ok(None), "another epoch: a quiet miss");
+        assert_eq!(entry("other", 3).open(&stored), Err(()));
+        let mut relabelled = stored.clone();
+        relabelled[..8].copy_from_slice(&4u64.to_be_bytes());
+        assert_eq!(entry("k", 4).open(&relabelled), Err(()), "the epoch is authenticated");
+        assert_eq!(entry("k", 3).open(&stored[..5]), Err(()));
     }
 
     #[test]
