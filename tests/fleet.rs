@@ -475,3 +475,42 @@ async fn replicas_with_another_pepper_share_nothing() {
     ours[0].0.invalidate(BOB).await.unwrap();
     assert_eq!(ours[0].1.me(ALICE).await.status, 200);
 }
+
+#[tokio::test]
+async fn redis_sees_no_key_no_session_field_and_no_secret() {
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let monitor = redis.monitor();
+    let fleet = replicas(&composio, shared(&redis), 2, |b| b).await;
+    for (_, client) in &fleet {
+        assert_eq!(client.me(ALICE).await.status, 200);
+        assert_eq!(client.me("ak_refused_0123456789abc").await.status, 401);
+    }
+    recorded(&redis).await;
+    assert_eq!(fleet[0].1.me(BOB).await.status, 200);
+    fleet[0].0.invalidate(BOB).await.unwrap();
+    fleet[1].0.invalidate_all().await.unwrap();
+    assert_eq!(fleet[0].1.me(ALICE).await.status, 200);
+    recorded(&redis).await;
+    let dump = redis.dump();
+    let seen = monitor.stop();
+    assert!(seen.contains("EVALSHA") || seen.contains("EVAL"), "the monitor saw the layer's commands");
+    assert!(seen.contains("XADD"), "and its invalidations");
+    let dump = String::from_utf8_lossy(&dump);
+    assert!(dump.contains("composio-auth:"), "the dump holds the layer's keys");
+    for secret in [
+        ALICE,
+        BOB,
+        "ak_refused_0123456789abc",
+        "alice@example.com",
+        "bob@example.com",
+        "whsec_a1b2c3d4e5f6g7h8i9j0",
+        "org_member",
+        "webhook_secret",
+        "APIKey_InvalidAPIKey",
+        PEPPER,
+    ] {
+        assert!(!seen.contains(secret), "MONITOR saw {secret}");
+        assert!(!dump.contains(secret), "the dump holds {secret}");
+    }
+}

@@ -112,6 +112,34 @@ impl RedisServer {
         self.spawn();
     }
 
+    /// Every byte the server holds, as `SAVE` writes it uncompressed.
+    pub fn dump(&self) -> Vec<u8> {
+        self.cli(&["config", "set", "rdbcompression", "no"]);
+        assert_eq!(self.cli(&["save"]).trim(), "OK");
+        std::fs::read(self.dir.join("dump.rdb")).expect("dump.rdb")
+    }
+
+    /// `redis-cli MONITOR`: every command the server receives from now on, until
+    /// the returned monitor is stopped.
+    pub fn monitor(&self) -> Monitor {
+        let path = self.dir.join(format!("monitor-{}.log", free_port()));
+        let file = std::fs::File::create(&path).expect("a monitor log");
+        let child = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "monitor"])
+            .stdout(file)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-cli on PATH");
+        let monitor = Monitor { child, path };
+        // MONITOR answers OK once it is in place.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_to_string(&monitor.path).unwrap_or_default().contains("OK") {
+            assert!(Instant::now() < deadline, "MONITOR did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        monitor
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.as_ref().expect("running").id()
     }
@@ -124,6 +152,21 @@ impl RedisServer {
     /// Resumes a frozen process (SIGCONT).
     pub fn thaw(&self) {
         signal("-CONT", self.pid());
+    }
+}
+
+/// A running `redis-cli MONITOR`.
+pub struct Monitor {
+    child: Child,
+    path: PathBuf,
+}
+
+impl Monitor {
+    /// Stops monitoring; what was seen.
+    pub fn stop(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        std::fs::read_to_string(&self.path).expect("the monitor log")
     }
 }
 
