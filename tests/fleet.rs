@@ -514,3 +514,83 @@ async fn redis_sees_no_key_no_session_field_and_no_secret() {
         assert!(!dump.contains(secret), "the dump holds {secret}");
     }
 }
+
+/// The environment variable that makes [`replica_process`] a replica: the Redis URL
+/// and the stand-in's base URL, separated by a space.
+const REPLICA_ENV: &str = "COMPOSIO_AUTH_TEST_REPLICA";
+
+/// The second OS process of the test below: a replica serving on a free port,
+/// which it prints, until its standard input closes. Without the variable (a plain
+/// `cargo test`), it does nothing.
+#[test]
+fn replica_process() {
+    let Ok(config) = std::env::var(REPLICA_ENV) else {
+        return;
+    };
+    let (redis_url, base_url) = config.split_once(' ').expect("two URLs");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let cache = RedisCache::new(redis_url, PEPPER).unwrap().budget(BUDGET);
+        let layer = ComposioAuthLayer::builder()
+            .base_url(base_url)
+            .shared_cache(cache)
+            .build()
+            .unwrap();
+        let addr = serve(app(layer)).await;
+        println!("replica listening on {addr}");
+        tokio::task::spawn_blocking(|| {
+            let mut sink = String::new();
+            while std::io::stdin().read_line(&mut sink).unwrap_or(0) > 0 {}
+        })
+        .await
+        .unwrap();
+    });
+}
+
+#[tokio::test]
+async fn two_processes_share_verdicts_and_invalidations_through_one_redis() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "replica_process", "--nocapture", "--test-threads=1"])
+        .env(REPLICA_ENV, format!("{} {}", redis.url(), composio.base_url()))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (found, addr) = tokio::sync::oneshot::channel();
+    // Reads the child's output to its end (a closed pipe would fail its last words).
+    std::thread::spawn(move || {
+        let mut found = Some(found);
+        for line in std::io::BufReader::new(stdout).lines() {
+            // libtest may print its own words before ours on the same line.
+            let line = line.unwrap();
+            if let Some((_, addr)) = line.split_once("replica listening on ") {
+                let addr = addr.trim().parse::<std::net::SocketAddr>().unwrap();
+                found.take().map(|found| found.send(addr));
+            }
+        }
+    });
+    let other = Client::new(within("the other process", addr).await.unwrap());
+    let ours = replicas(&composio, shared(&redis), 1, |b| b).await;
+
+    assert_eq!(ours[0].1.me(ALICE).await.status, 200);
+    assert_eq!(other.me(ALICE).await.body, "alice@example.com");
+    assert_eq!(composio.calls(), 1, "the other process took our verdict");
+    assert_eq!(other.me(BOB).await.status, 200);
+    assert_eq!(ours[0].1.me(BOB).await.status, 200);
+    assert_eq!(composio.calls(), 2, "and we took theirs");
+
+    composio.revoke(ALICE);
+    ours[0].0.invalidate(ALICE).await.unwrap();
+    let took = until_refused(&other, ALICE).await;
+    assert!(took < Duration::from_secs(1), "refused after {took:?}");
+
+    drop(child.stdin.take());
+    assert!(child.wait().unwrap().success());
+}
