@@ -19,7 +19,7 @@ use crate::per_runtime::PerRuntime;
 /// Where Redis is.
 #[derive(Clone)]
 pub(crate) enum Servers {
-    Single(ConnectionInfo),
+    Single(Box<ConnectionInfo>),
     Cluster(Vec<ConnectionInfo>),
 }
 
@@ -71,7 +71,7 @@ impl Servers {
                 let config = AsyncConnectionConfig::new()
                     .set_connection_timeout(Some(connect_timeout))
                     .set_response_timeout(response_timeout);
-                let client = redis::Client::open(info.clone())?;
+                let client = redis::Client::open((**info).clone())?;
                 let link = client
                     .get_multiplexed_async_connection_with_config(&config)
                     .await?;

@@ -83,11 +83,6 @@ impl Subscription {
         self.position.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    #[cfg(test)]
-    pub(crate) fn status(&self) -> Status {
-        *self.status.borrow()
-    }
-
     /// The epoch to read and record under, once subscribed; `None` while not (after
     /// waiting up to `budget` for a first connection).
     pub(crate) async fn epoch(&self, budget: Duration) -> Option<u64> {
