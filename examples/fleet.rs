@@ -41,7 +41,9 @@ fn redis() -> Result<(String, Option<OwnRedis>), Box<dyn std::error::Error>> {
     if let Ok(url) = std::env::var("REDIS_URL") {
         return Ok((url, None));
     }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let child = Command::new("redis-server")
         .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
         .args(["--save", "", "--appendonly", "no"])
@@ -92,7 +94,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     if !demo {
         for (n, (_, addr)) in replicas.iter().enumerate() {
-            println!("replica {}: curl -H 'x-api-key: {DEMO_KEY}' http://{addr}/me", n + 1);
+            println!(
+                "replica {}: curl -H 'x-api-key: {DEMO_KEY}' http://{addr}/me",
+                n + 1
+            );
         }
         println!("Ctrl-C to stop.");
         tokio::signal::ctrl_c().await?;
@@ -132,6 +137,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             return Err(format!("replica {} still admits the key", n + 1).into());
         }
     }
-    println!("all three refuse it, {:?} after the invalidation", started.elapsed());
+    println!(
+        "all three refuse it, {:?} after the invalidation",
+        started.elapsed()
+    );
     Ok(())
 }

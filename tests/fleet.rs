@@ -494,10 +494,16 @@ async fn redis_sees_no_key_no_session_field_and_no_secret() {
     recorded(&redis).await;
     let dump = redis.dump();
     let seen = monitor.stop();
-    assert!(seen.contains("EVALSHA") || seen.contains("EVAL"), "the monitor saw the layer's commands");
+    assert!(
+        seen.contains("EVALSHA") || seen.contains("EVAL"),
+        "the monitor saw the layer's commands"
+    );
     assert!(seen.contains("XADD"), "and its invalidations");
     let dump = String::from_utf8_lossy(&dump);
-    assert!(dump.contains("composio-auth:"), "the dump holds the layer's keys");
+    assert!(
+        dump.contains("composio-auth:"),
+        "the dump holds the layer's keys"
+    );
     for secret in [
         ALICE,
         BOB,
@@ -555,8 +561,16 @@ async fn two_processes_share_verdicts_and_invalidations_through_one_redis() {
     let redis = RedisServer::start();
     let composio = composio().await;
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "replica_process", "--nocapture", "--test-threads=1"])
-        .env(REPLICA_ENV, format!("{} {}", redis.url(), composio.base_url()))
+        .args([
+            "--exact",
+            "replica_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            REPLICA_ENV,
+            format!("{} {}", redis.url(), composio.base_url()),
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())

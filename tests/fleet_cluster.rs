@@ -23,7 +23,10 @@ async fn replicas(
         .budget(Duration::from_secs(2));
     let mut replicas = Vec::new();
     for _ in 0..n {
-        let layer = builder(composio).shared_cache(cache.clone()).build().unwrap();
+        let layer = builder(composio)
+            .shared_cache(cache.clone())
+            .build()
+            .unwrap();
         let addr = serve(app(layer.clone())).await;
         replicas.push((layer, Client::new(addr)));
     }
@@ -73,7 +76,11 @@ async fn on_a_cluster_replicas_share_verdicts_leases_rejections_and_invalidation
     })
     .await;
     composio.revoke(ALICE);
-    fleet[0].0.invalidate(ALICE).await.expect("the cluster is reachable");
+    fleet[0]
+        .0
+        .invalidate(ALICE)
+        .await
+        .expect("the cluster is reachable");
     let gens = cluster.keys("composio-auth:*:gen");
     assert_eq!(gens.len(), 1, "{gens:?}");
     let tag = gens[0].trim_end_matches(":gen");

@@ -35,7 +35,11 @@ fn fresh_keys(composio: &StandIn, n: usize) -> Vec<String> {
 async fn without_a_reachable_redis_every_verdict_is_right_and_none_is_a_503() {
     let (capture, _guard) = Capture::install();
     // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let cache = RedisCache::new(&format!("redis://127.0.0.1:{port}"), PEPPER)
         .unwrap()
         .budget(Duration::from_millis(200));
@@ -50,7 +54,10 @@ async fn without_a_reachable_redis_every_verdict_is_right_and_none_is_a_503() {
     // invalidate still forgets locally at once, and says Redis was not reached.
     assert_eq!(client.me(BOB).await.status, 200);
     composio.revoke(BOB);
-    let error = layer.invalidate(BOB).await.expect_err("Redis is unreachable");
+    let error = layer
+        .invalidate(BOB)
+        .await
+        .expect_err("Redis is unreachable");
     assert!(error.is_unreachable());
     assert!(error.to_string().contains("this replica only"), "{error}");
     assert_eq!(client.me(BOB).await.status, 401);
@@ -63,7 +70,9 @@ async fn a_frozen_redis_costs_each_request_at_most_the_budget_then_nothing() {
     let (capture, _guard) = Capture::install();
     let redis = RedisServer::start();
     let budget = Duration::from_millis(1000);
-    let cache = RedisCache::new(&redis.url(), PEPPER).unwrap().budget(budget);
+    let cache = RedisCache::new(&redis.url(), PEPPER)
+        .unwrap()
+        .budget(budget);
     let composio = composio().await;
     let (_, a) = replica(&composio, cache.clone()).await;
     let (_, b) = replica(&composio, cache).await;
@@ -91,7 +100,10 @@ async fn a_frozen_redis_costs_each_request_at_most_the_budget_then_nothing() {
     // Warned once per transition (each replica's subscription, and the breaker),
     // not once per request.
     let warnings = capture.count_containing("WARN composio_auth");
-    assert!((1..=3).contains(&warnings), "{warnings} warnings for 8 requests");
+    assert!(
+        (1..=3).contains(&warnings),
+        "{warnings} warnings for 8 requests"
+    );
     redis.thaw();
     // Sharing resumes by itself: a key verified on A is then adopted by B.
     within("sharing to resume", async {
@@ -112,7 +124,9 @@ async fn a_frozen_redis_costs_each_request_at_most_the_budget_then_nothing() {
 #[tokio::test]
 async fn after_a_flush_verdicts_are_shared_again_and_invalidations_still_arrive() {
     let redis = RedisServer::start();
-    let cache = RedisCache::new(&redis.url(), PEPPER).unwrap().budget(Duration::from_secs(2));
+    let cache = RedisCache::new(&redis.url(), PEPPER)
+        .unwrap()
+        .budget(Duration::from_secs(2));
     let composio = composio().await;
     let (a_layer, a) = replica(&composio, cache.clone()).await;
     let (_, b) = replica(&composio, cache).await;
@@ -121,7 +135,10 @@ async fn after_a_flush_verdicts_are_shared_again_and_invalidations_still_arrive(
     assert_eq!(redis.cli(&["flushall"]).trim(), "OK");
     assert_eq!(a.me(BOB).await.status, 200);
     within("BOB's verdict recorded", async {
-        while redis.cli(&["--scan", "--pattern", "composio-auth:*:v"]).is_empty() {
+        while redis
+            .cli(&["--scan", "--pattern", "composio-auth:*:v"])
+            .is_empty()
+        {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
@@ -142,7 +159,9 @@ async fn after_a_flush_verdicts_are_shared_again_and_invalidations_still_arrive(
 async fn a_redis_out_of_memory_refuses_writes_and_no_verdict_suffers() {
     let (capture, _guard) = Capture::install();
     let redis = RedisServer::start();
-    let cache = RedisCache::new(&redis.url(), PEPPER).unwrap().budget(Duration::from_secs(2));
+    let cache = RedisCache::new(&redis.url(), PEPPER)
+        .unwrap()
+        .budget(Duration::from_secs(2));
     let composio = composio().await;
     let (a_layer, a) = replica(&composio, cache.clone()).await;
     let (_, b) = replica(&composio, cache).await;
@@ -160,10 +179,16 @@ async fn a_redis_out_of_memory_refuses_writes_and_no_verdict_suffers() {
     // opening (reads still succeed, so it may close and open again), not once per
     // request.
     let warnings = capture.count_containing("Redis fails; verdicts are not shared");
-    assert!((1..=3).contains(&warnings), "{warnings} warnings for 12 requests");
+    assert!(
+        (1..=3).contains(&warnings),
+        "{warnings} warnings for 12 requests"
+    );
     // An invalidation that Redis refuses says so, and still applies here.
     composio.revoke(ALICE);
-    let error = a_layer.invalidate(ALICE).await.expect_err("Redis refuses writes");
+    let error = a_layer
+        .invalidate(ALICE)
+        .await
+        .expect_err("Redis refuses writes");
     assert!(error.is_unreachable());
     assert_eq!(a.me(ALICE).await.status, 401);
     redis.cli(&["config", "set", "maxmemory", "0"]);
@@ -174,14 +199,20 @@ async fn a_wrong_password_shares_nothing_breaks_nothing_and_is_never_logged() {
     let (capture, _guard) = Capture::install();
     let redis = RedisServer::start_with(&["--requirepass", "the-right-password"]);
     let url = format!("redis://:a-wrong-password@127.0.0.1:{}", redis.port);
-    let cache = RedisCache::new(&url, PEPPER).unwrap().budget(Duration::from_millis(300));
+    let cache = RedisCache::new(&url, PEPPER)
+        .unwrap()
+        .budget(Duration::from_millis(300));
     let composio = composio().await;
     let (layer, a) = replica(&composio, cache).await;
     for key in fresh_keys(&composio, 5) {
         assert_eq!(a.me(&key).await.status, 200);
     }
     assert!(layer.invalidate(ALICE).await.is_err());
-    within("the warning", capture.wait_for("no subscription to the fleet's invalidations", 1)).await;
+    within(
+        "the warning",
+        capture.wait_for("no subscription to the fleet's invalidations", 1),
+    )
+    .await;
     for event in capture.events() {
         assert!(!event.contains("a-wrong-password"), "{event}");
     }

@@ -41,7 +41,9 @@ async fn replicas_sharing_a_redis_that_crashes_at_random_never_give_a_wrong_verd
         .unwrap_or(4);
     let redis = RedisServer::start();
     let composio = composio().await;
-    let valid: Vec<String> = (0..6).map(|i| format!("ak_soak_valid_{i:02}_000000")).collect();
+    let valid: Vec<String> = (0..6)
+        .map(|i| format!("ak_soak_valid_{i:02}_000000"))
+        .collect();
     for key in &valid {
         composio.add_session(key, StandIn::document_for("s@example.com", "S", "member"));
     }
@@ -77,7 +79,8 @@ async fn replicas_sharing_a_redis_that_crashes_at_random_never_give_a_wrong_verd
 
     let started = Instant::now();
     let mut rng = Rng(started.elapsed().as_nanos() as u64 | 1);
-    let (mut requests, mut wrong, mut revoked) = (0u64, Vec::new(), Vec::<(String, Instant)>::new());
+    let (mut requests, mut wrong, mut revoked) =
+        (0u64, Vec::new(), Vec::<(String, Instant)>::new());
     let mut next_revocation = 0;
     while started.elapsed() < Duration::from_secs(secs) {
         let (layer, client) = &replicas[rng.below(3) as usize];
@@ -104,10 +107,7 @@ async fn replicas_sharing_a_redis_that_crashes_at_random_never_give_a_wrong_verd
         let sent = Instant::now();
         let status = client.me(&key).await.status.as_u16();
         requests += 1;
-        let invalidated = revoked
-            .iter()
-            .find(|(k, _)| *k == key)
-            .map(|(_, at)| *at);
+        let invalidated = revoked.iter().find(|(k, _)| *k == key).map(|(_, at)| *at);
         let ok = match (refused, invalidated) {
             (true, _) => status == 401,
             // Until the grace is over, either answer is right.
@@ -121,8 +121,15 @@ async fn replicas_sharing_a_redis_that_crashes_at_random_never_give_a_wrong_verd
     }
     stop.store(true, Ordering::Relaxed);
     let (_redis, restarts) = crasher.join().unwrap();
-    eprintln!("{requests} requests, {restarts} Redis restarts, {} keys revoked", revoked.len());
+    eprintln!(
+        "{requests} requests, {restarts} Redis restarts, {} keys revoked",
+        revoked.len()
+    );
     assert!(restarts >= 3, "Redis restarted {restarts} times");
     assert!(requests >= 100, "{requests} requests");
-    assert!(wrong.is_empty(), "{} wrong verdicts: {wrong:#?}", wrong.len());
+    assert!(
+        wrong.is_empty(),
+        "{} wrong verdicts: {wrong:#?}",
+        wrong.len()
+    );
 }

@@ -58,7 +58,10 @@ impl RedisCache {
     /// When the URL does not parse or has another scheme, or the pepper is shorter
     /// than 32 bytes. The message never contains the URL's password.
     pub fn new(url: &str, pepper: impl AsRef<[u8]>) -> Result<Self, Error> {
-        Self::with(Servers::Single(Box::new(connection_info(url)?)), pepper.as_ref())
+        Self::with(
+            Servers::Single(Box::new(connection_info(url)?)),
+            pepper.as_ref(),
+        )
     }
 
     /// A Redis Cluster, given one or more of its nodes (the others are discovered).

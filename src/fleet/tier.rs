@@ -544,11 +544,19 @@ mod tests {
         };
         let stored = entry("k", 3).seal(b"answer").unwrap();
         assert_eq!(entry("k", 3).open(&stored), Ok(Some(b"answer".to_vec())));
-        assert_eq!(entry("k", 4).open(&stored), Ok(None), "another epoch: a quiet miss");
+        assert_eq!(
+            entry("k", 4).open(&stored),
+            Ok(None),
+            "another epoch: a quiet miss"
+        );
         assert_eq!(entry("other", 3).open(&stored), Err(()));
         let mut relabelled = stored.clone();
         relabelled[..8].copy_from_slice(&4u64.to_be_bytes());
-        assert_eq!(entry("k", 4).open(&relabelled), Err(()), "the epoch is authenticated");
+        assert_eq!(
+            entry("k", 4).open(&relabelled),
+            Err(()),
+            "the epoch is authenticated"
+        );
         assert_eq!(entry("k", 3).open(&stored[..5]), Err(()));
     }
 

@@ -133,7 +133,10 @@ impl RedisServer {
         let monitor = Monitor { child, path };
         // MONITOR answers OK once it is in place.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !std::fs::read_to_string(&monitor.path).unwrap_or_default().contains("OK") {
+        while !std::fs::read_to_string(&monitor.path)
+            .unwrap_or_default()
+            .contains("OK")
+        {
             assert!(Instant::now() < deadline, "MONITOR did not start");
             std::thread::sleep(Duration::from_millis(5));
         }
