@@ -608,3 +608,62 @@ async fn two_processes_share_verdicts_and_invalidations_through_one_redis() {
     drop(child.stdin.take());
     assert!(child.wait().unwrap().success());
 }
+
+/// The ACL the README recommends: the layer's prefix and the commands it uses.
+pub const ACL: &[&str] = &[
+    "resetkeys",
+    "~orders-api:auth:*",
+    "resetchannels",
+    "-@all",
+    "+evalsha",
+    "+eval",
+    "+script|load",
+    "+get",
+    "+set",
+    "+del",
+    "+pttl",
+    "+incr",
+    "+xadd",
+    "+xread",
+    "+xrange",
+    "+ping",
+];
+
+#[tokio::test]
+async fn an_acl_limited_to_the_prefix_and_the_layers_commands_is_enough() {
+    let redis = RedisServer::start();
+    let mut setuser = vec!["acl", "setuser", "orders", "on", ">s3cret-acl-password"];
+    setuser.extend(ACL);
+    assert_eq!(redis.cli(&setuser).trim(), "OK");
+    assert_eq!(
+        redis.cli(&["acl", "setuser", "default", "off"]).trim(),
+        "OK"
+    );
+    let url = format!(
+        "redis://orders:s3cret-acl-password@127.0.0.1:{}",
+        redis.port
+    );
+    let cache = RedisCache::new(&url, PEPPER)
+        .unwrap()
+        .prefix("orders-api:auth:")
+        .budget(BUDGET);
+    let composio = composio().await;
+    let fleet = replicas(&composio, cache, 2, |b| b).await;
+    for (_, client) in &fleet {
+        assert_eq!(client.me(ALICE).await.status, 200);
+        assert_eq!(client.me("ak_unknown_key_000000000").await.status, 401);
+    }
+    assert_eq!(composio.calls(), 2, "verdicts shared under the ACL");
+    composio.revoke(ALICE);
+    fleet[0]
+        .0
+        .invalidate(ALICE)
+        .await
+        .expect("allowed by the ACL");
+    until_refused(&fleet[1].1, ALICE).await;
+    fleet[1]
+        .0
+        .invalidate_all()
+        .await
+        .expect("allowed by the ACL");
+}

@@ -441,7 +441,12 @@ impl Fleet {
     pub(crate) async fn invalidate_all(&self) -> bool {
         let epoch: Option<u64> = self
             .links
-            .run(|mut link| async move { link.incr(&self.epoch_key, 1).await })
+            .run(|mut link| async move {
+                redis::cmd("INCR")
+                    .arg(&self.epoch_key)
+                    .query_async(&mut link)
+                    .await
+            })
             .await;
         match epoch {
             Some(epoch) => {
