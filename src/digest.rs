@@ -21,8 +21,12 @@
 //! which no guessing reaches (and such a reader sees the sessions anyway). What the
 //! cache never holds is the key itself.
 //!
-//! The shared Redis tier, when there is one, names its entries with an HMAC under a
-//! fleet secret instead, computed only on a local miss.
+//! With a shared Redis tier (feature `redis`), `k` is derived from the fleet's
+//! pepper with HKDF instead (`fleet/seal.rs`): every replica then computes the same
+//! digest for a key, so an invalidation message can name the local entry to drop.
+//! Such a digest still never reaches Redis in the clear (messages carry it sealed),
+//! and `k` is as secret as the pepper. Redis names its own entries with an
+//! HMAC-SHA256 under the pepper, computed only on a local miss, never on a hit.
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hash, Hasher};
