@@ -371,7 +371,8 @@ impl Fleet {
             let left = self
                 .lives
                 .of(answer.status)
-                .checked_sub(sent_at.elapsed())?;
+                .checked_sub(sent_at.elapsed())
+                .filter(|left| !left.is_zero())?;
             let mut plain = answer.status.as_u16().to_be_bytes().to_vec();
             plain.extend_from_slice(&stored_body(answer.status, answer.body));
             let sealed = record.entry.seal(&plain)?;
