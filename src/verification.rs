@@ -19,6 +19,12 @@
 //!   task's future from the moment it is spawned: if the runtime drops the task
 //!   unpolled, the guard takes the flight out of the map. A flight of another
 //!   runtime is never joined (that runtime may be idle): it is replaced.
+//! - **The fleet first, when there is one.** With a shared tier (feature `redis`),
+//!   a flight asks Redis before Composio: it adopts a verdict another replica
+//!   recorded, or takes the fleet's lease, verifies, settles, and records its
+//!   verdict for the others after handing it out (`fleet/tier.rs`). Invalidations
+//!   from other replicas arrive as an [`Invalidation`] and take the same path, under
+//!   the same lock, as local ones.
 //! - **A budget for every call.** Waiting for one of `max_concurrent_verifications`
 //!   slots and the upstream call share one `timeout`; a slot obtained with under a
 //!   tenth of it left is given back unused.
