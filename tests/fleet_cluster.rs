@@ -103,4 +103,24 @@ async fn on_a_cluster_replicas_share_verdicts_leases_rejections_and_invalidation
         assert_eq!(client.me(BOB).await.status, 200);
     }
     assert_eq!(composio.calls_for(BOB), 1);
+
+    // A master dies: its slots are gone. Every verdict stays right, and no request
+    // gets a 503 because of it.
+    let mut cluster = cluster;
+    cluster.nodes[0].kill();
+    for n in 0..20 {
+        let key = format!("ak_after_the_crash_{n:04}_000000");
+        composio.add_session(
+            &key,
+            composio_auth::testing::StandIn::document_for("c@example.com", "C", "member"),
+        );
+        for (_, client) in &fleet {
+            assert_eq!(client.me(&key).await.status, 200, "{key}");
+        }
+        assert_eq!(fleet[0].1.me("ak_unknown_key_000000000").await.status, 401);
+    }
+    for (_, client) in &fleet {
+        assert_eq!(client.me(ALICE).await.status, 401);
+        assert_eq!(client.me(BOB).await.status, 200);
+    }
 }
