@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use common::redis::RedisServer;
-use common::{app, builder, composio, serve, within, Capture, Client, ALICE, BOB};
+use common::{app, builder, composio, eventually, serve, within, Capture, Client, ALICE, BOB};
 use composio_auth::testing::{Reply, StandIn};
 use composio_auth::{ComposioAuthBuilder, ComposioAuthLayer, RedisCache};
 
@@ -42,19 +42,17 @@ async fn replicas(
     replicas
 }
 
-/// The Redis key of the one verdict recorded (waiting for the write, which follows
-/// the answer).
+/// The Redis keys of recorded verdicts.
+const VERDICTS: &str = "composio-auth:*:v";
+
+/// The Redis key of the first verdict recorded (waiting for the write, which
+/// follows the answer).
 async fn recorded(redis: &RedisServer) -> String {
-    within("a verdict recorded in Redis", async {
-        loop {
-            let keys = redis.cli(&["--scan", "--pattern", "composio-auth:*:v*"]);
-            if let Some(key) = keys.lines().next() {
-                return key.to_owned();
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("a verdict recorded in Redis", || {
+        !redis.keys(VERDICTS).is_empty()
     })
-    .await
+    .await;
+    redis.keys(VERDICTS).remove(0)
 }
 
 /// Polls `replica` with `key` until it is refused; how long that took.
@@ -353,17 +351,10 @@ async fn refresh_ahead_takes_a_fresher_verdict_from_redis_before_calling_composi
     // Replica 0 refreshes from Composio and records the fresher verdict.
     assert_eq!(fleet[0].1.me(ALICE).await.status, 200);
     within("replica 0's refresh", composio.wait_for_calls(2)).await;
-    within("the fresher verdict in Redis", async {
-        loop {
-            let keys = redis.cli(&["--scan", "--pattern", "composio-auth:*:v*"]);
-            if let Some(key) = keys.lines().next() {
-                let pttl: i64 = redis.cli(&["pttl", key]).trim().parse().unwrap_or(-2);
-                if pttl > 500 {
-                    break;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    let key = recorded(&redis).await;
+    eventually("the fresher verdict in Redis", || {
+        let pttl: i64 = redis.cli(&["pttl", &key]).trim().parse().unwrap_or(-2);
+        pttl > 500
     })
     .await;
     // Replica 1's refresh takes it from Redis: no third call.
@@ -395,19 +386,11 @@ async fn undecided_outcomes_are_never_written_to_redis() {
     composio.fail_with(Reply::html(502));
     assert_eq!(fleet[0].1.me(ALICE).await.status, 503);
     // The lease is given back once the outcome is known; nothing else is written.
-    within("the lease given back", async {
-        while !redis
-            .cli(&["--scan", "--pattern", "composio-auth:*:lock"])
-            .is_empty()
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("the lease given back", || {
+        redis.keys("composio-auth:*:lock").is_empty()
     })
     .await;
-    assert_eq!(
-        redis.cli(&["--scan", "--pattern", "composio-auth:*:v*"]),
-        ""
-    );
+    assert_eq!(redis.keys(VERDICTS), Vec::<String>::new());
     composio.recover();
     assert_eq!(fleet[1].1.me(ALICE).await.status, 200);
     assert_eq!(composio.calls(), 2);
@@ -430,23 +413,12 @@ async fn a_tampered_value_is_a_miss_logged_at_warn_never_a_session() {
     assert_eq!(capture.count_containing("does not open"), 1);
     // A value moved under another key's name does not open either.
     assert_eq!(fleet[0].1.me(BOB).await.status, 200);
-    within("BOB's verdict recorded", async {
-        while redis
-            .cli(&["--scan", "--pattern", "composio-auth:*:v*"])
-            .lines()
-            .count()
-            < 2
-        {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    })
-    .await;
+    eventually("BOB's verdict recorded", || redis.keys(VERDICTS).len() == 2).await;
     let bob_key = redis
-        .cli(&["--scan", "--pattern", "composio-auth:*:v*"])
-        .lines()
+        .keys(VERDICTS)
+        .into_iter()
         .find(|k| *k != key)
-        .expect("BOB's verdict")
-        .to_owned();
+        .expect("BOB's verdict");
     redis.cli(&["copy", &key, &bob_key, "replace"]);
     redis.cli(&["pexpire", &bob_key, "60000"]);
     let other = builder(&composio)

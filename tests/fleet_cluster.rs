@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use axum::http::StatusCode;
 use common::redis::RedisCluster;
-use common::{app, builder, composio, serve, within, Capture, Client, ALICE, BOB};
+use common::{app, builder, composio, eventually, serve, within, Capture, Client, ALICE, BOB};
 use composio_auth::{ComposioAuthLayer, RedisCache};
 
 const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
@@ -69,10 +69,8 @@ async fn on_a_cluster_replicas_share_verdicts_leases_rejections_and_invalidation
     assert_eq!(composio.calls_for(BOB), 1);
 
     // Every Redis key of one API key lives in one slot (hash tags).
-    within("BOB's verdict recorded", async {
-        while cluster.keys("composio-auth:*:v").len() < 3 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
+    eventually("BOB's verdict recorded", || {
+        cluster.keys("composio-auth:*:v").len() == 3
     })
     .await;
     composio.revoke(ALICE);

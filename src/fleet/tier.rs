@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use http::{HeaderValue, StatusCode};
 use redis::streams::StreamMaxlen;
-use redis::{AsyncCommands, Script, Value};
+use redis::{AsyncCommands, Script, ScriptInvocation, Value};
 
 use super::link::{Links, Servers};
 use super::listener::Subscription;
@@ -152,6 +152,13 @@ impl Entry {
             .open(&self.context(epoch), sealed)
             .map(Some)
             .ok_or(())
+    }
+
+    /// `script` with this entry's keys, in the order every script takes them.
+    fn keys<'a>(&self, script: &'a Script) -> ScriptInvocation<'a> {
+        let mut invocation = script.prepare_invoke();
+        invocation.key(&self.value).key(&self.lock).key(&self.gen);
+        invocation
     }
 
     fn context(&self, epoch: &[u8; 8]) -> String {
@@ -312,10 +319,8 @@ impl Fleet {
             let reply: Option<Value> = self
                 .links
                 .run(|mut link| async move {
-                    self.scripts[0]
-                        .key(&entry_ref.value)
-                        .key(&entry_ref.lock)
-                        .key(&entry_ref.gen)
+                    entry_ref
+                        .keys(&self.scripts[0])
                         .arg(floor.as_millis() as u64)
                         .arg(token_ref)
                         .arg(self.lease.as_millis() as u64)
@@ -386,10 +391,8 @@ impl Fleet {
         let written: Option<i64> = self
             .links
             .run(|mut link| async move {
-                self.scripts[1]
-                    .key(&entry.value)
-                    .key(&entry.lock)
-                    .key(&entry.gen)
+                entry
+                    .keys(&self.scripts[1])
                     .arg(&record.gen)
                     .arg(&record.token)
                     .arg(value)
@@ -408,15 +411,13 @@ impl Fleet {
         let gen_life = self.lives.session.max(self.lives.rejection) + self.lease + self.wait;
         for (header, _) in keys {
             // The one value key of every epoch.
-            let entry = self.entry(*header, key, 0);
+            let entry = &self.entry(*header, key, 0);
             let gen = self.random_word();
             let forgotten: Option<i64> = self
                 .links
                 .run(|mut link| async move {
-                    self.scripts[2]
-                        .key(&entry.value)
-                        .key(&entry.lock)
-                        .key(&entry.gen)
+                    entry
+                        .keys(&self.scripts[2])
                         .arg(gen)
                         .arg(gen_life.as_millis() as u64)
                         .invoke_async(&mut link)

@@ -28,6 +28,17 @@ pub async fn within<F: std::future::Future>(what: &str, future: F) -> F::Output 
         .unwrap_or_else(|_| panic!("waited 10 s for {what}"))
 }
 
+/// Polls `condition` every 5 ms until it holds, or panics naming `what` after 10 s:
+/// for state outside the process (Redis) that signals nothing.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    within(what, async {
+        while !condition() {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    })
+    .await;
+}
+
 pub const ALICE: &str = "ak_alice_0123456789abcdef";
 pub const BOB: &str = "ak_bob_0123456789abcdefgh";
 

@@ -98,6 +98,14 @@ impl RedisServer {
         cli(self.port, args)
     }
 
+    /// The keys matching `pattern` (`SCAN`).
+    pub fn keys(&self, pattern: &str) -> Vec<String> {
+        self.cli(&["--scan", "--pattern", pattern])
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Kills the server (as a crash would: its data is gone).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -261,14 +269,6 @@ impl RedisCluster {
 
     /// Every key on every node matching `pattern`.
     pub fn keys(&self, pattern: &str) -> Vec<String> {
-        self.nodes
-            .iter()
-            .flat_map(|n| {
-                n.cli(&["--scan", "--pattern", pattern])
-                    .lines()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            })
-            .collect()
+        self.nodes.iter().flat_map(|n| n.keys(pattern)).collect()
     }
 }
