@@ -639,3 +639,42 @@ async fn an_acl_limited_to_the_prefix_and_the_layers_commands_is_enough() {
         .await
         .expect("allowed by the ACL");
 }
+
+#[tokio::test]
+async fn over_tls_replicas_share_and_check_the_servers_certificate() {
+    let redis = RedisServer::start_tls();
+    let url = format!("rediss://127.0.0.1:{}", redis.tls_port.unwrap());
+    let composio = composio().await;
+    let cache = RedisCache::new(&url, PEPPER)
+        .unwrap()
+        .root_certificate(redis.ca_pem())
+        .budget(BUDGET);
+    let fleet = replicas(&composio, cache, 2, |b| b).await;
+    for (_, client) in &fleet {
+        assert_eq!(client.me(ALICE).await.status, 200);
+    }
+    assert_eq!(composio.calls(), 1, "shared over TLS");
+    composio.revoke(ALICE);
+    fleet[0]
+        .0
+        .invalidate(ALICE)
+        .await
+        .expect("Redis reachable over TLS");
+    until_refused(&fleet[1].1, ALICE).await;
+
+    // A replica that does not trust the server's CA shares nothing, and fails
+    // nothing: its verdicts are its own.
+    let untrusting = RedisCache::new(&url, PEPPER)
+        .unwrap()
+        .budget(Duration::from_millis(300));
+    let alone = replicas(&composio, untrusting, 1, |b| b).await;
+    assert_eq!(fleet[0].1.me(BOB).await.status, 200);
+    recorded(&redis).await;
+    assert_eq!(alone[0].1.me(BOB).await.status, 200);
+    assert_eq!(
+        composio.calls_for(BOB),
+        2,
+        "nothing read from an untrusted server"
+    );
+    assert!(alone[0].0.invalidate(BOB).await.is_err());
+}

@@ -4,23 +4,27 @@
 //! next operation opens another; that is all the reconnecting there is.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::aio::{ConnectionLike, MultiplexedConnection};
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::{
-    AsyncConnectionConfig, Cmd, ConnectionInfo, Pipeline, RedisFuture, RedisResult, Value,
+    AsyncConnectionConfig, Cmd, ConnectionInfo, Pipeline, RedisFuture, RedisResult,
+    TlsCertificates, Value,
 };
 
 use super::breaker::Breaker;
 use crate::per_runtime::PerRuntime;
 
-/// Where Redis is.
+/// Where Redis is: one server, or a cluster's seed nodes; and the root certificate
+/// that `rediss://` servers are verified against, when not the platform's.
 #[derive(Clone)]
-pub(crate) enum Servers {
-    Single(Box<ConnectionInfo>),
-    Cluster(Vec<ConnectionInfo>),
+pub(crate) struct Servers {
+    pub(crate) nodes: Vec<ConnectionInfo>,
+    pub(crate) cluster: bool,
+    pub(crate) root_certificate: Option<Arc<[u8]>>,
 }
 
 /// A connection of either kind.
@@ -66,28 +70,44 @@ impl Servers {
         connect_timeout: Duration,
         response_timeout: Option<Duration>,
     ) -> RedisResult<Link> {
-        match self {
-            Self::Single(info) => {
-                let config = AsyncConnectionConfig::new()
-                    .set_connection_timeout(Some(connect_timeout))
-                    .set_response_timeout(response_timeout);
-                let client = redis::Client::open((**info).clone())?;
-                let link = client
-                    .get_multiplexed_async_connection_with_config(&config)
-                    .await?;
-                Ok(Link::Single(link))
+        if self.cluster {
+            let mut builder = ClusterClient::builder(self.nodes.clone())
+                .connection_timeout(connect_timeout)
+                .retries(1);
+            if let Some(timeout) = response_timeout {
+                builder = builder.response_timeout(timeout);
             }
-            Self::Cluster(nodes) => {
-                let mut builder = ClusterClient::builder(nodes.clone())
-                    .connection_timeout(connect_timeout)
-                    .retries(1);
-                if let Some(timeout) = response_timeout {
-                    builder = builder.response_timeout(timeout);
-                }
-                let link = builder.build()?.get_async_connection().await?;
-                Ok(Link::Cluster(link))
+            if let Some(certificates) = self.certificates() {
+                builder = builder.certs(certificates);
             }
+            let link = builder.build()?.get_async_connection().await?;
+            return Ok(Link::Cluster(link));
         }
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(connect_timeout))
+            .set_response_timeout(response_timeout);
+        let link = self
+            .client()?
+            .get_multiplexed_async_connection_with_config(&config)
+            .await?;
+        Ok(Link::Single(link))
+    }
+
+    /// The client of the one server (its first node), with the root certificate
+    /// when one is set. Also what checks that certificate, without any network.
+    pub(crate) fn client(&self) -> RedisResult<redis::Client> {
+        let node = self.nodes[0].clone();
+        match self.certificates() {
+            Some(certificates) => redis::Client::build_with_tls(node, certificates),
+            None => redis::Client::open(node),
+        }
+    }
+
+    fn certificates(&self) -> Option<TlsCertificates> {
+        self.root_certificate.as_ref().map(|pem| TlsCertificates {
+            client_tls: None,
+            root_cert: Some(pem.to_vec()),
+        })
     }
 }
 

@@ -58,10 +58,7 @@ impl RedisCache {
     /// When the URL does not parse or has another scheme, or the pepper is shorter
     /// than 32 bytes. The message never contains the URL's password.
     pub fn new(url: &str, pepper: impl AsRef<[u8]>) -> Result<Self, Error> {
-        Self::with(
-            Servers::Single(Box::new(connection_info(url)?)),
-            pepper.as_ref(),
-        )
+        Self::with(vec![connection_info(url)?], false, pepper.as_ref())
     }
 
     /// A Redis Cluster, given one or more of its nodes (the others are discovered).
@@ -83,10 +80,10 @@ impl RedisCache {
                 "RedisCache::cluster needs at least one node URL",
             ));
         }
-        Self::with(Servers::Cluster(nodes), pepper.as_ref())
+        Self::with(nodes, true, pepper.as_ref())
     }
 
-    fn with(servers: Servers, pepper: &[u8]) -> Result<Self, Error> {
+    fn with(nodes: Vec<ConnectionInfo>, cluster: bool, pepper: &[u8]) -> Result<Self, Error> {
         if pepper.len() < MIN_PEPPER_LEN {
             return Err(Error::new(format!(
                 "the Redis pepper is {} bytes; it must be at least {MIN_PEPPER_LEN} random bytes, the same on every replica",
@@ -94,7 +91,11 @@ impl RedisCache {
             )));
         }
         Ok(Self {
-            servers,
+            servers: Servers {
+                nodes,
+                cluster,
+                root_certificate: None,
+            },
             pepper: pepper.into(),
             prefix: "composio-auth:".to_owned(),
             budget: Duration::from_millis(100),
@@ -129,7 +130,36 @@ impl RedisCache {
         self
     }
 
+    /// The certificate (PEM) of the authority that signed the `rediss://` servers'
+    /// certificates, when it is not among the platform's roots (a private CA).
+    /// Checked by [`build`](crate::ComposioAuthBuilder::build).
+    #[must_use]
+    pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Self {
+        self.servers.root_certificate = Some(pem.as_ref().into());
+        self
+    }
+
     pub(crate) fn validate(&self) -> Result<(), Error> {
+        if self.servers.root_certificate.is_some() {
+            let all_tls = self
+                .servers
+                .nodes
+                .iter()
+                .all(|node| matches!(node.addr(), ConnectionAddr::TcpTls { .. }));
+            if !all_tls {
+                return Err(Error::new(
+                    "a Redis root_certificate needs rediss:// URLs (TLS)",
+                ));
+            }
+            let pem = self.servers.root_certificate.as_deref().unwrap_or_default();
+            let marker = b"-----BEGIN CERTIFICATE-----";
+            let has_certificate = pem.windows(marker.len()).any(|w| w == marker);
+            if !has_certificate || self.servers.client().is_err() {
+                return Err(Error::new(
+                    "the Redis root_certificate is not a PEM certificate",
+                ));
+            }
+        }
         if self.prefix.len() > MAX_PREFIX_LEN || self.prefix.contains(['{', '}']) {
             return Err(Error::new(format!(
                 "the Redis key prefix must be at most {MAX_PREFIX_LEN} bytes, without '{{' or '}}'"
@@ -179,13 +209,14 @@ impl fmt::Debug for RedisCache {
             ConnectionAddr::TcpTls { host, port, .. } => format!("rediss://{host}:{port}"),
             other => format!("{other:?}"),
         };
-        let servers: Vec<String> = match &self.servers {
-            Servers::Single(info) => vec![address(info)],
-            Servers::Cluster(nodes) => nodes.iter().map(address).collect(),
-        };
+        let servers: Vec<String> = self.servers.nodes.iter().map(address).collect();
         f.debug_struct("RedisCache")
             .field("servers", &servers)
-            .field("cluster", &matches!(self.servers, Servers::Cluster(_)))
+            .field("cluster", &self.servers.cluster)
+            .field(
+                "root_certificate",
+                &self.servers.root_certificate.as_ref().map(|_| "set"),
+            )
             .field("pepper", &"<redacted>")
             .field("prefix", &self.prefix)
             .field("budget", &self.budget)
@@ -237,6 +268,11 @@ mod tests {
             .lease_wait(Duration::from_secs(61))
             .validate()
             .is_err());
+        let tls = || RedisCache::new("rediss://h:1", PEPPER).unwrap();
+        let refused = |cache: RedisCache| cache.validate().unwrap_err().to_string();
+        assert!(refused(base().root_certificate("x")).contains("rediss://"));
+        assert!(refused(tls().root_certificate("not a certificate")).contains("PEM"));
+        assert!(tls().validate().is_ok());
     }
 
     #[test]

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 /// One `redis-server` on loopback.
 pub struct RedisServer {
     pub port: u16,
+    /// The TLS port, for a server started by [`RedisServer::start_tls`].
+    pub tls_port: Option<u16>,
     dir: PathBuf,
     child: Option<Child>,
     extra: Vec<String>,
@@ -38,12 +40,100 @@ impl RedisServer {
         std::fs::create_dir_all(&dir).expect("a directory for redis-server");
         let mut server = Self {
             port,
+            tls_port: None,
             dir,
             child: None,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         };
         server.spawn();
         server
+    }
+
+    /// Starts a server that also listens with TLS, its certificate (for
+    /// `127.0.0.1`) signed by a CA made for it; see [`RedisServer::ca_pem`].
+    pub fn start_tls() -> Self {
+        let port = free_port();
+        let tls_port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("composio-auth-redis-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for redis-server");
+        let openssl = |args: &[&str]| {
+            let status = Command::new("openssl")
+                .args(args)
+                .current_dir(&dir)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .expect("openssl on PATH");
+            assert!(status.success(), "openssl {args:?}");
+        };
+        let ec = [
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ];
+        let mut ca = vec![
+            "req",
+            "-x509",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=composio-auth test CA",
+        ];
+        ca.extend(ec);
+        ca.extend(["-keyout", "ca.key", "-out", "ca.crt"]);
+        openssl(&ca);
+        let mut request = vec!["req", "-subj", "/CN=127.0.0.1"];
+        request.extend(ec);
+        request.extend(["-keyout", "server.key", "-out", "server.csr"]);
+        openssl(&request);
+        std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1\n").unwrap();
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "san.ext",
+            "-out",
+            "server.crt",
+        ]);
+        let path = |name: &str| dir.join(name).to_string_lossy().into_owned();
+        let extra = vec![
+            "--tls-port".to_owned(),
+            tls_port.to_string(),
+            "--tls-cert-file".to_owned(),
+            path("server.crt"),
+            "--tls-key-file".to_owned(),
+            path("server.key"),
+            "--tls-ca-cert-file".to_owned(),
+            path("ca.crt"),
+            "--tls-auth-clients".to_owned(),
+            "no".to_owned(),
+        ];
+        let mut server = Self {
+            port,
+            tls_port: Some(tls_port),
+            dir,
+            child: None,
+            extra,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The CA certificate of a TLS server, PEM.
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.dir.join("ca.crt")).expect("a TLS server's CA")
     }
 
     fn spawn(&mut self) {
