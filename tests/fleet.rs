@@ -678,3 +678,41 @@ async fn over_tls_replicas_share_and_check_the_servers_certificate() {
     );
     assert!(alone[0].0.invalidate(BOB).await.is_err());
 }
+
+#[tokio::test]
+async fn a_verification_in_flight_during_an_invalidation_never_refills_redis() {
+    let (capture, _guard) = Capture::install();
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let fleet = replicas(&composio, shared(&redis), 3, |b| b).await;
+    // Replica 1 asks Composio, which decides (valid) at once but holds its answer.
+    composio.hold();
+    let first = {
+        let client = fleet[1].1.clone();
+        tokio::spawn(async move { client.me(ALICE).await.status })
+    };
+    within("replica 1's call", composio.wait_for_calls(1)).await;
+    // Meanwhile the key is revoked, and invalidated from replica 0.
+    composio.revoke(ALICE);
+    fleet[0].0.invalidate(ALICE).await.expect("Redis reachable");
+    // Replica 1 (the only one subscribed yet: the others have verified nothing)
+    // hears it while its call is held.
+    within(
+        "replica 1 to hear the invalidation",
+        capture.wait_for("invalidation received from the fleet", 1),
+    )
+    .await;
+    composio.release();
+    // The request that was waiting gets that verification's answer...
+    assert_eq!(first.await.unwrap(), 200);
+    // ...but the verdict reached neither replica 1's cache nor Redis: replica 2
+    // finds nothing to adopt and asks Composio, which refuses the key.
+    eventually("the lease given back", || {
+        redis.keys("composio-auth:*:lock").is_empty()
+    })
+    .await;
+    assert_eq!(redis.keys(VERDICTS), Vec::<String>::new());
+    assert_eq!(fleet[2].1.me(ALICE).await.status, 401);
+    assert_eq!(fleet[1].1.me(ALICE).await.status, 401);
+    assert_eq!(composio.calls_for(ALICE), 2);
+}

@@ -260,6 +260,7 @@ impl Running {
     fn apply(&self, message: &StreamId) -> bool {
         let fleet = &self.0;
         let subscription = &fleet.subscription;
+        tracing::debug!(target: TRACING_TARGET, "invalidation received from the fleet");
         if let Some(epoch) = message
             .get::<String>("all")
             .and_then(|e| e.parse::<u64>().ok())
