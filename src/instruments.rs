@@ -12,6 +12,14 @@
 //! | `composio_auth_upstream_in_flight` | gauge | | upstream calls in progress |
 //! | `composio_auth_cache_entries` | gauge | `tier`: `sessions`, `rejections` | entries held, updated as verdicts are cached or invalidated |
 //!
+//! With a shared cache (feature `redis`), also:
+//!
+//! | name | type | labels | meaning |
+//! |---|---|---|---|
+//! | `composio_auth_shared_total` | counter | `result`: `adopted`, `verified`, `alone` | local misses, by what the fleet gave: a verdict another replica recorded; the lease (this replica asked Composio for the fleet); nothing (Redis unusable, or another replica's lease held too long) |
+//! | `composio_auth_shared_invalidations_total` | counter | `direction`: `sent`, `received` | invalidations published by this replica, and read from the stream (its own included) |
+//! | `composio_auth_shared_subscribed` | gauge | | 1 while the replica is subscribed to the fleet's invalidations (it shares only then), else 0 |
+//!
 //! Without the feature every method here is empty and inlined away.
 
 use crate::cache::CachedVerdicts;
@@ -38,6 +46,23 @@ impl Answer {
     }
 }
 
+/// What consulting the shared tier gave a local miss.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Shared {
+    Adopted,
+    Verified,
+    Alone,
+}
+
+/// Which way an invalidation went through the fleet's stream.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Direction {
+    Sent,
+    Received,
+}
+
 /// What a request's lookup found.
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Lookup {
@@ -58,7 +83,7 @@ mod enabled {
 
     use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
-    use super::{Answer, CachedVerdicts, Lookup, Verdict};
+    use super::{Answer, CachedVerdicts, Direction, Lookup, Shared, Verdict};
 
     /// The layer's metric handles.
     pub(crate) struct Instruments {
@@ -68,10 +93,31 @@ mod enabled {
         duration: Histogram,
         in_flight: Gauge,
         entries: [Gauge; 2],
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+        fleet: Option<Fleet>,
+    }
+
+    /// The shared tier's handles, registered only for a layer with one.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    struct Fleet {
+        shared: [Counter; 3],
+        invalidations: [Counter; 2],
+        subscribed: Gauge,
     }
 
     impl Instruments {
-        pub(crate) fn new() -> Self {
+        /// The handles of a layer; `shared`: with a shared cache.
+        pub(crate) fn new(shared: bool) -> Self {
+            let fleet = shared.then(|| {
+                Fleet {
+                shared: ["adopted", "verified", "alone"]
+                    .map(|result| counter!("composio_auth_shared_total", "result" => result)),
+                invalidations: ["sent", "received"].map(|direction| {
+                    counter!("composio_auth_shared_invalidations_total", "direction" => direction)
+                }),
+                subscribed: gauge!("composio_auth_shared_subscribed"),
+            }
+            });
             let requests = [
                 "allowed",
                 "stale",
@@ -94,6 +140,28 @@ mod enabled {
                 duration: histogram!("composio_auth_upstream_duration_seconds"),
                 in_flight: gauge!("composio_auth_upstream_in_flight"),
                 entries,
+                fleet,
+            }
+        }
+
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+        pub(crate) fn shared(&self, result: Shared) {
+            if let Some(fleet) = &self.fleet {
+                fleet.shared[result as usize].increment(1);
+            }
+        }
+
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+        pub(crate) fn invalidation(&self, direction: Direction) {
+            if let Some(fleet) = &self.fleet {
+                fleet.invalidations[direction as usize].increment(1);
+            }
+        }
+
+        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+        pub(crate) fn subscribed(&self, subscribed: bool) {
+            if let Some(fleet) = &self.fleet {
+                fleet.subscribed.set(f64::from(u8::from(subscribed)));
             }
         }
 
@@ -134,15 +202,25 @@ mod enabled {
 mod disabled {
     use std::time::Instant;
 
-    use super::{Answer, CachedVerdicts, Lookup, Verdict};
+    use super::{Answer, CachedVerdicts, Direction, Lookup, Shared, Verdict};
 
     /// No metrics: every method is empty.
     pub(crate) struct Instruments;
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     impl Instruments {
-        pub(crate) fn new() -> Self {
+        pub(crate) fn new(_: bool) -> Self {
             Self
         }
+
+        #[inline(always)]
+        pub(crate) fn shared(&self, _: Shared) {}
+
+        #[inline(always)]
+        pub(crate) fn invalidation(&self, _: Direction) {}
+
+        #[inline(always)]
+        pub(crate) fn subscribed(&self, _: bool) {}
 
         #[inline(always)]
         pub(crate) fn answered(&self, _: Answer) {}

@@ -478,7 +478,10 @@ impl ComposioAuthBuilder {
         let fleet = self.fleet(&base_url);
         let secret = fleet.as_ref().map(|fleet| fleet.local_digest_secret());
         let cache = Arc::new(VerdictCache::keyed(policy, &base_url, secret));
-        let instruments = Arc::new(Instruments::new());
+        let instruments = fleet.as_ref().map_or_else(
+            || Arc::new(Instruments::new(false)),
+            |fleet| fleet.instruments(),
+        );
         let verifications = Verifications::new(
             Arc::clone(&cache),
             upstream,
@@ -509,7 +512,10 @@ impl ComposioAuthBuilder {
     #[cfg(feature = "redis")]
     fn fleet(&self, base_url: &str) -> Option<Arc<Fleet>> {
         let cache = self.shared_cache.as_ref()?;
+        // The fleet's handles are the layer's, with the shared tier's registered.
+        let instruments = Arc::new(Instruments::new(true));
         Some(Arc::new(Fleet::new(FleetSettings {
+            instruments,
             servers: cache.servers.clone(),
             pepper: cache.pepper.as_ref().into(),
             prefix: cache.prefix.clone(),

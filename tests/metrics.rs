@@ -137,3 +137,77 @@ async fn the_in_flight_gauge_counts_calls_being_answered() {
     let after = Values::take(&snapshotter);
     assert_eq!(after.gauge("composio_auth_upstream_in_flight", None), -1.0);
 }
+
+#[cfg(feature = "redis")]
+#[tokio::test]
+async fn the_shared_tiers_metrics_move_as_documented() {
+    use common::redis::RedisServer;
+    use composio_auth::RedisCache;
+
+    const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
+    let redis = RedisServer::start();
+    let composio = composio().await;
+    let cache = RedisCache::new(&redis.url(), PEPPER)
+        .unwrap()
+        .budget(Duration::from_secs(2));
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let [a, b] = [(); 2].map(|()| {
+        metrics::with_local_recorder(&recorder, || {
+            builder(&composio)
+                .shared_cache(cache.clone())
+                .build()
+                .unwrap()
+        })
+    });
+    let a_client = Client::new(serve(app(a.clone())).await);
+    let b_client = Client::new(serve(app(b)).await);
+    assert_eq!(a_client.me(ALICE).await.status, 200); // the lease: verified
+    assert_eq!(b_client.me(ALICE).await.status, 200); // adopted
+    composio.revoke(ALICE);
+    a.invalidate(ALICE).await.unwrap(); // sent; received by both replicas
+    common::within("both replicas to receive it", async {
+        while b_client.me(ALICE).await.status != 401 || a_client.me(ALICE).await.status != 401 {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await;
+    let values = Values::take(&snapshotter);
+    let shared = |result| values.counter("composio_auth_shared_total", ("result", result));
+    // Before the invalidation A verified and B adopted; after it, B (asked first)
+    // verified again and A adopted B's refusal.
+    assert_eq!(shared("verified"), 2);
+    assert_eq!(shared("adopted"), 2);
+    assert_eq!(shared("alone"), 0);
+    let invalidations = |direction| {
+        values.counter(
+            "composio_auth_shared_invalidations_total",
+            ("direction", direction),
+        )
+    };
+    assert_eq!(invalidations("sent"), 1);
+    assert_eq!(invalidations("received"), 2);
+    assert_eq!(values.gauge("composio_auth_shared_subscribed", None), 1.0);
+
+    // A replica whose Redis is not there verifies alone, and says it is not
+    // subscribed.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let nowhere = RedisCache::new(&format!("redis://127.0.0.1:{closed}"), PEPPER).unwrap();
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let alone = metrics::with_local_recorder(&recorder, || {
+        builder(&composio).shared_cache(nowhere).build().unwrap()
+    });
+    let client = Client::new(serve(app(alone)).await);
+    assert_eq!(client.me(BOB).await.status, 200);
+    let values = Values::take(&snapshotter);
+    assert_eq!(
+        values.counter("composio_auth_shared_total", ("result", "alone")),
+        1
+    );
+    assert_eq!(values.gauge("composio_auth_shared_subscribed", None), 0.0);
+}

@@ -24,6 +24,7 @@ use tokio::sync::watch;
 
 use super::link::Link;
 use super::tier::{Fleet, STREAM_KEPT};
+use crate::instruments::Direction;
 use crate::verification::{Forget, Invalidation};
 use crate::TRACING_TARGET;
 
@@ -128,19 +129,21 @@ struct Running(Arc<Fleet>);
 
 impl Drop for Running {
     fn drop(&mut self) {
-        let subscription = &self.0.subscription;
-        subscription
-            .status
-            .send_replace(if *subscription.status.borrow() == Status::Starting {
-                Status::Starting
-            } else {
-                Status::Down
-            });
-        subscription.position().running = false;
+        if *self.0.subscription.status.borrow() != Status::Starting {
+            self.set(Status::Down);
+        }
+        self.0.subscription.position().running = false;
     }
 }
 
 impl Running {
+    /// Moves the subscription to `status`; the one it had.
+    fn set(&self, status: Status) -> Status {
+        let fleet = &self.0;
+        fleet.instruments.subscribed(status == Status::Listening);
+        fleet.subscription.status.send_replace(status)
+    }
+
     async fn listen(&self) {
         let fleet = &self.0;
         let budget = fleet.links.budget();
@@ -165,7 +168,7 @@ impl Running {
             match outcome {
                 Ok(()) => return, // the layer is gone
                 Err(error) => {
-                    let was = fleet.subscription.status.send_replace(Status::Down);
+                    let was = self.set(Status::Down);
                     if was != Status::Down {
                         tracing::warn!(target: TRACING_TARGET, error = ?error.kind(), "no subscription to the fleet's invalidations (Redis unreachable or refusing); verdicts are not shared until it is back");
                     }
@@ -226,7 +229,7 @@ impl Running {
         let continuous = matches!((known, first), (Some(last), Some(first)) if first <= last)
             && epoch == subscription.epoch.load(Ordering::Acquire);
         if continuous {
-            subscription.status.send_replace(Status::Listening);
+            self.set(Status::Listening);
             return Ok(known.unwrap_or_default());
         }
         // Where to read from: the end of the stream, marked by a message of our own
@@ -249,7 +252,7 @@ impl Running {
         // reads it meanwhile is voided with the rest just below. On a first
         // subscription, local verdicts exist only if some verification went on
         // without the fleet; verifications waiting for it are left alone.
-        subscription.status.send_replace(Status::Listening);
+        self.set(Status::Listening);
         if known.is_some() || subscription.verified_alone.swap(false, Ordering::AcqRel) {
             subscription.apply(Invalidation::All);
         }
@@ -260,7 +263,12 @@ impl Running {
     fn apply(&self, message: &StreamId) -> bool {
         let fleet = &self.0;
         let subscription = &fleet.subscription;
+        if message.contains_key("hello") {
+            // A replica marking where it starts reading: no invalidation.
+            return true;
+        }
         tracing::debug!(target: TRACING_TARGET, "invalidation received from the fleet");
+        fleet.instruments.invalidation(Direction::Received);
         if let Some(epoch) = message
             .get::<String>("all")
             .and_then(|e| e.parse::<u64>().ok())

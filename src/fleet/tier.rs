@@ -31,6 +31,7 @@ use super::listener::Subscription;
 use super::seal::{Sealer, ValueCipher};
 use crate::credential::CredentialHeader;
 use crate::digest::Digest;
+use crate::instruments::{Direction, Instruments, Shared};
 use crate::upstream::{classify, Answer, Verdict};
 use crate::verification::Forget;
 use crate::TRACING_TARGET;
@@ -106,6 +107,7 @@ pub(crate) type Share = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// The shared tier of one layer.
 pub(crate) struct Fleet {
+    pub(crate) instruments: Arc<Instruments>,
     pub(crate) links: Links,
     pub(crate) sealer: Sealer,
     base_url: String,
@@ -197,6 +199,7 @@ enum Consulted {
 
 /// The settings a fleet takes from its [`RedisCache`](super::RedisCache) and its layer.
 pub(crate) struct FleetSettings {
+    pub(crate) instruments: Arc<Instruments>,
     pub(crate) servers: Servers,
     pub(crate) pepper: Box<[u8]>,
     pub(crate) prefix: String,
@@ -211,6 +214,7 @@ impl Fleet {
     pub(crate) fn new(settings: FleetSettings) -> Self {
         let prefix = settings.prefix;
         Self {
+            instruments: settings.instruments,
             links: Links::new(settings.servers, settings.budget),
             sealer: Sealer::new(&settings.pepper),
             base_url: settings.base_url,
@@ -230,6 +234,11 @@ impl Fleet {
     /// The SipHash key of this layer's local digests: the same on every replica.
     pub(crate) fn local_digest_secret(&self) -> (u64, u64) {
         self.sealer.local_digest_secret()
+    }
+
+    /// The layer's metric handles, the shared tier's included.
+    pub(crate) fn instruments(&self) -> Arc<Instruments> {
+        Arc::clone(&self.instruments)
     }
 
     /// Lets the stream's invalidations reach this layer's verifications.
@@ -280,6 +289,7 @@ impl Fleet {
                         }
                         verdict => {
                             tracing::debug!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict adopted from Redis");
+                            self.instruments.shared(Shared::Adopted);
                             return (verdict, sent_at, None);
                         }
                     }
@@ -288,6 +298,12 @@ impl Fleet {
             }
             Consulted::Verify(record) => record,
         };
+        let leased = record.as_ref().is_some_and(|r| !r.token.is_empty());
+        self.instruments.shared(if leased {
+            Shared::Verified
+        } else {
+            Shared::Alone
+        });
         let (verdict, sent_at, answer) = call(key).await;
         let share = match (record, answer) {
             (Some(record), Some(answer)) => {
@@ -467,6 +483,9 @@ impl Fleet {
                     .await
             })
             .await;
+        if id.is_some() {
+            self.instruments.invalidation(Direction::Sent);
+        }
         id.is_some()
     }
 }
