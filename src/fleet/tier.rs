@@ -305,20 +305,11 @@ impl Fleet {
             Shared::Alone
         });
         let (verdict, sent_at, answer) = call(key).await;
-        let share = match (record, answer) {
-            (Some(record), Some(answer)) => {
-                let fleet = Arc::clone(self);
-                Some(
-                    Box::pin(async move { fleet.record(record, Some((answer, sent_at))).await })
-                        as Share,
-                )
-            }
-            (Some(record), None) => {
-                let fleet = Arc::clone(self);
-                Some(Box::pin(async move { fleet.record(record, None).await }) as Share)
-            }
-            (None, _) => None,
-        };
+        let share = record.map(|record| {
+            let fleet = Arc::clone(self);
+            let answer = answer.map(|answer| (answer, sent_at));
+            Box::pin(async move { fleet.record(record, answer).await }) as Share
+        });
         (verdict, sent_at, share)
     }
 
