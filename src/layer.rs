@@ -114,14 +114,16 @@ impl ComposioAuthLayer {
             .iter()
             .map(|h| (h, state.cache.digest(h, api_key.as_bytes())))
             .collect();
-        state
+        if state
             .verifications
-            .invalidate(digests.iter().map(|(_, digest)| *digest));
-        match state.verifications.fleet() {
-            Some(fleet) if !fleet.invalidate(api_key.as_bytes(), &digests).await => Err(
-                Error::unreachable("the key was forgotten on this replica only"),
-            ),
-            _ => Ok(()),
+            .invalidate_everywhere(api_key.as_bytes(), &digests)
+            .await
+        {
+            Ok(())
+        } else {
+            Err(Error::unreachable(
+                "the key was forgotten on this replica only",
+            ))
         }
     }
 
@@ -137,13 +139,12 @@ impl ComposioAuthLayer {
     /// As [`invalidate`](Self::invalidate): Redis could not be reached, and only
     /// this replica forgot its verdicts.
     pub async fn invalidate_all(&self) -> Result<(), Error> {
-        let state = &self.state;
-        state.verifications.invalidate_all();
-        match state.verifications.fleet() {
-            Some(fleet) if !fleet.invalidate_all().await => Err(Error::unreachable(
+        if self.state.verifications.invalidate_all_everywhere().await {
+            Ok(())
+        } else {
+            Err(Error::unreachable(
                 "every key was forgotten on this replica only",
-            )),
-            _ => Ok(()),
+            ))
         }
     }
 

@@ -140,11 +140,6 @@ impl Verifications {
         Self { state }
     }
 
-    /// The shared tier, if this layer has one.
-    pub(crate) fn fleet(&self) -> Option<&Arc<Fleet>> {
-        self.state.fleet.as_ref()
-    }
-
     /// For a request whose lookup missed: the key's flight on this runtime; or a
     /// verdict that landed since the lookup; or a new flight.
     pub(crate) fn join_or_start(
@@ -290,6 +285,41 @@ impl Verifications {
     /// As [`invalidate`](Self::invalidate), for every key.
     pub(crate) fn invalidate_all(&self) {
         self.state.forget_all();
+    }
+
+    /// [`invalidate`](Self::invalidate) here at once, then on every replica sharing
+    /// the fleet, if there is one; `false` if Redis could not be reached.
+    pub(crate) async fn invalidate_everywhere(
+        &self,
+        key: &[u8],
+        digests: &[(CredentialHeader, Digest)],
+    ) -> bool {
+        let here = || self.invalidate(digests.iter().map(|(_, digest)| *digest));
+        here();
+        let Some(fleet) = &self.state.fleet else {
+            return true;
+        };
+        tracing::debug!(target: TRACING_TARGET, "invalidated on this replica; now on the fleet");
+        let reached = fleet.invalidate(key, digests).await;
+        // A verification that began since `here()` may have read the key's verdict
+        // from Redis before it left: it settles nothing either.
+        here();
+        reached
+    }
+
+    /// As [`invalidate_everywhere`](Self::invalidate_everywhere), for every key.
+    pub(crate) async fn invalidate_all_everywhere(&self) -> bool {
+        self.invalidate_all();
+        let Some(fleet) = &self.state.fleet else {
+            return true;
+        };
+        tracing::debug!(target: TRACING_TARGET, "invalidated on this replica; now on the fleet");
+        // The new epoch applies here as soon as Redis has it...
+        let reached = fleet.invalidate_all().await;
+        // ...and a verification that began meanwhile, in the old epoch, settles
+        // nothing.
+        self.invalidate_all();
+        reached
     }
 }
 

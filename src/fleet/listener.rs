@@ -98,6 +98,11 @@ impl Subscription {
         listening.then(|| self.epoch.load(Ordering::Acquire))
     }
 
+    /// Reads and records in `epoch` from now on (this replica just started it).
+    pub(crate) fn enter_epoch(&self, epoch: u64) {
+        self.epoch.store(epoch, Ordering::Release);
+    }
+
     /// Starts the subscription task on this runtime unless it runs.
     pub(crate) fn start(&self, fleet: &Arc<Fleet>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {

@@ -459,6 +459,7 @@ impl Fleet {
             .await;
         match epoch {
             Some(epoch) => {
+                self.subscription.enter_epoch(epoch);
                 self.publish(&[("all", epoch.to_string().into_bytes())])
                     .await
             }
