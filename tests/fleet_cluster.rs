@@ -102,6 +102,38 @@ async fn on_a_cluster_replicas_share_verdicts_leases_rejections_and_invalidation
     }
     assert_eq!(composio.calls_for(BOB), 1);
 
+    // A master stops answering (SIGSTOP): replicas with a short Redis budget wait
+    // at most that budget per request, and every verdict stays right.
+    let cache = RedisCache::cluster(cluster.urls(), PEPPER)
+        .unwrap()
+        .budget(Duration::from_millis(200));
+    let mut impatient = Vec::new();
+    for _ in 0..2 {
+        let layer = builder(&composio)
+            .shared_cache(cache.clone())
+            .build()
+            .unwrap();
+        impatient.push(Client::new(serve(app(layer)).await));
+    }
+    cluster.nodes[1].freeze();
+    for n in 0..10 {
+        let key = format!("ak_while_frozen_{n:04}_000000");
+        composio.add_session(
+            &key,
+            composio_auth::testing::StandIn::document_for("f@example.com", "F", "member"),
+        );
+        for client in &impatient {
+            let started = std::time::Instant::now();
+            assert_eq!(client.me(&key).await.status, 200, "{key}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{:?}",
+                started.elapsed()
+            );
+        }
+    }
+    cluster.nodes[1].thaw();
+
     // A master dies: its slots are gone. Every verdict stays right, and no request
     // gets a 503 because of it.
     let mut cluster = cluster;
