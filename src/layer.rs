@@ -404,8 +404,10 @@ impl ComposioAuthBuilder {
     /// not loopback, or carries credentials, a query or a fragment; when a session
     /// path does not start with `/`; when `ttl` or `timeout` is zero; when a duration
     /// exceeds a year; when a capacity or `max_concurrent_verifications` is zero;
-    /// when no credential header is accepted; or when the HTTP client cannot be built.
-    /// The message says which setting to fix.
+    /// when no credential header is accepted; when the HTTP client cannot be built;
+    /// or, with a shared cache (feature `redis`), when its prefix, budget,
+    /// `lease_wait` or root certificate is unusable. The message says which setting
+    /// to fix.
     pub fn build(self) -> Result<ComposioAuthLayer, Error> {
         let base_url = match &self.base_url {
             Some(url) => url.clone(),
