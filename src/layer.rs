@@ -92,7 +92,7 @@ impl ComposioAuthLayer {
     /// verification in flight get its answer. Other keys are untouched: their
     /// entries and verifications stay.
     ///
-    /// With a [`shared_cache`](ComposioAuthBuilder::shared_cache), when it returns
+    /// With a shared cache (`ComposioAuthBuilder::shared_cache`), when it returns
     /// `Ok`: the key's verdict is gone from Redis, no verification in flight on any
     /// replica can record it again, and the invalidation is on the fleet's stream.
     /// Every replica that is subscribed drops the key as soon as it reads the

@@ -105,7 +105,7 @@
 //! - `test-util`: the [`testing`] module.
 //! - `metrics`: counters, gauges and a histogram through the `metrics` facade (see
 //!   the README's Metrics section); install the recorder before building the layer.
-//! - `redis`: `RedisCache`, for [`ComposioAuthBuilder::shared_cache`]: the replicas of
+//! - `redis`: `RedisCache`, for `ComposioAuthBuilder::shared_cache`: the replicas of
 //!   a service share verdicts (one upstream call per key per TTL for the fleet) and
 //!   invalidations (`invalidate` on one replica reaches all of them) through Redis or
 //!   Valkey. See the README's "Running several replicas".
