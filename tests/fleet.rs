@@ -6,22 +6,17 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use axum::http::StatusCode;
-use common::redis::RedisServer;
+use common::redis::{RedisServer, PEPPER};
 use common::{app, builder, composio, eventually, serve, within, Capture, Client, ALICE, BOB};
 use composio_auth::testing::{Reply, StandIn};
 use composio_auth::{ComposioAuthBuilder, ComposioAuthLayer, RedisCache};
-
-const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
 
 /// A Redis budget generous enough that a loaded machine never makes these tests
 /// go on without Redis (the fault tests use short ones).
 const BUDGET: Duration = Duration::from_secs(2);
 
 fn shared(redis: &RedisServer) -> RedisCache {
-    RedisCache::new(&redis.url(), PEPPER)
-        .unwrap()
-        .budget(BUDGET)
+    redis.cache(BUDGET)
 }
 
 /// `n` replicas of one service (each a layer served on its own port) sharing `redis`.
@@ -53,18 +48,6 @@ async fn recorded(redis: &RedisServer) -> String {
     })
     .await;
     redis.keys(VERDICTS).remove(0)
-}
-
-/// Polls `replica` with `key` until it is refused; how long that took.
-async fn until_refused(replica: &Client, key: &str) -> Duration {
-    let started = Instant::now();
-    within("the replica to refuse the key", async {
-        while replica.me(key).await.status != StatusCode::UNAUTHORIZED {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
-    started.elapsed()
 }
 
 #[tokio::test]
@@ -178,7 +161,7 @@ async fn invalidate_on_one_replica_reaches_every_replica_and_their_fronts() {
     fleet[0].0.invalidate(ALICE).await.expect("Redis reachable");
     assert_eq!(fleet[0].1.me(ALICE).await.status, 401);
     for (_, client) in &fleet[1..] {
-        let took = until_refused(client, ALICE).await;
+        let took = client.until_refused(ALICE).await;
         assert!(took < Duration::from_secs(1), "refused after {took:?}");
     }
     // Other keys are untouched everywhere.
@@ -201,8 +184,8 @@ async fn invalidate_all_on_one_replica_reaches_every_replica() {
     composio.revoke(BOB);
     fleet[2].0.invalidate_all().await.expect("Redis reachable");
     for (_, client) in &fleet {
-        until_refused(client, ALICE).await;
-        until_refused(client, BOB).await;
+        client.until_refused(ALICE).await;
+        client.until_refused(BOB).await;
     }
 }
 
@@ -252,7 +235,7 @@ async fn an_invalidation_sent_while_a_replica_was_not_subscribed_reaches_it_on_r
     // ALICE.
     let b_client = Client::new(serve(app(b.clone())).await);
     assert_eq!(b_client.me("ak_unknown_key_000000000").await.status, 401);
-    until_refused(&b_client, ALICE).await;
+    b_client.until_refused(ALICE).await;
     // Replayed, not guessed: BOB stayed cached on B (no upstream call for it).
     assert_eq!(b_client.me(BOB).await.status, 200);
     assert_eq!(composio.calls_for(BOB), 1);
@@ -574,7 +557,7 @@ async fn two_processes_share_verdicts_and_invalidations_through_one_redis() {
 
     composio.revoke(ALICE);
     ours[0].0.invalidate(ALICE).await.unwrap();
-    let took = until_refused(&other, ALICE).await;
+    let took = other.until_refused(ALICE).await;
     assert!(took < Duration::from_secs(1), "refused after {took:?}");
 
     drop(child.stdin.take());
@@ -632,7 +615,7 @@ async fn an_acl_limited_to_the_prefix_and_the_layers_commands_is_enough() {
         .invalidate(ALICE)
         .await
         .expect("allowed by the ACL");
-    until_refused(&fleet[1].1, ALICE).await;
+    fleet[1].1.until_refused(ALICE).await;
     fleet[1]
         .0
         .invalidate_all()
@@ -660,7 +643,7 @@ async fn over_tls_replicas_share_and_check_the_servers_certificate() {
         .invalidate(ALICE)
         .await
         .expect("Redis reachable over TLS");
-    until_refused(&fleet[1].1, ALICE).await;
+    fleet[1].1.until_refused(ALICE).await;
 
     // A replica that does not trust the server's CA shares nothing, and fails
     // nothing: its verdicts are its own.

@@ -6,12 +6,9 @@ mod common;
 
 use std::time::Duration;
 
-use axum::http::StatusCode;
-use common::redis::RedisCluster;
+use common::redis::{RedisCluster, PEPPER};
 use common::{app, builder, composio, eventually, serve, within, Capture, Client, ALICE, BOB};
 use composio_auth::{ComposioAuthLayer, RedisCache};
-
-const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
 
 async fn replicas(
     composio: &composio_auth::testing::StandIn,
@@ -90,12 +87,7 @@ async fn on_a_cluster_replicas_share_verdicts_leases_rejections_and_invalidation
 
     // The invalidation reaches every replica.
     for (_, client) in &fleet {
-        within("the replica to refuse ALICE", async {
-            while client.me(ALICE).await.status != StatusCode::UNAUTHORIZED {
-                tokio::task::yield_now().await;
-            }
-        })
-        .await;
+        client.until_refused(ALICE).await;
     }
     for (_, client) in &fleet {
         assert_eq!(client.me(BOB).await.status, 200);

@@ -7,12 +7,10 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::RedisServer;
+use common::redis::{nowhere, RedisServer, PEPPER};
 use common::{app, builder, composio, eventually, serve, within, Capture, Client, ALICE, BOB};
 use composio_auth::testing::StandIn;
 use composio_auth::{ComposioAuthLayer, RedisCache};
-
-const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
 
 /// Tests run on a current-thread runtime, so `Capture` sees the layer's events.
 async fn replica(composio: &StandIn, cache: RedisCache) -> (ComposioAuthLayer, Client) {
@@ -34,15 +32,7 @@ fn fresh_keys(composio: &StandIn, n: usize) -> Vec<String> {
 #[tokio::test]
 async fn without_a_reachable_redis_every_verdict_is_right_and_none_is_a_503() {
     let (capture, _guard) = Capture::install();
-    // A port nothing listens on.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let cache = RedisCache::new(&format!("redis://127.0.0.1:{port}"), PEPPER)
-        .unwrap()
-        .budget(Duration::from_millis(200));
+    let cache = nowhere(Duration::from_millis(200));
     let composio = composio().await;
     let (layer, client) = replica(&composio, cache).await;
     for key in fresh_keys(&composio, 10) {
@@ -70,9 +60,7 @@ async fn a_frozen_redis_costs_each_request_at_most_the_budget_then_nothing() {
     let (capture, _guard) = Capture::install();
     let redis = RedisServer::start();
     let budget = Duration::from_millis(1000);
-    let cache = RedisCache::new(&redis.url(), PEPPER)
-        .unwrap()
-        .budget(budget);
+    let cache = redis.cache(budget);
     let composio = composio().await;
     let (_, a) = replica(&composio, cache.clone()).await;
     let (_, b) = replica(&composio, cache).await;
@@ -124,9 +112,7 @@ async fn a_frozen_redis_costs_each_request_at_most_the_budget_then_nothing() {
 #[tokio::test]
 async fn after_a_flush_verdicts_are_shared_again_and_invalidations_still_arrive() {
     let redis = RedisServer::start();
-    let cache = RedisCache::new(&redis.url(), PEPPER)
-        .unwrap()
-        .budget(Duration::from_secs(2));
+    let cache = redis.cache(Duration::from_secs(2));
     let composio = composio().await;
     let (a_layer, a) = replica(&composio, cache.clone()).await;
     let (_, b) = replica(&composio, cache).await;
@@ -142,21 +128,14 @@ async fn after_a_flush_verdicts_are_shared_again_and_invalidations_still_arrive(
     assert_eq!(composio.calls_for(BOB), 1);
     composio.revoke(ALICE);
     a_layer.invalidate(ALICE).await.unwrap();
-    within("B to refuse ALICE", async {
-        while b.me(ALICE).await.status != 401 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+    b.until_refused(ALICE).await;
 }
 
 #[tokio::test]
 async fn a_redis_out_of_memory_refuses_writes_and_no_verdict_suffers() {
     let (capture, _guard) = Capture::install();
     let redis = RedisServer::start();
-    let cache = RedisCache::new(&redis.url(), PEPPER)
-        .unwrap()
-        .budget(Duration::from_secs(2));
+    let cache = redis.cache(Duration::from_secs(2));
     let composio = composio().await;
     let (a_layer, a) = replica(&composio, cache.clone()).await;
     let (_, b) = replica(&composio, cache).await;

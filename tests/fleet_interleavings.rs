@@ -14,14 +14,13 @@ use axum::routing::get;
 use axum::Router;
 use common::pause::Points;
 use common::redis::RedisServer;
-use common::{composio, within};
+use common::{composio, eventually, within};
 use composio_auth::testing::StandIn;
-use composio_auth::{ComposioAuthLayer, RedisCache};
+use composio_auth::ComposioAuthLayer;
 use tokio::runtime::{Builder, Runtime};
 use tower::ServiceExt;
 
 const WAIT: Duration = Duration::from_secs(10);
-const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
 const ROUNDS: usize = 5;
 
 fn runtime() -> Runtime {
@@ -33,12 +32,9 @@ fn runtime() -> Runtime {
 }
 
 fn replica(composio: &StandIn, redis: &RedisServer) -> (ComposioAuthLayer, Router) {
-    let cache = RedisCache::new(&redis.url(), PEPPER)
-        .unwrap()
-        .budget(Duration::from_secs(2));
     let layer = ComposioAuthLayer::builder()
         .base_url(composio.base_url())
-        .shared_cache(cache)
+        .shared_cache(redis.cache(Duration::from_secs(2)))
         .build()
         .unwrap();
     let app = Router::new()
@@ -76,10 +72,8 @@ fn a_verdict_read_from_redis_while_invalidate_runs_is_gone_when_it_returns() {
         composio.add_session(&key, StandIn::example_document());
         // Another replica verifies the key and records it in Redis.
         assert_eq!(call(&requests, &other_app, &key), StatusCode::OK);
-        upstream.block_on(within("the verdict in Redis", async {
-            while redis.keys("composio-auth:*:v").len() <= round {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        upstream.block_on(eventually("the verdict in Redis", || {
+            redis.keys("composio-auth:*:v").len() > round
         }));
         composio.revoke(&key);
 
@@ -126,10 +120,8 @@ fn a_verdict_of_the_old_epoch_read_while_invalidate_all_runs_is_gone_when_it_ret
         let (_, other_app) = replica(&composio, &redis);
         let other_runtime = runtime();
         assert_eq!(call(&other_runtime, &other_app, key), StatusCode::OK);
-        upstream.block_on(within("the verdict in Redis", async {
-            while redis.keys("composio-auth:*:v").is_empty() {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
+        upstream.block_on(eventually("the verdict in Redis", || {
+            !redis.keys("composio-auth:*:v").is_empty()
         }));
     }
     composio.revoke(key);

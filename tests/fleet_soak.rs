@@ -15,9 +15,7 @@ use std::time::{Duration, Instant};
 use common::redis::RedisServer;
 use common::{app, builder, composio, serve, Client};
 use composio_auth::testing::StandIn;
-use composio_auth::RedisCache;
 
-const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
 /// How long after `invalidate` returns `Ok` every replica must refuse the key.
 const GRACE: Duration = Duration::from_secs(1);
 
@@ -47,9 +45,7 @@ async fn replicas_sharing_a_redis_that_crashes_at_random_never_give_a_wrong_verd
     for key in &valid {
         composio.add_session(key, StandIn::document_for("s@example.com", "S", "member"));
     }
-    let cache = RedisCache::new(&redis.url(), PEPPER)
-        .unwrap()
-        .budget(Duration::from_millis(100));
+    let cache = redis.cache(Duration::from_millis(100));
     let mut replicas = Vec::new();
     for _ in 0..3 {
         let layer = builder(&composio)

@@ -141,15 +141,11 @@ async fn the_in_flight_gauge_counts_calls_being_answered() {
 #[cfg(feature = "redis")]
 #[tokio::test]
 async fn the_shared_tiers_metrics_move_as_documented() {
-    use common::redis::RedisServer;
-    use composio_auth::RedisCache;
+    use common::redis::{nowhere, RedisServer};
 
-    const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
     let redis = RedisServer::start();
     let composio = composio().await;
-    let cache = RedisCache::new(&redis.url(), PEPPER)
-        .unwrap()
-        .budget(Duration::from_secs(2));
+    let cache = redis.cache(Duration::from_secs(2));
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let [a, b] = [(); 2].map(|()| {
@@ -166,12 +162,9 @@ async fn the_shared_tiers_metrics_move_as_documented() {
     assert_eq!(b_client.me(ALICE).await.status, 200); // adopted
     composio.revoke(ALICE);
     a.invalidate(ALICE).await.unwrap(); // sent; received by both replicas
-    common::within("both replicas to receive it", async {
-        while b_client.me(ALICE).await.status != 401 || a_client.me(ALICE).await.status != 401 {
-            tokio::task::yield_now().await;
-        }
-    })
-    .await;
+                                        // B first: it verifies for the fleet once it hears of the invalidation.
+    b_client.until_refused(ALICE).await;
+    a_client.until_refused(ALICE).await;
     let values = Values::take(&snapshotter);
     let shared = |result| values.counter("composio_auth_shared_total", ("result", result));
     // Before the invalidation A verified and B adopted; after it, B (asked first)
@@ -191,16 +184,13 @@ async fn the_shared_tiers_metrics_move_as_documented() {
 
     // A replica whose Redis is not there verifies alone, and says it is not
     // subscribed.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let nowhere = RedisCache::new(&format!("redis://127.0.0.1:{closed}"), PEPPER).unwrap();
     let recorder = DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     let alone = metrics::with_local_recorder(&recorder, || {
-        builder(&composio).shared_cache(nowhere).build().unwrap()
+        builder(&composio)
+            .shared_cache(nowhere(Duration::from_secs(2)))
+            .build()
+            .unwrap()
     });
     let client = Client::new(serve(app(alone)).await);
     assert_eq!(client.me(BOB).await.status, 200);

@@ -163,6 +163,18 @@ impl Client {
     pub async fn me(&self, key: &str) -> Answer {
         self.get("/me", &[("x-api-key", key)]).await
     }
+
+    /// Asks with `key` until it is refused (401), at most 10 s; how long that took.
+    pub async fn until_refused(&self, key: &str) -> std::time::Duration {
+        let started = std::time::Instant::now();
+        within("the key to be refused", async {
+            while self.me(key).await.status != StatusCode::UNAUTHORIZED {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await;
+        started.elapsed()
+    }
 }
 
 /// Every `tracing` event (all levels, all targets) recorded on this thread while the

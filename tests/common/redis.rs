@@ -9,6 +9,19 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use composio_auth::RedisCache;
+
+/// The fleet pepper of the tests.
+pub const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
+
+/// A shared cache at a loopback port where nothing listens.
+pub fn nowhere(budget: Duration) -> RedisCache {
+    let port = free_port();
+    RedisCache::new(&format!("redis://127.0.0.1:{port}"), PEPPER)
+        .unwrap()
+        .budget(budget)
+}
+
 /// One `redis-server` on loopback.
 pub struct RedisServer {
     pub port: u16,
@@ -181,6 +194,11 @@ impl RedisServer {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// A shared cache on this server, under the tests' pepper.
+    pub fn cache(&self, budget: Duration) -> RedisCache {
+        RedisCache::new(&self.url(), PEPPER).unwrap().budget(budget)
     }
 
     /// `redis-cli` against this server; its standard output.
