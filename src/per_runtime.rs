@@ -11,6 +11,11 @@ use tokio::runtime;
 /// Runtimes whose value is kept; the least recently added goes first.
 const KEPT: usize = 8;
 
+/// The id of the runtime this runs on, or `None` outside any.
+pub(crate) fn current() -> Option<runtime::Id> {
+    runtime::Handle::try_current().ok().map(|h| h.id())
+}
+
 /// Values keyed by the runtime that made them, at most [`KEPT`].
 pub(crate) struct PerRuntime<T> {
     by_runtime: Mutex<Vec<(runtime::Id, T)>>,
@@ -21,11 +26,6 @@ impl<T: Clone> PerRuntime<T> {
         Self {
             by_runtime: Mutex::new(Vec::new()),
         }
-    }
-
-    /// The id of the runtime this runs on, or `None` outside any.
-    pub(crate) fn current_runtime() -> Option<runtime::Id> {
-        runtime::Handle::try_current().ok().map(|h| h.id())
     }
 
     /// The value of runtime `id`, if one is kept.

@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::credential::CredentialHeader;
 use crate::envelope::{ErrorEnvelope, Rejection};
-use crate::per_runtime::PerRuntime;
+use crate::per_runtime::{self, PerRuntime};
 use crate::session::{SessionDocument, SessionInfo};
 use crate::TRACING_TARGET;
 
@@ -124,7 +124,7 @@ impl Clients {
 
     /// The client of the runtime this runs on.
     fn current(&self) -> Result<reqwest::Client, String> {
-        let id = PerRuntime::<()>::current_runtime().ok_or("no Tokio runtime")?;
+        let id = per_runtime::current().ok_or("no Tokio runtime")?;
         if let Some(client) = self.by_runtime.get(id) {
             return Ok(client);
         }

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::redis::{RedisServer, PEPPER};
+use common::redis::{RedisServer, PEPPER, VERDICTS};
 use common::{app, builder, composio, eventually, serve, within, Capture, Client, ALICE, BOB};
 use composio_auth::testing::{Reply, StandIn};
 use composio_auth::{ComposioAuthBuilder, ComposioAuthLayer, RedisCache};
@@ -37,17 +37,10 @@ async fn replicas(
     replicas
 }
 
-/// The Redis keys of recorded verdicts.
-const VERDICTS: &str = "composio-auth:*:v";
-
 /// The Redis key of the first verdict recorded (waiting for the write, which
 /// follows the answer).
 async fn recorded(redis: &RedisServer) -> String {
-    eventually("a verdict recorded in Redis", || {
-        !redis.keys(VERDICTS).is_empty()
-    })
-    .await;
-    redis.keys(VERDICTS).remove(0)
+    redis.wait_for_verdicts(1).await.remove(0)
 }
 
 #[tokio::test]
@@ -396,9 +389,9 @@ async fn a_tampered_value_is_a_miss_logged_at_warn_never_a_session() {
     assert_eq!(capture.count_containing("does not open"), 1);
     // A value moved under another key's name does not open either.
     assert_eq!(fleet[0].1.me(BOB).await.status, 200);
-    eventually("BOB's verdict recorded", || redis.keys(VERDICTS).len() == 2).await;
     let bob_key = redis
-        .keys(VERDICTS)
+        .wait_for_verdicts(2)
+        .await
         .into_iter()
         .find(|k| *k != key)
         .expect("BOB's verdict");

@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::redis::{RedisCluster, PEPPER};
+use common::redis::{RedisCluster, PEPPER, VERDICTS};
 use common::{app, builder, composio, eventually, serve, within, Capture, Client, ALICE, BOB};
 use composio_auth::{ComposioAuthLayer, RedisCache};
 
@@ -67,7 +67,7 @@ async fn on_a_cluster_replicas_share_verdicts_leases_rejections_and_invalidation
 
     // Every Redis key of one API key lives in one slot (hash tags).
     eventually("BOB's verdict recorded", || {
-        cluster.keys("composio-auth:*:v").len() == 3
+        cluster.keys(VERDICTS).len() == 3
     })
     .await;
     composio.revoke(ALICE);

@@ -14,7 +14,7 @@ use axum::routing::get;
 use axum::Router;
 use common::pause::Points;
 use common::redis::RedisServer;
-use common::{composio, eventually, within};
+use common::{composio, within};
 use composio_auth::testing::StandIn;
 use composio_auth::ComposioAuthLayer;
 use tokio::runtime::{Builder, Runtime};
@@ -72,9 +72,7 @@ fn a_verdict_read_from_redis_while_invalidate_runs_is_gone_when_it_returns() {
         composio.add_session(&key, StandIn::example_document());
         // Another replica verifies the key and records it in Redis.
         assert_eq!(call(&requests, &other_app, &key), StatusCode::OK);
-        upstream.block_on(eventually("the verdict in Redis", || {
-            redis.keys("composio-auth:*:v").len() > round
-        }));
+        upstream.block_on(redis.wait_for_verdicts(round + 1));
         composio.revoke(&key);
 
         // This replica's invalidate pauses right after forgetting the key here.
@@ -120,9 +118,7 @@ fn a_verdict_of_the_old_epoch_read_while_invalidate_all_runs_is_gone_when_it_ret
         let (_, other_app) = replica(&composio, &redis);
         let other_runtime = runtime();
         assert_eq!(call(&other_runtime, &other_app, key), StatusCode::OK);
-        upstream.block_on(eventually("the verdict in Redis", || {
-            !redis.keys("composio-auth:*:v").is_empty()
-        }));
+        upstream.block_on(redis.wait_for_verdicts(1));
     }
     composio.revoke(key);
     let (layer, app) = replica(&composio, &redis);

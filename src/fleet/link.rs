@@ -16,7 +16,7 @@ use redis::{
 };
 
 use super::breaker::Breaker;
-use crate::per_runtime::PerRuntime;
+use crate::per_runtime::{self, PerRuntime};
 
 /// Where Redis is: one server, or a cluster's seed nodes; and the root certificate
 /// that `rediss://` servers are verified against, when not the platform's.
@@ -145,7 +145,7 @@ impl Links {
         F: FnOnce(Link) -> Fut + Clone,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let runtime = PerRuntime::<Link>::current_runtime()?;
+        let runtime = per_runtime::current()?;
         if !self.breaker.allows() {
             return None;
         }

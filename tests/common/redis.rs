@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 
 use composio_auth::RedisCache;
 
+/// The Redis keys of recorded verdicts.
+pub const VERDICTS: &str = "composio-auth:*:v";
+
 /// The fleet pepper of the tests.
 pub const PEPPER: &str = "the fleet pepper of these tests: 32 bytes or more";
 
@@ -212,6 +215,16 @@ impl RedisServer {
             .lines()
             .map(str::to_owned)
             .collect()
+    }
+
+    /// Waits (at most 10 s) until at least `n` verdicts are recorded (a replica
+    /// records after answering); their Redis keys.
+    pub async fn wait_for_verdicts(&self, n: usize) -> Vec<String> {
+        super::eventually("verdicts recorded in Redis", || {
+            self.keys(VERDICTS).len() >= n
+        })
+        .await;
+        self.keys(VERDICTS)
     }
 
     /// Kills the server (as a crash would: its data is gone).
