@@ -1,28 +1,39 @@
-//! 200,000 requests through an axum router, with (`hit`) or without (`bare`) the layer
-//! in front and its cache warm: the target for counting instructions per request.
+//! 200,000 requests through an axum router, with this layer in front and its cache warm
+//! (`hit`), with tower-http's fixed-key check instead (`static`), or with neither
+//! (`bare`): the target for counting instructions and sampling time per request.
 //!
 //! ```sh
 //! CARGO_PROFILE_RELEASE_DEBUG=true cargo build --release --example hit_loop
 //! valgrind --tool=callgrind target/release/examples/hit_loop bare
 //! valgrind --tool=callgrind target/release/examples/hit_loop hit
+//! perf record -g target/release/examples/hit_loop hit 5000000   # any count
 //! ```
 //!
 //! (Total instructions of each run / 200,000, and `callgrind_annotate` for where the
 //! difference goes; see BENCHMARKS.md.)
 
 use axum::body::Body;
-use axum::http::Request;
+use axum::http::{Request, StatusCode};
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use composio_auth::testing::StandIn;
 use composio_auth::ComposioAuthLayer;
 use tower::ServiceExt;
+use tower_http::validate_request::ValidateRequestHeaderLayer;
 
 const KEY: &str = "ak_bench_0123456789abcdef";
+/// Requests made unless the second argument gives a count.
 const REQUESTS: usize = 200_000;
 
+// tower-http's `ValidateRequest` returns the rejection response as its `Err`.
+#[allow(clippy::result_large_err)]
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protected = std::env::args().nth(1).as_deref() == Some("hit");
+    let mode = std::env::args().nth(1).unwrap_or_default();
+    let requests = match std::env::args().nth(2) {
+        Some(count) => count.parse()?,
+        None => REQUESTS,
+    };
     let upstream = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -33,15 +44,28 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .enable_all()
         .build()?;
     let mut app = Router::new().route("/", get(|| async { "ok" }));
-    if protected {
-        let layer = ComposioAuthLayer::builder()
-            .base_url(stand_in.base_url())
-            .build()?;
-        app = app.layer(layer);
+    match mode.as_str() {
+        "hit" => {
+            let layer = ComposioAuthLayer::builder()
+                .base_url(stand_in.base_url())
+                .build()?;
+            app = app.layer(layer);
+        }
+        // The floor of any check: tower-http comparing one fixed key.
+        "static" => {
+            app = app.layer(ValidateRequestHeaderLayer::custom(
+                |request: &mut Request<Body>| match request.headers().get("x-api-key") {
+                    Some(key) if key == KEY => Ok(()),
+                    _ => Err(StatusCode::UNAUTHORIZED.into_response()),
+                },
+            ));
+        }
+        "bare" => {}
+        other => return Err(format!("mode {other:?}: bare, static or hit").into()),
     }
     let app = app.with_state(());
     runtime.block_on(async {
-        for _ in 0..REQUESTS {
+        for _ in 0..requests {
             let request = Request::get("/")
                 .header("x-api-key", KEY)
                 .body(Body::empty())?;
@@ -52,13 +76,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok::<_, Box<dyn std::error::Error>>(())
     })?;
-    println!(
-        "{REQUESTS} requests, {}",
-        if protected {
-            "through the layer"
-        } else {
-            "bare"
-        }
-    );
+    println!("{requests} requests, {mode}");
     Ok(())
 }

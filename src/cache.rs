@@ -125,6 +125,7 @@ impl Revocations {
     }
 
     /// The count for `digest` now.
+    #[inline]
     pub(crate) fn mark(&self, digest: &Digest) -> u64 {
         self.stripe(digest).load(Ordering::SeqCst)
     }
@@ -209,6 +210,7 @@ impl VerdictCache {
         self.policy.ttl + self.policy.stale_if_error
     }
 
+    #[inline]
     pub(crate) fn digest(&self, header: CredentialHeader, key: &[u8]) -> Digest {
         self.digester.digest(header, key)
     }
@@ -216,17 +218,24 @@ impl VerdictCache {
     /// The per-thread front first (one clock read), then moka, whose entries carry an
     /// [`Age`] that [`SessionLife`] brings up to date inside `get` from the time moka
     /// reads anyway.
+    #[inline]
     pub(crate) fn lookup(&self, digest: &Digest) -> Lookup {
         // Read before moka: a revocation bumps it after removing, so a session read
         // from moka before the removal is offered to the front with the old count.
         let mark = self.revocations.mark(digest);
         let now = Instant::now();
-        if let Some(session) = front::get(self.id, digest, mark, now) {
-            return Lookup::Known(Known::Fresh {
+        match front::get(self.id, digest, mark, now) {
+            Some(session) => Lookup::Known(Known::Fresh {
                 session,
                 refresh: false,
-            });
+            }),
+            None => self.lookup_behind_front(digest, mark, now),
         }
+    }
+
+    /// Moka, then the rejections: what [`VerdictCache::lookup`] does when this
+    /// thread's front has nothing for `digest`.
+    fn lookup_behind_front(&self, digest: &Digest, mark: u64, now: Instant) -> Lookup {
         if let Some(session) = self.sessions.get(digest) {
             return match session.age() {
                 Age::Fresh => {

@@ -38,6 +38,7 @@ impl CredentialHeader {
         }
     }
 
+    #[inline]
     fn from_name(name: &str) -> Option<Self> {
         match name {
             "x-api-key" => Some(Self::ApiKey),
@@ -126,6 +127,7 @@ impl CredentialError {
 ///
 /// One pass over the headers, comparing names, with no hashing: this runs on every
 /// request.
+#[inline]
 pub(crate) fn extract(
     headers: &mut HeaderMap,
     accepted: AcceptedHeaders,
@@ -152,6 +154,7 @@ pub(crate) fn extract(
 }
 
 /// 1 to [`MAX_KEY_LEN`] bytes, each visible ASCII (`0x21..=0x7E`).
+#[inline]
 pub(crate) fn is_well_formed(key: &[u8]) -> bool {
     (1..=MAX_KEY_LEN).contains(&key.len()) && key.iter().all(|b| (0x21..=0x7E).contains(b))
 }

@@ -111,6 +111,7 @@ impl Digester {
         }
     }
 
+    #[inline]
     pub(crate) fn digest(&self, header: CredentialHeader, key: &[u8]) -> Digest {
         let mut hasher = self.prefixes[header as usize];
         hasher.write(key);

@@ -54,6 +54,7 @@ thread_local! {
 
 /// The session in this thread's slot for `digest`, if it is still good at the key's
 /// revocation count `mark` and at `now`. A slot found no longer good is emptied.
+#[inline]
 pub(crate) fn get(cache: u64, digest: &Digest, mark: u64, now: Instant) -> Option<SessionInfo> {
     FRONT.with(|front| {
         let mut front = front.try_borrow_mut().ok()?;

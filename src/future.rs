@@ -18,7 +18,7 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
-use crate::body::ResponseBody;
+use crate::body::RejectionBody;
 use crate::cache::{age_ms, Stale};
 use crate::drain::Drain;
 use crate::envelope::Rejection;
@@ -175,17 +175,15 @@ impl<S, ReqBody, ResBody> Future for ResponseFuture<S, ReqBody>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ReqBody: http_body::Body,
+    ResBody: RejectionBody,
 {
-    type Output = Result<Response<ResponseBody<ResBody>>, S::Error>;
+    type Output = Result<Response<ResBody>, S::Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
             let next = match self.as_mut().project().state.project() {
-                StateProj::Called { future } => {
-                    return future
-                        .poll(cx)
-                        .map_ok(|response| response.map(ResponseBody::inner));
-                }
+                // The inner response as it is: nothing to wrap or copy.
+                StateProj::Called { future } => return future.poll(cx),
                 StateProj::Rejected { response, drain } => {
                     let drained = match drain.as_pin_mut() {
                         Some(drain) => ready!(drain.poll_drain(cx)),
@@ -199,7 +197,7 @@ where
                             .headers_mut()
                             .insert(CONNECTION, HeaderValue::from_static("close"));
                     }
-                    return Poll::Ready(Ok(response.map(ResponseBody::rejection)));
+                    return Poll::Ready(Ok(response.map(ResBody::rejection)));
                 }
                 StateProj::Verifying {
                     verification,

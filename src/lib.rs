@@ -37,9 +37,16 @@
 //!
 //! In a server: `axum::serve(listener, app).await`.
 //!
-//! The same layer protects a tonic server:
+//! The same layer protects a tonic server (feature `tonic`):
 //! `tonic::transport::Server::builder().layer(ComposioAuthLayer::new())`; handlers
 //! read `request.extensions().get::<SessionInfo>()`.
+//!
+//! The layer answers in the inner service's own response body type (a
+//! [`RejectionBody`]: axum's, tonic's, hyper's usual ones), so a request it lets
+//! through gets the inner response untouched. Between this layer and a body type it
+//! does not know (another layer's, e.g. `CompressionLayer` inside it in one
+//! `ServiceBuilder`), put `MapResponseBodyLayer::new(ResponseBody::new)`; the
+//! compiler's message says so.
 //!
 //! Configuration lives on [`ComposioAuthBuilder`]; the [`testing`] module (feature
 //! `test-util`) has a loopback stand-in of Composio for tests.
@@ -63,8 +70,8 @@
 //! - **`CompressionLayer` outside** compresses rejections too.
 //! - **`TimeoutLayer` outside, longer than [`ComposioAuthBuilder::timeout`]**: the
 //!   layer answers 503 within its own budget, and the outer timeout stays a backstop
-//!   for the handlers. ([`ResponseBody`] is `Default`, the empty body that
-//!   `TimeoutLayer` answers 408 with.)
+//!   for the handlers. (The layer answers in the inner body type, axum's `Body`,
+//!   which is `Default`: the empty body `TimeoutLayer` answers 408 with.)
 //! - **`Router::route_layer`** protects only the routes added before it and leaves
 //!   unknown paths 404; **`Router::layer`** protects every path, unknown ones
 //!   included (401 without a key).
@@ -102,6 +109,8 @@
 //! # Features
 //!
 //! - `axum` (default): [`SessionInfo`] and `Option<SessionInfo>` as axum extractors.
+//! - `tonic`: rejections written in `tonic::body::Body`, so the layer fits tonic
+//!   servers (see [`RejectionBody`]).
 //! - `test-util`: the [`testing`] module.
 //! - `metrics`: counters, gauges and a histogram through the `metrics` facade (see
 //!   the README's Metrics section); install the recorder before building the layer.
@@ -145,7 +154,7 @@ pub mod testing;
 mod upstream;
 mod verification;
 
-pub use body::ResponseBody;
+pub use body::{RejectionBody, ResponseBody};
 pub use cache::CachedVerdicts;
 pub use credential::{CredentialHeader, MAX_KEY_LEN};
 pub use drain::{DRAIN_TIME, MAX_DRAINED_BYTES};

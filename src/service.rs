@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
-use crate::body::ResponseBody;
+use crate::body::RejectionBody;
 use crate::cache::{Known, Lookup, VerdictCache};
 use crate::credential::{self, AcceptedHeaders, CredentialError};
 use crate::future::ResponseFuture;
@@ -74,8 +74,9 @@ impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ComposioAuth<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone,
     ReqBody: http_body::Body,
+    ResBody: RejectionBody,
 {
-    type Response = Response<ResponseBody<ResBody>>;
+    type Response = Response<ResBody>;
     type Error = S::Error;
     type Future = ResponseFuture<S, ReqBody>;
 

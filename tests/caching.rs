@@ -363,7 +363,7 @@ impl Service<Request<Body>> for ReadyTracker {
     }
 }
 
-async fn body_text(response: Response<composio_auth::ResponseBody<Body>>) -> String {
+async fn body_text(response: Response<Body>) -> String {
     use http_body_util::BodyExt;
     String::from_utf8(
         response

@@ -9,10 +9,11 @@ use axum::http::{HeaderValue, Method, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use common::{builder, composio, serve, Capture, Client, ALICE};
-use composio_auth::SessionInfo;
+use composio_auth::{ResponseBody, SessionInfo};
 use tower::ServiceBuilder;
 use tower_http::compression::CompressionLayer;
 use tower_http::cors::CorsLayer;
+use tower_http::map_response_body::MapResponseBodyLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
@@ -119,6 +120,31 @@ async fn rejections_are_compressed_and_verifications_end_within_the_layers_budge
     assert_eq!(answer.status, 503);
     assert!(started.elapsed() < budget * 5, "{:?}", started.elapsed());
     composio.release();
+}
+
+#[tokio::test]
+async fn inside_a_stack_that_changes_the_body_type_responsebody_carries_the_envelope() {
+    // The layer outside `CompressionLayer` in one `ServiceBuilder`: the inner body is
+    // tower-http's `CompressionBody`, which this crate cannot write in; the README's
+    // one extra line wraps it.
+    let composio = composio().await;
+    let app = me().layer(
+        ServiceBuilder::new()
+            .layer(builder(&composio).build().unwrap())
+            .layer(MapResponseBodyLayer::new(ResponseBody::new))
+            .layer(CompressionLayer::new()),
+    );
+    let client = Client::new(serve(app).await);
+    let refused = client.get("/me", &[("accept-encoding", "gzip")]).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(refused.headers["content-type"], "application/json");
+    assert_eq!(
+        refused.envelope().error.slug.as_deref(),
+        Some("Auth_NoAuthProvided")
+    );
+    let admitted = client.me(ALICE).await;
+    assert_eq!(admitted.status, 200);
+    assert!(admitted.body.contains('@'), "{}", admitted.body);
 }
 
 #[tokio::test(flavor = "current_thread")]
