@@ -100,16 +100,19 @@ pin_project! {
     /// whose body type this crate does not know, e.g. one wrapped by another layer:
     ///
     /// ```
+    /// use axum::{routing::get, Router};
     /// use composio_auth::{ComposioAuthLayer, ResponseBody};
     /// use tower::ServiceBuilder;
     /// use tower_http::compression::CompressionLayer;
     /// use tower_http::map_response_body::MapResponseBodyLayer;
     ///
-    /// let stack = ServiceBuilder::new()
-    ///     .layer(ComposioAuthLayer::new())
-    ///     .layer(MapResponseBodyLayer::new(ResponseBody::new))
-    ///     .layer(CompressionLayer::new());
-    /// # let _ = stack;
+    /// let app: Router = Router::new().route("/", get(|| async { "ok" })).layer(
+    ///     ServiceBuilder::new()
+    ///         .layer(ComposioAuthLayer::new())
+    ///         // `CompressionBody` is not a `RejectionBody`; `ResponseBody` wraps it.
+    ///         .layer(MapResponseBodyLayer::new(ResponseBody::new))
+    ///         .layer(CompressionLayer::new()),
+    /// );
     /// ```
     pub struct ResponseBody<B> {
         #[pin]
