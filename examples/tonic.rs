@@ -6,7 +6,9 @@
 //! ```
 //!
 //! Like the quickstart, it uses a local stand-in of Composio unless
-//! `COMPOSIO_BASE_URL` is set.
+//! `COMPOSIO_BASE_URL` is set. A tonic server needs the crate's feature `tonic` (this
+//! repository's examples have it on), so that the layer can write its rejections in
+//! tonic's body type.
 
 use composio_auth::testing::StandIn;
 use composio_auth::{ComposioAuthLayer, SessionInfo, BASE_URL_ENV};

@@ -33,7 +33,9 @@ pub(crate) struct LayerState {
 /// The service made by [`ComposioAuthLayer`](crate::ComposioAuthLayer): verifies the
 /// request's key, then calls the inner service with
 /// [`SessionInfo`](crate::SessionInfo) in the request's extensions, or answers with a
-/// rejection (never an error of its own).
+/// rejection (never an error of its own). It answers in the inner service's body type
+/// (a [`RejectionBody`](crate::RejectionBody)): an admitted request gets the inner
+/// response as it is.
 #[derive(Clone)]
 pub struct ComposioAuth<S> {
     inner: S,
