@@ -7,7 +7,10 @@
 //! - `cold_miss`: this layer, key just invalidated: one upstream round trip to the
 //!   loopback stand-in;
 //! - `naive_per_request`: an `AsyncRequireAuthorizationLayer` that calls the stand-in
-//!   on every request.
+//!   on every request;
+//! - `bare_with_connect_info` and `warm_hit_with_connect_info`: the first and third,
+//!   with the `ConnectInfo` extension a server made with
+//!   `into_make_service_with_connect_info` adds.
 //!
 //! Plus contention: 2 and 8 tasks on a 2-worker runtime, on one hot key and on 1,000
 //! keys. Run with `cargo bench --bench layer`; figures are in BENCHMARKS.md.
@@ -189,6 +192,16 @@ fn per_request(c: &mut Criterion) {
         ("warm_hit", &protected),
     ] {
         group.bench_function(name, |b| b.to_async(&runtime).iter(|| call(app, KEY)));
+    }
+    // Served with `into_make_service_with_connect_info`, a request arrives with one
+    // extension more: axum's map has grown before this layer adds the session.
+    for (name, app) in [
+        ("bare_with_connect_info", &bare),
+        ("warm_hit_with_connect_info", &protected),
+    ] {
+        group.bench_function(name, |b| {
+            b.to_async(&runtime).iter(|| call_from_peer(app, KEY))
+        });
     }
     group.bench_function("warm_hit_behind_rate_limiter", |b| {
         b.to_async(&runtime).iter(|| call_from_peer(&governed, KEY))
