@@ -147,6 +147,33 @@ async fn inside_a_stack_that_changes_the_body_type_responsebody_carries_the_enve
     assert!(admitted.body.contains('@'), "{}", admitted.body);
 }
 
+#[tokio::test]
+async fn the_layer_around_a_whole_router_is_served_by_axum_serve_as_it_is() {
+    // Wrapping the router itself (not `Router::layer`): the layer answers in the
+    // router's own body type, which is what `axum::serve` takes.
+    use axum::ServiceExt;
+    use tower::Layer;
+
+    let composio = composio().await;
+    let app = builder(&composio).build().unwrap().layer(me());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let service = ServiceExt::<axum::extract::Request>::into_make_service(app);
+    tokio::spawn(async move { axum::serve(listener, service).await.unwrap() });
+    let client = Client::new(addr);
+    let refused = client.get("/me", &[]).await;
+    assert_eq!(refused.status, 401);
+    assert_eq!(
+        refused.envelope().error.slug.as_deref(),
+        Some("Auth_NoAuthProvided")
+    );
+    // Outside the router, the layer runs before routing: an unknown path needs a key.
+    assert_eq!(client.get("/nowhere", &[]).await.status, 401);
+    let admitted = client.me(ALICE).await;
+    assert_eq!(admitted.status, 200);
+    assert!(admitted.body.contains('@'), "{}", admitted.body);
+}
+
 #[tokio::test(flavor = "current_thread")]
 async fn traces_show_the_verification_inside_the_request() {
     let (capture, _guard) = Capture::install();
