@@ -18,6 +18,19 @@ async fn replica(composio: &StandIn, cache: RedisCache) -> (ComposioAuthLayer, C
     (layer.clone(), Client::new(serve(app(layer)).await))
 }
 
+/// Two replicas on `cache`, both having admitted ALICE (the second from Redis):
+/// replica A's layer, then a client of each.
+async fn two_replicas_sharing_alice(
+    composio: &StandIn,
+    cache: RedisCache,
+) -> (ComposioAuthLayer, Client, Client) {
+    let (a_layer, a) = replica(composio, cache.clone()).await;
+    let (_, b) = replica(composio, cache).await;
+    assert_eq!(a.me(ALICE).await.status, 200);
+    assert_eq!(b.me(ALICE).await.status, 200);
+    (a_layer, a, b)
+}
+
 /// Keys the stand-in knows, each used once.
 fn fresh_keys(composio: &StandIn, n: usize) -> Vec<String> {
     (0..n)
@@ -62,11 +75,8 @@ async fn a_frozen_redis_costs_each_request_at_most_the_budget_then_nothing() {
     let budget = Duration::from_millis(1000);
     let cache = redis.cache(budget);
     let composio = composio().await;
-    let (_, a) = replica(&composio, cache.clone()).await;
-    let (_, b) = replica(&composio, cache).await;
-    assert_eq!(a.me(ALICE).await.status, 200);
     // B is subscribed and shares (ALICE comes from Redis) when Redis stops.
-    assert_eq!(b.me(ALICE).await.status, 200);
+    let (_, a, b) = two_replicas_sharing_alice(&composio, cache).await;
     assert_eq!(composio.calls(), 1);
     redis.freeze();
     let keys = fresh_keys(&composio, 8);
@@ -114,10 +124,7 @@ async fn after_a_flush_verdicts_are_shared_again_and_invalidations_still_arrive(
     let redis = RedisServer::start();
     let cache = redis.cache(Duration::from_secs(2));
     let composio = composio().await;
-    let (a_layer, a) = replica(&composio, cache.clone()).await;
-    let (_, b) = replica(&composio, cache).await;
-    assert_eq!(a.me(ALICE).await.status, 200);
-    assert_eq!(b.me(ALICE).await.status, 200);
+    let (a_layer, a, b) = two_replicas_sharing_alice(&composio, cache).await;
     assert_eq!(redis.cli(&["flushall"]).trim(), "OK");
     assert_eq!(a.me(BOB).await.status, 200);
     redis.wait_for_verdicts(1).await;
@@ -134,10 +141,7 @@ async fn a_redis_out_of_memory_refuses_writes_and_no_verdict_suffers() {
     let redis = RedisServer::start();
     let cache = redis.cache(Duration::from_secs(2));
     let composio = composio().await;
-    let (a_layer, a) = replica(&composio, cache.clone()).await;
-    let (_, b) = replica(&composio, cache).await;
-    assert_eq!(a.me(ALICE).await.status, 200);
-    assert_eq!(b.me(ALICE).await.status, 200);
+    let (a_layer, a, b) = two_replicas_sharing_alice(&composio, cache).await;
     redis.cli(&["config", "set", "maxmemory-policy", "noeviction"]);
     redis.cli(&["config", "set", "maxmemory", "1"]);
     for key in fresh_keys(&composio, 5) {
