@@ -24,6 +24,7 @@ use crate::drain::Drain;
 use crate::envelope::Rejection;
 use crate::instruments::Answer;
 use crate::policy::Policy;
+use crate::session::Age;
 use crate::session::SessionInfo;
 use crate::upstream::Verdict;
 use crate::verification::Verification;
@@ -153,6 +154,16 @@ where
             stale,
         } = pending;
         match verdict {
+            // A session past its TTL that a flight hands out: the shared tier's
+            // fallback while Composio is undecided, served as a stale one.
+            Verdict::Allowed(session) if session.age() == Age::Expired => {
+                tracing::warn!(
+                    target: TRACING_TARGET,
+                    age_ms = age_ms(&session),
+                    "Composio undecided; serving a stale session from the shared cache"
+                );
+                Self::admit_as(Answer::Stale, &policy, &mut inner, request, session)
+            }
             Verdict::Allowed(session) => Self::admit(&policy, &mut inner, request, session),
             Verdict::Rejected(rejection) => Self::reject(&policy, &rejection, request),
             Verdict::Undecided(rejection) => match stale.and_then(Stale::usable) {

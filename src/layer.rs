@@ -526,8 +526,9 @@ impl ComposioAuthBuilder {
             wait: cache.wait.unwrap_or(self.timeout / 2).min(self.timeout),
             base_url: base_url.to_owned(),
             lives: Lives {
-                session: self.ttl + self.stale_if_error,
-                rejection: self.negative_ttl,
+                ttl: self.ttl,
+                stale_if_error: self.stale_if_error,
+                negative_ttl: self.negative_ttl,
             },
             lease: self.timeout,
         })))

@@ -3,9 +3,16 @@
 //! replica that was disconnected replays what it missed when it reconnects.
 //!
 //! When it cannot prove it missed nothing (its first connection, a stream trimmed
-//! past its position, a Redis that restarted or was flushed, an epoch that moved
-//! without a message) it forgets every local verdict instead: a possibly revoked
-//! session is never served from a gap.
+//! past its position, at reconnect or while following it, a Redis that restarted or
+//! was flushed, which `{prefix}incarnation` tells even when the stream's new ids
+//! look continuous, an epoch that moved without a message) it forgets every local
+//! verdict instead: a possibly revoked session is never served from a gap.
+//!
+//! The epoch it applies never goes back: an `invalidate_all` message (sealed, so
+//! only a replica with the pepper can write one) for an epoch at or below the
+//! current one changes nothing, and a Redis whose `{prefix}epoch` is behind the
+//! replica's (flushed, restarted, or written to) is raised to it, and the epoch is
+//! announced again for replicas that read the lower one.
 //!
 //! The replica shares (reads or records verdicts in Redis) only while subscribed:
 //! only then does it know the current epoch and hear every invalidation.
@@ -60,6 +67,8 @@ struct Position {
     running: bool,
     /// The id of the last message applied (or the stream's end when it caught up).
     last: Option<(u64, u64)>,
+    /// The Redis dataset it was read from (`{prefix}incarnation`).
+    incarnation: Option<String>,
 }
 
 impl Subscription {
@@ -72,6 +81,7 @@ impl Subscription {
             position: Mutex::new(Position {
                 running: false,
                 last: None,
+                incarnation: None,
             }),
         }
     }
@@ -98,9 +108,10 @@ impl Subscription {
         listening.then(|| self.epoch.load(Ordering::Acquire))
     }
 
-    /// Reads and records in `epoch` from now on (this replica just started it).
+    /// Reads and records in `epoch` from now on (this replica just started it),
+    /// unless a later one is known already.
     pub(crate) fn enter_epoch(&self, epoch: u64) {
-        self.epoch.store(epoch, Ordering::Release);
+        self.epoch.fetch_max(epoch, Ordering::AcqRel);
     }
 
     /// Starts the subscription task on this runtime unless it runs.
@@ -204,7 +215,19 @@ impl Running {
             let reply: Option<StreamReadReply> = link
                 .xread_options(&[&fleet.stream], &[id_text(last)], &options)
                 .await?;
-            let messages = reply.into_iter().flat_map(|r| r.keys).flat_map(|k| k.ids);
+            let messages: Vec<StreamId> = reply
+                .into_iter()
+                .flat_map(|r| r.keys)
+                .flat_map(|k| k.ids)
+                .collect();
+            if !messages.is_empty() && self.first_id(&mut link).await? > Some(last) {
+                // XREAD resumes after a trimmed gap without a word: everything up
+                // to the message after `last` may be gone unread.
+                tracing::warn!(target: TRACING_TARGET, "the stream of invalidations was trimmed past this replica's position while it read; forgetting every local verdict");
+                if !subscription.apply(Invalidation::All) {
+                    return Ok(());
+                }
+            }
             for message in messages {
                 let Some(id) = parse_id(&message.id) else {
                     continue;
@@ -221,21 +244,62 @@ impl Running {
         }
     }
 
+    /// The id of the stream's first message, `None` when it is empty or absent.
+    async fn first_id(&self, link: &mut Link) -> RedisResult<Option<(u64, u64)>> {
+        let first: StreamRangeReply = link.xrange_count(&self.0.stream, "-", "+", 1).await?;
+        Ok(first.ids.first().and_then(|m| parse_id(&m.id)))
+    }
+
+    /// The Redis dataset's incarnation: a random word the first replica to ask
+    /// writes, gone when Redis is flushed or restarts without persistence.
+    async fn incarnation(&self, link: &mut Link) -> RedisResult<String> {
+        let fleet = &self.0;
+        let _: Option<String> = redis::cmd("SET")
+            .arg(&fleet.incarnation_key)
+            .arg(fleet.random_word())
+            .arg("NX")
+            .query_async(link)
+            .await?;
+        let incarnation: Option<String> = link.get(&fleet.incarnation_key).await?;
+        Ok(incarnation.unwrap_or_default())
+    }
+
     /// Finds where to read from, and forgets every local verdict unless the stream
-    /// still holds everything since the last message applied.
+    /// still holds everything since the last message applied, in the same Redis
+    /// dataset and epoch.
     async fn catch_up(&self, link: &mut Link) -> RedisResult<(u64, u64)> {
         let fleet = &self.0;
         let subscription = &fleet.subscription;
-        let first: StreamRangeReply = link.xrange_count(&fleet.stream, "-", "+", 1).await?;
-        let first = first.ids.first().and_then(|m| parse_id(&m.id));
-        let epoch: Option<u64> = link.get(&fleet.epoch_key).await?;
-        let epoch = epoch.unwrap_or(0);
-        let known = subscription.position().last;
+        let first = self.first_id(link).await?;
+        let incarnation = self.incarnation(link).await?;
+        let ours = subscription.epoch.load(Ordering::Acquire);
+        let epoch = fleet.raise_epoch(link, ours).await?;
+        let (known, known_incarnation) = {
+            let position = subscription.position();
+            (position.last, position.incarnation.clone())
+        };
         let continuous = matches!((known, first), (Some(last), Some(first)) if first <= last)
-            && epoch == subscription.epoch.load(Ordering::Acquire);
+            && known_incarnation.as_deref() == Some(incarnation.as_str())
+            && epoch == ours;
         if continuous {
             self.set(Status::Listening);
             return Ok(known.unwrap_or_default());
+        }
+        if epoch < ours {
+            // Redis's epoch was behind ours (and is ours now): replicas that read
+            // the lower one hear the current one.
+            tracing::warn!(target: TRACING_TARGET, "Redis's epoch was behind this replica's (Redis flushed, restarted, or written to); restored");
+            let sealed = fleet.sealer.seal_epoch(&fleet.stream, ours);
+            if let Some(sealed) = sealed {
+                let _: String = link
+                    .xadd_maxlen(
+                        &fleet.stream,
+                        redis::streams::StreamMaxlen::Approx(STREAM_KEPT),
+                        "*",
+                        &[("all", sealed)],
+                    )
+                    .await?;
+            }
         }
         // Where to read from: the end of the stream, marked by a message of our own
         // (so the stream exists and a later check has a first id to compare).
@@ -248,8 +312,12 @@ impl Running {
             )
             .await?;
         let end = parse_id(&end).unwrap_or_default();
-        subscription.epoch.store(epoch, Ordering::Release);
-        subscription.position().last = Some(end);
+        subscription.epoch.fetch_max(epoch, Ordering::AcqRel);
+        {
+            let mut position = subscription.position();
+            position.last = Some(end);
+            position.incarnation = Some(incarnation);
+        }
         if known.is_some() {
             tracing::warn!(target: TRACING_TARGET, "invalidations may have been missed (Redis restarted, flushed, or trimmed the stream); forgetting every local verdict");
         }
@@ -274,13 +342,21 @@ impl Running {
         }
         tracing::debug!(target: TRACING_TARGET, "invalidation received from the fleet");
         fleet.instruments.invalidation(Direction::Received);
-        if let Some(epoch) = message
-            .get::<String>("all")
-            .and_then(|e| e.parse::<u64>().ok())
-        {
-            // The stream's order is the epochs' order (even after a flush that
-            // restarted the count): the latest message wins.
-            subscription.epoch.store(epoch, Ordering::Release);
+        if let Some(sealed) = message.get::<Vec<u8>>("all") {
+            let Some(epoch) = fleet.sealer.open_epoch(&fleet.stream, &sealed) else {
+                fleet.suspicious(
+                    "an invalidate_all message does not open (another pepper, or forged); ignored",
+                );
+                return subscription.layer_is_alive();
+            };
+            // Concurrent invalidate_all calls (INCR, then XADD) and retries can
+            // land out of order; a replayed message is an old one: the epoch only
+            // goes forward.
+            let before = subscription.epoch.fetch_max(epoch, Ordering::AcqRel);
+            if epoch <= before {
+                tracing::debug!(target: TRACING_TARGET, epoch, current = before, "an invalidate_all for an epoch already applied; nothing to do");
+                return subscription.layer_is_alive();
+            }
             return subscription.apply(Invalidation::All);
         }
         let digests = (0..3)
@@ -288,7 +364,7 @@ impl Running {
             .filter_map(|sealed| {
                 let digest = fleet.sealer.open_digest(&fleet.stream, &sealed);
                 if digest.is_none() {
-                    tracing::warn!(target: TRACING_TARGET, "an invalidation message does not open (another pepper, or tampered); ignored");
+                    fleet.suspicious("an invalidation message does not open (another pepper, or forged); ignored");
                 }
                 digest
             })

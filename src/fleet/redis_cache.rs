@@ -50,6 +50,17 @@ pub struct RedisCache {
 }
 
 impl RedisCache {
+    /// How far apart the replicas' wall clocks may be. A verdict read from Redis is
+    /// fresh while it is younger than its TTL on Redis's clock (read by the same
+    /// script that reads the verdict); its age is also never taken as less than
+    /// on the replicas' wall clocks minus this allowance, so a Redis clock set
+    /// back cannot make a verdict young again: a session read from Redis is
+    /// admitted at most `ttl` after its verification on Redis's clock, and at
+    /// most `ttl` + this allowance (+ how far the writing replica's clock is ahead
+    /// of the reader's) whatever Redis's clock says. Replica clocks further apart
+    /// cost sharing (more upstream calls), never a longer life.
+    pub const CLOCK_ALLOWANCE: Duration = super::tier::CLOCK_ALLOWANCE;
+
     /// One Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://`
     /// for TLS.
     ///

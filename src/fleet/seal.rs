@@ -9,9 +9,10 @@
 //!   associated data: reading one needs the API key; moving one to another Redis key
 //!   or altering a byte makes it fail to open, which is a miss, never a session.
 //! - **Invalidation messages** carry the replica-local digest of a key (which every
-//!   replica computes alike, its SipHash key being derived from the pepper too),
-//!   sealed under a pepper-derived key: a Redis reader learns nothing from them, and
-//!   a Redis writer without the pepper cannot forge one.
+//!   replica computes alike, its SipHash key being derived from the pepper too), or
+//!   the epoch an `invalidate_all` started, sealed under a pepper-derived key: a
+//!   Redis reader learns nothing from them, and a Redis writer without the pepper
+//!   cannot forge one.
 //!
 //! Each sealed value starts with a version byte; a value of another version is a
 //! miss.
@@ -122,19 +123,36 @@ impl Sealer {
         let bytes = open(&self.messages, stream.as_bytes(), sealed)?;
         Some(Digest::from_bytes(bytes.try_into().ok()?))
     }
+
+    /// Seals the epoch an `invalidate_all` started, for its message on `stream`.
+    pub(crate) fn seal_epoch(&self, stream: &str, epoch: u64) -> Option<Vec<u8>> {
+        seal(&self.messages, &epoch_context(stream), &epoch.to_be_bytes())
+    }
+
+    /// The epoch an `invalidate_all` message carries, if it is authentic.
+    pub(crate) fn open_epoch(&self, stream: &str, sealed: &[u8]) -> Option<u64> {
+        let bytes = open(&self.messages, &epoch_context(stream), sealed)?;
+        Some(u64::from_be_bytes(bytes.try_into().ok()?))
+    }
 }
 
 impl ValueCipher {
-    /// `plaintext` sealed, bound to `redis_key`; `None` only if the operating
-    /// system has no randomness to give.
-    pub(crate) fn seal(&self, redis_key: &str, plaintext: &[u8]) -> Option<Vec<u8>> {
-        seal(&self.0, redis_key.as_bytes(), plaintext)
+    /// `plaintext` sealed, bound to `context` (where it is stored, and in which
+    /// epoch and generation); `None` only if the operating system has no randomness
+    /// to give.
+    pub(crate) fn seal(&self, context: &[u8], plaintext: &[u8]) -> Option<Vec<u8>> {
+        seal(&self.0, context, plaintext)
     }
 
-    /// What [`seal`](Self::seal) sealed under this key and `redis_key`, or `None`.
-    pub(crate) fn open(&self, redis_key: &str, sealed: &[u8]) -> Option<Vec<u8>> {
-        open(&self.0, redis_key.as_bytes(), sealed)
+    /// What [`seal`](Self::seal) sealed under this key and `context`, or `None`.
+    pub(crate) fn open(&self, context: &[u8], sealed: &[u8]) -> Option<Vec<u8>> {
+        open(&self.0, context, sealed)
     }
+}
+
+/// The associated data of an epoch message: never that of a digest message.
+fn epoch_context(stream: &str) -> Vec<u8> {
+    [stream.as_bytes(), b" all"].concat()
 }
 
 fn seal(cipher: &ChaCha20Poly1305, aad: &[u8], msg: &[u8]) -> Option<Vec<u8>> {
@@ -169,21 +187,27 @@ mod tests {
         let sealer = Sealer::new(PEPPER);
         let sealed = sealer
             .value_cipher(b"ak_one")
-            .seal("k1", b"document")
+            .seal(b"k1", b"document")
             .unwrap();
         assert_eq!(
             sealer
                 .value_cipher(b"ak_one")
-                .open("k1", &sealed)
+                .open(b"k1", &sealed)
                 .as_deref(),
             Some(&b"document"[..])
         );
-        assert!(sealer.value_cipher(b"ak_two").open("k1", &sealed).is_none());
-        assert!(sealer.value_cipher(b"ak_one").open("k2", &sealed).is_none());
+        assert!(sealer
+            .value_cipher(b"ak_two")
+            .open(b"k1", &sealed)
+            .is_none());
+        assert!(sealer
+            .value_cipher(b"ak_one")
+            .open(b"k2", &sealed)
+            .is_none());
         let other_pepper = Sealer::new(b"another fleet pepper of 32 bytes or more");
         assert!(other_pepper
             .value_cipher(b"ak_one")
-            .open("k1", &sealed)
+            .open(b"k1", &sealed)
             .is_none());
         assert!(!sealed.windows(8).any(|w| w == b"document"));
     }
@@ -191,14 +215,14 @@ mod tests {
     #[test]
     fn a_tampered_or_foreign_value_does_not_open() {
         let cipher = Sealer::new(PEPPER).value_cipher(b"ak_one");
-        let sealed = cipher.seal("k", b"document").unwrap();
+        let sealed = cipher.seal(b"k", b"document").unwrap();
         for at in 0..sealed.len() {
             let mut tampered = sealed.clone();
             tampered[at] ^= 1;
-            assert!(cipher.open("k", &tampered).is_none(), "byte {at}");
+            assert!(cipher.open(b"k", &tampered).is_none(), "byte {at}");
         }
         for truncated in 0..sealed.len() {
-            assert!(cipher.open("k", &sealed[..truncated]).is_none());
+            assert!(cipher.open(b"k", &sealed[..truncated]).is_none());
         }
     }
 
@@ -212,6 +236,22 @@ mod tests {
         assert_eq!(sealer.open_digest("other stream", &sealed), None);
         let other = Sealer::new(b"another fleet pepper of 32 bytes or more");
         assert_eq!(other.open_digest("stream", &sealed), None);
+    }
+
+    #[test]
+    fn epoch_messages_are_sealed_and_never_read_as_digests() {
+        let sealer = Sealer::new(PEPPER);
+        let sealed = sealer.seal_epoch("stream", 7).unwrap();
+        assert_eq!(sealer.open_epoch("stream", &sealed), Some(7));
+        assert_eq!(sealer.open_epoch("other stream", &sealed), None);
+        assert_eq!(sealer.open_digest("stream", &sealed), None);
+        let other = Sealer::new(b"another fleet pepper of 32 bytes or more");
+        assert_eq!(other.open_epoch("stream", &sealed), None);
+        let digest = sealer
+            .seal_digest("stream", &Digest::from_bytes([7; 16]))
+            .unwrap();
+        assert_eq!(sealer.open_epoch("stream", &digest), None);
+        assert_eq!(sealer.open_epoch("stream", b"7"), None, "a bare number");
     }
 
     #[test]

@@ -299,6 +299,17 @@ impl Capture {
             .count()
     }
 
+    /// How many events at `level` (`"WARN"`, `"DEBUG"`, ...) contain `needle`.
+    pub fn count_at(&self, level: &str, needle: &str) -> usize {
+        let prefix = format!("{level} ");
+        self.events
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| e.starts_with(&prefix) && e.contains(needle))
+            .count()
+    }
+
     /// Waits until `n` events contain `needle`.
     pub async fn wait_for(&self, needle: &str, n: usize) {
         let mut changes = self.count.subscribe();
