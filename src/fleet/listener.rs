@@ -220,24 +220,33 @@ impl Running {
                 .flat_map(|r| r.keys)
                 .flat_map(|k| k.ids)
                 .collect();
-            if !messages.is_empty() && self.first_id(&mut link).await? > Some(last) {
-                // XREAD resumes after a trimmed gap without a word: everything up
-                // to the message after `last` may be gone unread.
+            if messages.is_empty() {
+                if !subscription.layer_is_alive() {
+                    return Ok(());
+                }
+                continue;
+            }
+            let before = last;
+            for message in &messages {
+                let Some(id) = parse_id(&message.id) else {
+                    continue;
+                };
+                if !self.apply(message) {
+                    return Ok(());
+                }
+                last = id;
+            }
+            // XREAD resumes after a trimmed gap without a word: if the stream now
+            // starts after `before`, messages after it may be gone unread. Checked
+            // after applying (no delay for what arrived), and before the position
+            // moves, so a reconnect in between sees the same gap.
+            if self.first_id(&mut link).await? > Some(before) {
                 tracing::warn!(target: TRACING_TARGET, "the stream of invalidations was trimmed past this replica's position while it read; forgetting every local verdict");
                 if !subscription.apply(Invalidation::All) {
                     return Ok(());
                 }
             }
-            for message in messages {
-                let Some(id) = parse_id(&message.id) else {
-                    continue;
-                };
-                if !self.apply(&message) {
-                    return Ok(());
-                }
-                last = id;
-                subscription.position().last = Some(last);
-            }
+            subscription.position().last = Some(last);
             if !subscription.layer_is_alive() {
                 return Ok(());
             }
