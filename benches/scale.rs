@@ -5,7 +5,10 @@
 //! - peak RSS of a flood of 100,000 invalid keys;
 //! - time to first byte of a cold miss against the stand-in's own latency;
 //! - latency of a key in steady use across several TTLs, with and without
-//!   refresh-ahead.
+//!   refresh-ahead;
+//! - rejected uploads draining: 200 and `MAX_DRAINING` connections sending a body
+//!   as fast as they can for the whole `DRAIN_TIME`, against a valid request's
+//!   latency meanwhile, the heap and the process's CPU time.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -225,6 +228,119 @@ async fn flood_rss() {
     );
 }
 
+/// CPU time (user + system) of this process's threads named `name`, from
+/// `/proc/self/task/*/stat`.
+fn cpu_time_of(name: &str) -> Duration {
+    let mut ticks = 0;
+    for task in std::fs::read_dir("/proc/self/task")
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        let Some((head, rest)) = stat.rsplit_once(')') else {
+            continue;
+        };
+        if !head.ends_with(&format!("({name}")) {
+            continue;
+        }
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // utime and stime, the 14th and 15th fields, in clock ticks (100 a second).
+        let field = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        ticks += field(11) + field(12);
+    }
+    Duration::from_millis(ticks * 10)
+}
+
+/// `connections` rejected uploads (no key) that send garbage as fast as they can
+/// until the layer gives up on them (`DRAIN_TIME`), while a valid key is asked for
+/// every 10 ms on another connection.
+async fn draining(connections: usize) {
+    use tokio::io::AsyncWriteExt;
+    let stand_in = StandIn::start().await.unwrap();
+    stand_in.add_session("ak_drain_valid_key", StandIn::example_document());
+    let layer = ComposioAuthLayer::builder()
+        .base_url(stand_in.base_url())
+        .build()
+        .unwrap();
+    // The server on one thread of its own, so its CPU time is its own.
+    let server = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .thread_name("drain-server")
+        .enable_all()
+        .build()
+        .unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    server.spawn(async move {
+        let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+        axum::serve(listener, app(layer)).await
+    });
+    let client = reqwest::Client::new();
+    let valid = || {
+        client
+            .get(format!("http://{addr}/"))
+            .header("x-api-key", "ak_drain_valid_key")
+            .send()
+    };
+    assert_eq!(valid().await.unwrap().status(), 200);
+    let heap_before = live();
+    let cpu_before = cpu_time_of("drain-server");
+    let started = Instant::now();
+    let sent = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let uploads: Vec<_> = (0..connections)
+        .map(|_| {
+            let sent = std::sync::Arc::clone(&sent);
+            tokio::spawn(async move {
+                let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let head = "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 1099511627776\r\n\r\n";
+                stream.write_all(head.as_bytes()).await.unwrap();
+                // One buffer for every client, so the heap counts the server's side.
+                static GARBAGE: [u8; 64 * 1024] = [b'x'; 64 * 1024];
+                while stream.write_all(&GARBAGE).await.is_ok() {
+                    sent.fetch_add(GARBAGE.len() as u64, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let mut peak_heap = 0;
+    while uploads.iter().any(|u| !u.is_finished()) {
+        assert!(
+            started.elapsed() < composio_auth::DRAIN_TIME * 2,
+            "uploads outlived the drain time"
+        );
+        let asked = Instant::now();
+        assert_eq!(valid().await.unwrap().status(), 200);
+        latencies.push(asked.elapsed());
+        peak_heap = peak_heap.max(live() - heap_before);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let took = started.elapsed();
+    let cpu = cpu_time_of("drain-server") - cpu_before;
+    latencies.sort();
+    let at = |q: f64| latencies[((latencies.len() - 1) as f64 * q) as usize];
+    let gib = sent.load(Ordering::Relaxed) as f64 / f64::from(1 << 30);
+    println!(
+        "| {connections} rejected uploads draining at full speed until given up ({:.1} s) | {gib:.1} GiB discarded ({:.2} GiB/s); the server's one thread: {:.1} s of CPU ({:.2} s per GiB); heap {:.1} MiB above idle at most; a valid request meanwhile: p50 {:.2} ms, p99 {:.2} ms over {} requests |",
+        took.as_secs_f64(),
+        gib / took.as_secs_f64(),
+        cpu.as_secs_f64(),
+        cpu.as_secs_f64() / gib.max(f64::MIN_POSITIVE),
+        peak_heap as f64 / f64::from(1 << 20),
+        at(0.5).as_secs_f64() * 1e3,
+        at(0.99).as_secs_f64() * 1e3,
+        latencies.len(),
+    );
+    server.shutdown_background();
+}
+
 /// Heap allocations per request through `app`, averaged over `n` requests.
 async fn allocations_per_request(app: &Router, key: &str, n: i64) -> f64 {
     let before = ALLOCATIONS.load(Ordering::Relaxed);
@@ -361,7 +477,7 @@ async fn steady_use(refresh_ahead: bool) {
     );
 }
 
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
     "calls",
     "allocations",
     "bytes",
@@ -370,6 +486,7 @@ const SCENARIOS: [&str; 8] = [
     "flood-rss",
     "cold-miss",
     "steady",
+    "draining",
 ];
 
 fn main() {
@@ -413,6 +530,10 @@ fn main() {
             "steady" => {
                 steady_use(true).await;
                 steady_use(false).await;
+            }
+            "draining" => {
+                draining(200).await;
+                draining(composio_auth::MAX_DRAINING).await;
             }
             other => panic!("unknown scenario {other}"),
         }

@@ -20,7 +20,7 @@ use tower_service::Service;
 
 use crate::body::RejectionBody;
 use crate::cache::{age_ms, Stale};
-use crate::drain::Drain;
+use crate::drain::{Drain, Unread};
 use crate::envelope::Rejection;
 use crate::instruments::Answer;
 use crate::policy::Policy;
@@ -113,11 +113,19 @@ where
     ) -> Self {
         tracing::debug!(target: TRACING_TARGET, status = rejection.status().as_u16(), slug = ?rejection.body().slug, "rejected");
         policy.answered(Answer::of_status(rejection.status()));
-        let response = rejection.render_for(request.headers(), policy.challenge());
+        let mut response = rejection.render_for(request.headers(), policy.challenge());
+        let drain = match Unread::of(request) {
+            Unread::Nothing => None,
+            Unread::Drain(drain) => Some(drain),
+            Unread::Close => {
+                closing(&mut response);
+                None
+            }
+        };
         Self {
             state: State::Rejected {
                 response: Some(response),
-                drain: Drain::of(request),
+                drain,
             },
         }
     }
@@ -204,9 +212,7 @@ where
                         .take()
                         .expect("ResponseFuture polled after completion");
                     if !drained {
-                        response
-                            .headers_mut()
-                            .insert(CONNECTION, HeaderValue::from_static("close"));
+                        closing(&mut response);
                     }
                     return Poll::Ready(Ok(response.map(ResBody::rejection)));
                 }
@@ -224,4 +230,13 @@ where
             self.as_mut().project().state.set(next.state);
         }
     }
+}
+
+/// Says that the connection closes after `response`: the server will not read the
+/// rest of the request's body, so it cannot carry another request (RFC 9110,
+/// section 10.1.1, for a client that sent `Expect: 100-continue`).
+fn closing<B>(response: &mut Response<B>) {
+    response
+        .headers_mut()
+        .insert(CONNECTION, HeaderValue::from_static("close"));
 }

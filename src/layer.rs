@@ -203,6 +203,17 @@ impl fmt::Debug for ComposioAuthLayer {
 /// | [`credential_headers`](Self::credential_headers) | `x-api-key` |
 /// | [`hide_credential`](Self::hide_credential) | off |
 /// | [`authorize`](Self::authorize) | every valid session |
+///
+/// # Runtime
+///
+/// The layer serves requests on a Tokio runtime with its I/O and time drivers
+/// (`Builder::enable_all`, as `#[tokio::main]` and every axum and tonic server
+/// have): verifications are bounded by Tokio timers, and so is reading a rejected
+/// request's body. A request served outside any Tokio runtime is answered 503.
+/// On a runtime built without its time driver, Tokio panics the first time the
+/// layer needs a timer (a verification, or a rejected HTTP/1.x body still
+/// arriving), which aborts the process under `panic = "abort"`: Tokio offers no way
+/// to ask whether timers are enabled, so the layer cannot answer 503 there instead.
 #[derive(Clone)]
 #[must_use]
 pub struct ComposioAuthBuilder {

@@ -157,7 +157,7 @@ mod verification;
 pub use body::{RejectionBody, ResponseBody};
 pub use cache::CachedVerdicts;
 pub use credential::{CredentialHeader, MAX_KEY_LEN};
-pub use drain::{DRAIN_TIME, MAX_DRAINED_BYTES};
+pub use drain::{DRAIN_IDLE_TIME, DRAIN_TIME, MAX_DRAINING};
 pub use envelope::{ErrorBody, ErrorEnvelope, MAX_GRPC_MESSAGE_BYTES, MAX_REQUEST_ID_BYTES};
 pub use error::Error;
 #[cfg(feature = "axum")]

@@ -402,3 +402,70 @@ async fn grpc_web_clients_get_the_status_with_grpc_web_layer_outside_or_inside()
         assert_eq!(grpc_status, "0", "outside: {web_outside}");
     }
 }
+
+/// The builder's "Runtime" section, shown: outside any Tokio runtime a request is
+/// answered 503; on a runtime without its time driver, a verification fails (503:
+/// Tokio panics in the verification's own task) and a rejected body still arriving
+/// panics in the request's task, where the layer cannot catch it.
+#[test]
+fn the_runtime_the_layer_needs() {
+    use axum::body::Body;
+    use axum::http::Request;
+    use futures_util::FutureExt;
+    use tower::ServiceExt;
+
+    let full = tokio::runtime::Runtime::new().unwrap();
+    let composio = full.block_on(composio());
+    let layer = full.block_on(async { builder(&composio).build().unwrap() });
+    let app = Router::new()
+        .route("/me", get(|| async { "ok" }).post(|| async { "ok" }))
+        .layer(layer);
+    let with_alice = || {
+        Request::get("/me")
+            .header("x-api-key", ALICE)
+            .body(Body::empty())
+            .unwrap()
+    };
+    let arriving = || {
+        let pending = futures_util::stream::pending::<Result<bytes::Bytes, std::io::Error>>();
+        Request::post("/me")
+            .body(Body::from_stream(pending))
+            .unwrap()
+    };
+    // Outside any runtime: answered at once, 503.
+    let outside = app.clone().oneshot(with_alice()).now_or_never();
+    let status = outside.expect("answered at once").unwrap().status();
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // Without the time driver.
+    let no_timers = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .build()
+        .unwrap();
+    let verified = no_timers
+        .block_on(app.clone().oneshot(with_alice()))
+        .unwrap();
+    assert_eq!(verified.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let drained = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        no_timers.block_on(app.clone().oneshot(arriving()))
+    }));
+    let message = drained.expect_err("Tokio refuses a timer");
+    let message = message
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| message.downcast_ref::<&str>().copied())
+        .unwrap_or_default();
+    assert!(message.contains("timers are disabled"), "{message}");
+    // With it, the same requests: admitted, and refused once the body is given up.
+    assert_eq!(
+        full.block_on(app.clone().oneshot(with_alice()))
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let refused = full.block_on(async {
+        tokio::time::timeout(Duration::from_secs(10), app.clone().oneshot(arriving())).await
+    });
+    let refused = refused.expect("given up after the idle time").unwrap();
+    assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+    assert_eq!(refused.headers()["connection"], "close");
+}

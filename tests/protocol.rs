@@ -16,7 +16,9 @@ use axum::routing::{get, post};
 use axum::Router;
 use common::{builder, composio, serve, Client, ALICE};
 use composio_auth::testing::Reply;
-use composio_auth::{ComposioAuthLayer, CredentialHeader, SessionInfo, MAX_DRAINED_BYTES};
+use composio_auth::{
+    ComposioAuthLayer, CredentialHeader, SessionInfo, DRAIN_IDLE_TIME, DRAIN_TIME,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An app with a GET and a POST route behind `layer`.
@@ -63,25 +65,27 @@ fn python(script: &str, args: &[String], module: &str) -> Option<String> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_that_writes_its_whole_body_first_reads_the_rejection() {
+async fn a_client_that_writes_its_whole_body_first_reads_the_rejection_whatever_its_size() {
     let composio = composio().await;
     let addr = serve(app(builder(&composio).build().unwrap())).await;
-    // 4 MiB, five times, each on a new connection: Python writes it all, then reads.
-    let args = [
-        "127.0.0.1".to_owned(),
-        addr.port().to_string(),
-        "/upload".to_owned(),
-        (4 * 1024 * 1024).to_string(),
-        "5".to_owned(),
-    ];
-    let Some(out) =
-        tokio::task::spawn_blocking(move || python("post_body.py", &args, "http.client"))
-            .await
-            .unwrap()
-    else {
-        return;
-    };
-    assert_eq!(out, "401 -\n".repeat(5), "{out}");
+    // Python writes it all, then reads; ten times each, each on a new connection.
+    for mib in [4, 16, 64] {
+        let args = [
+            "127.0.0.1".to_owned(),
+            addr.port().to_string(),
+            "/upload".to_owned(),
+            (mib * 1024 * 1024).to_string(),
+            "10".to_owned(),
+        ];
+        let Some(out) =
+            tokio::task::spawn_blocking(move || python("post_body.py", &args, "http.client"))
+                .await
+                .unwrap()
+        else {
+            return;
+        };
+        assert_eq!(out, "401 -\n".repeat(10), "{mib} MiB: {out}");
+    }
     assert_eq!(composio.calls(), 0);
 }
 
@@ -118,27 +122,99 @@ async fn raw_post(addr: SocketAddr, headers: &str, declared: usize, body_sent: u
 }
 
 #[tokio::test]
-async fn a_body_past_the_drain_budget_gets_the_answer_with_connection_close() {
+async fn a_rejection_reads_a_body_to_its_end_and_keeps_the_connection() {
     let composio = composio().await;
     let addr = serve(app(builder(&composio).build().unwrap())).await;
-    // Within the budget: read to its end, then answered on a connection kept open.
-    let answer = raw_post(addr, "", 1024 * 1024, 1024 * 1024).await;
+    let answer = raw_post(addr, "", 24 * 1024 * 1024, 24 * 1024 * 1024).await;
     assert!(answer.starts_with("http/1.1 401"), "{answer}");
     assert!(!answer.contains("connection: close"), "{answer}");
-    // Past it: answered at once, and the connection is closed.
-    let past = MAX_DRAINED_BYTES + 1024 * 1024;
-    let answer = raw_post(addr, "", past * 2, past).await;
-    assert!(answer.starts_with("http/1.1 401"), "{answer}");
-    assert!(answer.contains("connection: close"), "{answer}");
-    // A body that stops arriving: answered when the time budget runs out.
+}
+
+#[tokio::test]
+async fn a_body_that_stalls_is_cut_after_the_idle_time_with_connection_close() {
+    let composio = composio().await;
+    let addr = serve(app(builder(&composio).build().unwrap())).await;
     let started = std::time::Instant::now();
     let answer = raw_post(addr, "", 1024 * 1024, 1000).await;
-    assert!(answer.contains("connection: close"), "{answer}");
     let waited = started.elapsed();
-    assert!(waited >= composio_auth::DRAIN_TIME, "{waited:?}");
-    // A client waiting for 100-continue is answered without being asked for its body.
-    let answer = raw_post(addr, "expect: 100-continue\r\n", 1024 * 1024, 0).await;
     assert!(answer.starts_with("http/1.1 401"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(waited >= DRAIN_IDLE_TIME, "{waited:?}");
+    assert!(
+        waited < DRAIN_TIME,
+        "cut by the idle time, not the total: {waited:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_client_waiting_for_100_continue_is_answered_at_once_and_told_the_connection_closes() {
+    let composio = composio().await;
+    let addr = serve(app(builder(&composio).build().unwrap())).await;
+    let started = std::time::Instant::now();
+    let answer = raw_post(addr, "expect: 100-continue\r\n", 1 << 30, 0).await;
+    assert!(answer.starts_with("http/1.1 401"), "{answer}");
+    assert!(answer.contains("connection: close"), "{answer}");
+    assert!(!answer.contains("100 continue"), "{answer}");
+    assert!(started.elapsed() < DRAIN_IDLE_TIME, "answered at once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hundred_rejections_draining_at_once_leave_other_requests_answered() {
+    let composio = composio().await;
+    let addr = serve(app(builder(&composio).build().unwrap())).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let mut uploads = Vec::new();
+    let mut started = Vec::new();
+    for _ in 0..200 {
+        let (ready, ready_rx) = tokio::sync::oneshot::channel();
+        started.push(ready_rx);
+        let mut stopped = stopped.clone();
+        uploads.push(tokio::spawn(async move {
+            let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let (mut reader, mut writer) = stream.into_split();
+            let head = "POST /upload HTTP/1.1\r\nhost: x\r\ncontent-length: 1073741824\r\n\r\n";
+            writer.write_all(head.as_bytes()).await.unwrap();
+            writer.write_all(&[b'x'; 64 * 1024]).await.unwrap();
+            let _ = ready.send(());
+            // A byte every 200 ms keeps the drain from going idle, until told.
+            while !*stopped.borrow() {
+                writer.write_all(b"x").await.unwrap();
+                let _ =
+                    tokio::time::timeout(std::time::Duration::from_millis(200), stopped.changed())
+                        .await;
+            }
+            let mut early = [0u8; 1];
+            let answered_early = reader.try_read(&mut early).is_ok_and(|n| n > 0);
+            // The body ends short: the server gives the rest up and answers.
+            writer.shutdown().await.unwrap();
+            let mut answer = Vec::new();
+            common::within(
+                "a draining rejection's answer",
+                reader.read_to_end(&mut answer),
+            )
+            .await
+            .unwrap();
+            (
+                answered_early,
+                String::from_utf8_lossy(&answer).to_lowercase(),
+            )
+        }));
+    }
+    for ready in started {
+        common::within("an upload under way", ready).await.unwrap();
+    }
+    // Meanwhile, on another connection, a valid request is answered as usual.
+    let client = Client::new(addr);
+    let answer = common::within("the valid request", client.me(ALICE)).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "alice@example.com");
+    stop.send(true).unwrap();
+    for upload in uploads {
+        let (answered_early, answer) = upload.await.unwrap();
+        assert!(!answered_early, "answered before its body ended");
+        assert!(answer.starts_with("http/1.1 401"), "{answer}");
+        assert!(answer.contains("connection: close"), "{answer}");
+    }
 }
 
 #[tokio::test]
