@@ -290,6 +290,8 @@ async fn a_redis_emptied_behind_a_replica_is_detected_even_when_its_stream_looks
     assert_eq!(a.me(ALICE).await.status, 200);
     assert_eq!(a.me(ALICE).await.status, 200);
     assert_eq!(a_layer.cached().sessions, 1);
+    // Recorded (after the answer) before Redis is emptied.
+    redis.wait_for_verdicts(1).await;
     composio.revoke(ALICE);
     // As a Redis restarted without persistence on a clock far behind: empty, and
     // a stream whose ids are all below the replica's position.
