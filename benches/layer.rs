@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::http::{Request, Response, StatusCode};
+use axum::http::{HeaderValue, Request, Response, StatusCode};
 use axum::routing::get;
 use axum::Router;
 use composio_auth::testing::StandIn;
@@ -152,6 +152,10 @@ fn per_request(c: &mut Criterion) {
         .build()
         .unwrap();
     let protected = finish(handler().layer(layer.clone()));
+    // The same layer with one more predicate (as a per-route policy would be).
+    let required = finish(handler().layer(layer.require(|s| s.org_member.role == "admin")));
+    let mut key_headers = axum::http::HeaderMap::new();
+    key_headers.insert("x-api-key", HeaderValue::from_static(KEY));
     // The same, behind a per-client rate limiter that never limits here: what the
     // limiter itself costs a request.
     let governor = std::sync::Arc::new(
@@ -178,7 +182,7 @@ fn per_request(c: &mut Criterion) {
         })),
     );
     runtime.block_on(async {
-        for app in [&bare, &static_key, &protected, &naive] {
+        for app in [&bare, &static_key, &protected, &required, &naive] {
             assert_eq!(call(app, KEY).await, StatusCode::OK);
         }
         assert_eq!(call_from_peer(&governed, KEY).await, StatusCode::OK);
@@ -190,9 +194,15 @@ fn per_request(c: &mut Criterion) {
         ("bare", &bare),
         ("static_key", &static_key),
         ("warm_hit", &protected),
+        ("warm_hit_through_require", &required),
     ] {
         group.bench_function(name, |b| b.to_async(&runtime).iter(|| call(app, KEY)));
     }
+    // `verify` on the same headers, warm: the layer's path without a request.
+    group.bench_function("verify_warm", |b| {
+        b.to_async(&runtime)
+            .iter(|| async { layer.verify(&key_headers).await.is_ok() })
+    });
     // Served with `into_make_service_with_connect_info`, a request arrives with one
     // extension more: axum's map has grown before this layer adds the session.
     for (name, app) in [

@@ -89,7 +89,7 @@ impl<B: Body<Data = Bytes>> RejectionBody for ResponseBody<B> {
     fn rejection(bytes: Bytes) -> Self {
         let bytes = (!bytes.is_empty()).then_some(bytes);
         Self {
-            kind: Kind::Rejection { bytes },
+            kind: Kind::Refusal { bytes },
         }
     }
 }
@@ -124,7 +124,7 @@ pin_project! {
     #[project = KindProj]
     enum Kind<B> {
         Inner { #[pin] body: B },
-        Rejection { bytes: Option<Bytes> },
+        Refusal { bytes: Option<Bytes> },
     }
 }
 
@@ -133,7 +133,7 @@ pin_project! {
 impl<B> Default for ResponseBody<B> {
     fn default() -> Self {
         Self {
-            kind: Kind::Rejection { bytes: None },
+            kind: Kind::Refusal { bytes: None },
         }
     }
 }
@@ -160,21 +160,21 @@ where
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().kind.project() {
             KindProj::Inner { body } => body.poll_frame(cx),
-            KindProj::Rejection { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
+            KindProj::Refusal { bytes } => Poll::Ready(bytes.take().map(|b| Ok(Frame::data(b)))),
         }
     }
 
     fn is_end_stream(&self) -> bool {
         match &self.kind {
             Kind::Inner { body } => body.is_end_stream(),
-            Kind::Rejection { bytes } => bytes.is_none(),
+            Kind::Refusal { bytes } => bytes.is_none(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
         match &self.kind {
             Kind::Inner { body } => body.size_hint(),
-            Kind::Rejection { bytes } => {
+            Kind::Refusal { bytes } => {
                 SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64))
             }
         }
@@ -185,8 +185,8 @@ impl<B> std::fmt::Debug for ResponseBody<B> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
             Kind::Inner { .. } => f.write_str("ResponseBody::Inner"),
-            Kind::Rejection { bytes } => f
-                .debug_struct("ResponseBody::Rejection")
+            Kind::Refusal { bytes } => f
+                .debug_struct("ResponseBody::Refusal")
                 .field("len", &bytes.as_ref().map_or(0, Bytes::len))
                 .finish(),
         }

@@ -31,7 +31,7 @@ use moka::Expiry;
 
 use crate::credential::CredentialHeader;
 use crate::digest::{Digest, DigestHasher, Digester};
-use crate::envelope::Rejection;
+use crate::envelope::Refusal;
 use crate::front;
 use crate::session::{Age, SessionInfo};
 use crate::upstream::Verdict;
@@ -78,7 +78,7 @@ pub(crate) enum Known {
     /// should start a refresh-ahead.
     Fresh { session: SessionInfo, refresh: bool },
     /// A cached rejection.
-    Rejected(Arc<Rejection>),
+    Rejected(Arc<Refusal>),
 }
 
 /// A session past its TTL, kept for `stale_if_error`.
@@ -145,7 +145,7 @@ impl Revocations {
 /// A rejection and when the call that produced it was sent.
 #[derive(Clone)]
 struct CachedRejection {
-    rejection: Arc<Rejection>,
+    rejection: Arc<Refusal>,
     sent_at: Instant,
 }
 
@@ -453,7 +453,7 @@ mod tests {
     }
 
     fn refused() -> Verdict {
-        Verdict::Rejected(Arc::new(Rejection::deleted()))
+        Verdict::Rejected(Arc::new(Refusal::deleted()))
     }
 
     fn is_fresh(lookup: Lookup, session: &SessionInfo) -> bool {

@@ -7,7 +7,7 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::envelope::Rejection;
+use crate::envelope::Refusal;
 
 /// Longest key accepted, in bytes. Composio's keys are 23 to 47 bytes long.
 pub const MAX_KEY_LEN: usize = 256;
@@ -110,14 +110,14 @@ pub(crate) enum CredentialError {
 }
 
 impl CredentialError {
-    pub(crate) fn rejection(self, accepted: AcceptedHeaders) -> Rejection {
+    pub(crate) fn rejection(self, accepted: AcceptedHeaders) -> Refusal {
         match self {
-            Self::Missing => Rejection::no_credential(&accepted.names()),
+            Self::Missing => Refusal::no_credential(&accepted.names()),
             Self::NotAccepted(header) => {
-                Rejection::header_not_accepted(header.as_str(), &accepted.names())
+                Refusal::header_not_accepted(header.as_str(), &accepted.names())
             }
-            Self::Ambiguous => Rejection::ambiguous(),
-            Self::Malformed(header) => Rejection::malformed(header.as_str()),
+            Self::Ambiguous => Refusal::ambiguous(),
+            Self::Malformed(header) => Refusal::malformed(header.as_str()),
         }
     }
 }
@@ -132,18 +132,48 @@ pub(crate) fn extract(
     headers: &mut HeaderMap,
     accepted: AcceptedHeaders,
 ) -> Result<(CredentialHeader, &HeaderValue), CredentialError> {
-    let mut found: Option<(CredentialHeader, &mut HeaderValue)> = None;
-    for (name, value) in headers.iter_mut() {
+    // Every credential value is a secret, even one that gets refused.
+    let (header, value) = one_credential(headers.iter_mut(), |value| value.set_sensitive(true))?;
+    checked(header, value, accepted)
+}
+
+/// As [`extract`], for headers that are not this crate's to change
+/// ([`ComposioAuthLayer::verify`](crate::ComposioAuthLayer::verify)).
+pub(crate) fn find(
+    headers: &HeaderMap,
+    accepted: AcceptedHeaders,
+) -> Result<(CredentialHeader, &HeaderValue), CredentialError> {
+    let (header, value) = one_credential(headers.iter(), |_| {})?;
+    checked(header, value, accepted)
+}
+
+/// The one credential header among `headers` (each credential value handed to
+/// `seen` first), or why there is none.
+#[inline]
+fn one_credential<'a, V>(
+    headers: impl Iterator<Item = (&'a HeaderName, V)>,
+    mut seen: impl FnMut(&mut V),
+) -> Result<(CredentialHeader, V), CredentialError> {
+    let mut found = None;
+    for (name, mut value) in headers {
         if let Some(header) = CredentialHeader::from_name(name.as_str()) {
-            // Every credential value is a secret, even one that gets refused.
-            value.set_sensitive(true);
+            seen(&mut value);
             if found.is_some() {
                 return Err(CredentialError::Ambiguous);
             }
             found = Some((header, value));
         }
     }
-    let (header, value) = found.ok_or(CredentialError::Missing)?;
+    found.ok_or(CredentialError::Missing)
+}
+
+/// `value` of `header`, if this layer accepts the header and the value can be a key.
+#[inline]
+fn checked<V: std::ops::Deref<Target = HeaderValue>>(
+    header: CredentialHeader,
+    value: V,
+    accepted: AcceptedHeaders,
+) -> Result<(CredentialHeader, V), CredentialError> {
     if !accepted.contains(header) {
         return Err(CredentialError::NotAccepted(header));
     }

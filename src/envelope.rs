@@ -47,7 +47,7 @@ pub(crate) const MAX_RETRY_AFTER_SECS: u64 = 60;
 /// What a client receives instead of the inner service's answer: a status and an
 /// envelope, rendered as JSON for HTTP clients and as `grpc-status` for gRPC clients.
 #[derive(Clone, Debug)]
-pub(crate) struct Rejection {
+pub(crate) struct Refusal {
     status: StatusCode,
     body: ErrorBody,
     /// Made by this crate (not passed through from Composio): carries the inbound
@@ -56,7 +56,7 @@ pub(crate) struct Rejection {
     retry_after_secs: Option<u64>,
 }
 
-impl Rejection {
+impl Refusal {
     fn local(status: StatusCode, code: i64, slug: &str, message: &str, fix: &str) -> Self {
         Self {
             status,
@@ -211,14 +211,29 @@ impl Rejection {
         request_id: Option<&str>,
         challenge: &HeaderValue,
     ) -> Response<Bytes> {
-        let bytes = match request_id.filter(|_| self.local) {
-            Some(id) => {
-                let mut body = self.body.clone();
-                body.request_id = Some(id.to_owned());
-                envelope_json(body)
-            }
-            None => envelope_json(self.body.clone()),
-        };
+        self.render_envelope(&self.envelope(request_id), challenge)
+    }
+
+    /// The envelope a client reads; `request_id` goes into envelopes the layer made.
+    pub(crate) fn envelope(&self, request_id: Option<&str>) -> ErrorEnvelope {
+        let mut error = self.body.clone();
+        if let Some(id) = request_id.filter(|_| self.local) {
+            error.request_id = Some(id.to_owned());
+        }
+        ErrorEnvelope { error }
+    }
+
+    /// `envelope` as this rejection's HTTP answer: its status, `Content-Type`,
+    /// `WWW-Authenticate` (`challenge`) on a 401, `Retry-After` on a 503.
+    pub(crate) fn render_envelope(
+        &self,
+        envelope: &ErrorEnvelope,
+        challenge: &HeaderValue,
+    ) -> Response<Bytes> {
+        // Serialising plain strings and numbers cannot fail.
+        let bytes = serde_json::to_vec(envelope)
+            .map(Bytes::from)
+            .unwrap_or_default();
         let mut response = Response::new(bytes);
         *response.status_mut() = self.status;
         let headers = response.headers_mut();
@@ -276,7 +291,7 @@ pub(crate) fn challenge<'a>(headers: impl IntoIterator<Item = &'a str>) -> Heade
 }
 
 /// The inbound `x-request-id`, if it is fit to echo.
-fn request_id(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn request_id(headers: &HeaderMap) -> Option<&str> {
     let id = headers.get("x-request-id")?;
     let bytes = id.as_bytes();
     let fit = (1..=MAX_REQUEST_ID_BYTES).contains(&bytes.len())
@@ -313,13 +328,6 @@ fn bounded(message: &str, max: usize) -> &str {
 /// Bytes the gRPC spec requires percent-encoded in `grpc-message` (and `%` itself).
 const GRPC_MESSAGE: &AsciiSet = &CONTROLS.add(b'%');
 
-fn envelope_json(error: ErrorBody) -> Bytes {
-    // Serialising plain strings and numbers cannot fail.
-    serde_json::to_vec(&ErrorEnvelope { error })
-        .map(Bytes::from)
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,7 +339,7 @@ mod tests {
     #[test]
     fn no_credential_speaks_composio() {
         let response =
-            Rejection::no_credential("x-api-key").render_http(None, &challenge(["x-api-key"]));
+            Refusal::no_credential("x-api-key").render_http(None, &challenge(["x-api-key"]));
         assert_eq!(response.status(), 401);
         assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
         assert!(response.headers().contains_key(WWW_AUTHENTICATE));
@@ -346,7 +354,7 @@ mod tests {
     #[test]
     fn local_rejections_carry_the_inbound_request_id() {
         let envelope =
-            parse(&Rejection::forbidden().render_http(Some("req-123"), &challenge(["x-api-key"])));
+            parse(&Refusal::forbidden().render_http(Some("req-123"), &challenge(["x-api-key"])));
         assert_eq!(envelope.error.request_id.as_deref(), Some("req-123"));
         assert_eq!(envelope.error.status, 403);
     }
@@ -362,7 +370,7 @@ mod tests {
             suggested_fix: Some("Check the key".into()),
             errors: Some(vec!["detail".into()]),
         };
-        let rejection = Rejection::upstream(StatusCode::UNAUTHORIZED, body.clone());
+        let rejection = Refusal::upstream(StatusCode::UNAUTHORIZED, body.clone());
         let envelope = parse(&rejection.render_http(Some("inbound"), &challenge(["x-api-key"])));
         assert_eq!(envelope.error.status, 401);
         assert_eq!(envelope.error.request_id.as_deref(), Some("upstream-1"));
@@ -372,16 +380,16 @@ mod tests {
 
     #[test]
     fn unavailable_has_a_bounded_retry_after() {
-        let response = Rejection::unavailable("upstream answered 502", None)
+        let response = Refusal::unavailable("upstream answered 502", None)
             .render_http(None, &challenge(["x-api-key"]));
         assert_eq!(response.status(), 503);
         assert_eq!(response.headers()[RETRY_AFTER], "5");
         assert!(!response.headers().contains_key(WWW_AUTHENTICATE));
         let response =
-            Rejection::unavailable("429", Some(3600)).render_http(None, &challenge(["x-api-key"]));
+            Refusal::unavailable("429", Some(3600)).render_http(None, &challenge(["x-api-key"]));
         assert_eq!(response.headers()[RETRY_AFTER], "60");
         let response =
-            Rejection::unavailable("429", Some(0)).render_http(None, &challenge(["x-api-key"]));
+            Refusal::unavailable("429", Some(0)).render_http(None, &challenge(["x-api-key"]));
         assert_eq!(response.headers()[RETRY_AFTER], "1");
         assert_eq!(parse(&response).error.errors, Some(vec!["429".to_owned()]));
     }
@@ -389,9 +397,9 @@ mod tests {
     #[test]
     fn grpc_rejections_are_trailers_only() {
         for (rejection, code) in [
-            (Rejection::no_credential("x-api-key"), "16"),
-            (Rejection::forbidden(), "7"),
-            (Rejection::unavailable("down", None), "14"),
+            (Refusal::no_credential("x-api-key"), "16"),
+            (Refusal::forbidden(), "7"),
+            (Refusal::unavailable("down", None), "14"),
         ] {
             let response = rejection.render_grpc(HeaderValue::from_static("application/grpc"));
             assert_eq!(response.status(), 200);
@@ -412,7 +420,7 @@ mod tests {
             suggested_fix: None,
             errors: None,
         };
-        Rejection::upstream(StatusCode::UNAUTHORIZED, body)
+        Refusal::upstream(StatusCode::UNAUTHORIZED, body)
             .render_grpc(HeaderValue::from_static("application/grpc"))
     }
 
@@ -472,7 +480,7 @@ mod tests {
     fn grpc_web_rejections_answer_in_the_requests_content_type() {
         let request = headers(&[("content-type", b"application/grpc-web-text")]);
         let response =
-            Rejection::no_credential("x-api-key").render_for(&request, &challenge(["x-api-key"]));
+            Refusal::no_credential("x-api-key").render_for(&request, &challenge(["x-api-key"]));
         assert_eq!(
             response.headers()[CONTENT_TYPE],
             "application/grpc-web-text"

@@ -9,7 +9,7 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use crate::envelope::{challenge, Rejection};
+use crate::envelope::{challenge, Refusal};
 use crate::session::SessionInfo;
 use crate::TRACING_TARGET;
 
@@ -45,7 +45,7 @@ impl IntoResponse for MissingSession {
             target: TRACING_TARGET,
             "SessionInfo extracted on a route without ComposioAuthLayer; answering 401"
         );
-        Rejection::no_credential("x-api-key")
+        Refusal::no_credential("x-api-key")
             .render_http(None, &challenge(["x-api-key"]))
             .map(axum_core::body::Body::from)
     }

@@ -19,12 +19,12 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::body::RejectionBody;
-use crate::cache::{age_ms, Stale};
+use crate::cache::Stale;
+use crate::decision::Outcome;
 use crate::drain::{Drain, Unread};
-use crate::envelope::Rejection;
+use crate::envelope::Refusal;
 use crate::instruments::Answer;
 use crate::policy::Policy;
-use crate::session::Age;
 use crate::session::SessionInfo;
 use crate::upstream::Verdict;
 use crate::verification::Verification;
@@ -106,11 +106,7 @@ where
 
     /// Answers `request` with `rejection`, rendered for it (HTTP or gRPC), after
     /// draining what is left of an HTTP/1.x request body within a budget.
-    pub(crate) fn reject(
-        policy: &Policy,
-        rejection: &Rejection,
-        request: Request<ReqBody>,
-    ) -> Self {
+    pub(crate) fn reject(policy: &Policy, rejection: &Refusal, request: Request<ReqBody>) -> Self {
         tracing::debug!(target: TRACING_TARGET, status = rejection.status().as_u16(), slug = ?rejection.body().slug, "rejected");
         policy.answered(Answer::of_status(rejection.status()));
         let mut response = rejection.render_for(request.headers(), policy.challenge());
@@ -161,31 +157,11 @@ where
             policy,
             stale,
         } = pending;
-        match verdict {
-            // A session past its TTL that a flight hands out: the shared tier's
-            // fallback while Composio is undecided, served as a stale one.
-            Verdict::Allowed(session) if session.age() == Age::Expired => {
-                tracing::warn!(
-                    target: TRACING_TARGET,
-                    age_ms = age_ms(&session),
-                    "Composio undecided; serving a stale session from the shared cache"
-                );
-                Self::admit_as(Answer::Stale, &policy, &mut inner, request, session)
+        match Outcome::of(verdict, stale) {
+            Outcome::Admit(session, answer) => {
+                Self::admit_as(answer, &policy, &mut inner, request, session)
             }
-            Verdict::Allowed(session) => Self::admit(&policy, &mut inner, request, session),
-            Verdict::Rejected(rejection) => Self::reject(&policy, &rejection, request),
-            Verdict::Undecided(rejection) => match stale.and_then(Stale::usable) {
-                Some(session) => {
-                    tracing::warn!(
-                        target: TRACING_TARGET,
-                        age_ms = age_ms(&session),
-                        reason = ?rejection.body().errors,
-                        "Composio undecided; serving a stale session"
-                    );
-                    Self::admit_as(Answer::Stale, &policy, &mut inner, request, session)
-                }
-                None => Self::reject(&policy, &rejection, request),
-            },
+            Outcome::Refuse(refused) => Self::reject(&policy, &refused, request),
         }
     }
 }

@@ -19,7 +19,7 @@ use crate::service::{ComposioAuth, LayerState};
 use crate::session::SessionInfo;
 use crate::upstream::Upstream;
 use crate::verification::Verifications;
-use crate::{Error, TRACING_TARGET};
+use crate::{Error, Rejection, TRACING_TARGET};
 
 /// Composio's production API, used when neither [`ComposioAuthBuilder::base_url`] nor
 /// `COMPOSIO_BASE_URL` says otherwise.
@@ -51,6 +51,9 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 #[derive(Clone)]
 pub struct ComposioAuthLayer {
     pub(crate) state: Arc<LayerState>,
+    /// What this layer requires of a valid session; [`require`](Self::require)
+    /// makes layers that share `state` and require more.
+    pub(crate) policy: Arc<Policy>,
 }
 
 impl ComposioAuthLayer {
@@ -148,6 +151,69 @@ impl ComposioAuthLayer {
         }
     }
 
+    /// A layer that shares everything with this one (both cache tiers, the
+    /// per-thread fronts, verifications in flight, the HTTP clients and the
+    /// concurrency budget, the shared cache, the metrics) and admits only sessions
+    /// that this layer admits **and** for which `predicate` holds; other valid
+    /// sessions get 403 with the envelope of [`authorize`](ComposioAuthBuilder::authorize)
+    /// (code 10403), and stay cached. `a.require(p).require(q)` needs both;
+    /// `invalidate` and `invalidate_all` on any of them act on all of them.
+    ///
+    /// ```no_run
+    /// use axum::{routing::get, Router};
+    /// use composio_auth::{ComposioAuthLayer, SessionInfo};
+    ///
+    /// async fn me(session: SessionInfo) -> String { session.org_member.email.clone() }
+    /// async fn admin(session: SessionInfo) -> String { format!("hello, {}", session.org_member.name) }
+    ///
+    /// let auth = ComposioAuthLayer::builder().build()?;
+    /// let app: Router = Router::new()
+    ///     .route("/admin", get(admin))
+    ///     .route_layer(auth.require(|s| s.org_member.role == "admin"))
+    ///     .route("/me", get(me))
+    ///     .route_layer(auth.clone());
+    /// # Ok::<(), composio_auth::Error>(())
+    /// ```
+    #[must_use]
+    pub fn require<F>(&self, predicate: F) -> Self
+    where
+        F: Fn(&SessionInfo) -> bool + Send + Sync + 'static,
+    {
+        Self {
+            state: Arc::clone(&self.state),
+            policy: Arc::new(self.policy.requiring(Arc::new(predicate))),
+        }
+    }
+
+    /// The layer's whole path for one request's headers, without a request or a
+    /// tower service: the same credential rules, cache, coalescing, shared cache,
+    /// policy and metrics, and the same verdicts. `Ok` with the session where the
+    /// layer would admit the request; else the [`Rejection`] it would answer with
+    /// (for HTTP).
+    ///
+    /// For code that is not a request handler: a WebSocket upgrade checked by hand,
+    /// a job that checks a stored key, a forward-auth server. The future borrows
+    /// nothing (the headers are read before it is returned) and must run on a Tokio
+    /// runtime, as the layer's requests do (see [`ComposioAuthBuilder`], "Runtime").
+    ///
+    /// ```no_run
+    /// # async fn run() {
+    /// let auth = composio_auth::ComposioAuthLayer::new();
+    /// let mut headers = http::HeaderMap::new();
+    /// headers.insert("x-api-key", "ak_...".parse().unwrap());
+    /// match auth.verify(&headers).await {
+    ///     Ok(session) => println!("{} may go on", session.org_member.email),
+    ///     Err(rejection) => println!("refused: {rejection}"),
+    /// }
+    /// # }
+    /// ```
+    pub fn verify(
+        &self,
+        headers: &http::HeaderMap,
+    ) -> impl std::future::Future<Output = Result<SessionInfo, Rejection>> + Send + 'static {
+        crate::decision::verify(&self.state, &self.policy, headers)
+    }
+
     /// How many sessions and rejections are cached, after pending maintenance.
     #[must_use]
     pub fn cached(&self) -> CachedVerdicts {
@@ -171,7 +237,7 @@ impl<S> Layer<S> for ComposioAuthLayer {
     type Service = ComposioAuth<S>;
 
     fn layer(&self, inner: S) -> ComposioAuth<S> {
-        ComposioAuth::new(inner, Arc::clone(&self.state))
+        ComposioAuth::new(inner, Arc::clone(&self.state), Arc::clone(&self.policy))
     }
 }
 
@@ -180,7 +246,7 @@ impl fmt::Debug for ComposioAuthLayer {
         f.debug_struct("ComposioAuthLayer")
             .field("base_url", &self.state.base_url)
             .field("accepted", &self.state.accepted.names())
-            .field("policy", &self.state.policy)
+            .field("policy", &self.policy)
             .finish_non_exhaustive()
     }
 }
@@ -504,6 +570,7 @@ impl ComposioAuthBuilder {
             Arc::clone(&instruments),
             fleet,
         );
+        let policy = Policy::new(self.authorize, self.accepted, Arc::clone(&instruments));
         ComposioAuthLayer {
             state: Arc::new(LayerState {
                 accepted: self.accepted,
@@ -511,13 +578,9 @@ impl ComposioAuthBuilder {
                 base_url,
                 cache,
                 verifications,
-                policy: Arc::new(Policy::new(
-                    self.authorize,
-                    self.accepted,
-                    Arc::clone(&instruments),
-                )),
                 instruments,
             }),
+            policy: Arc::new(policy),
         }
     }
 }

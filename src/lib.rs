@@ -134,6 +134,7 @@
 mod body;
 mod cache;
 mod credential;
+mod decision;
 mod digest;
 mod drain;
 mod envelope;
@@ -147,6 +148,7 @@ mod instruments;
 mod layer;
 mod per_runtime;
 mod policy;
+mod rejection;
 mod service;
 mod session;
 #[cfg(feature = "test-util")]
@@ -168,6 +170,7 @@ pub use future::ResponseFuture;
 pub use layer::{
     ComposioAuthBuilder, ComposioAuthLayer, BASE_URL_ENV, DEFAULT_BASE_URL, DEFAULT_SESSION_PATH,
 };
+pub use rejection::Rejection;
 pub use service::ComposioAuth;
 pub use session::{ApiKey, Org, OrgMember, Project, SessionDocument, SessionInfo, WebhookVersion};
 pub use upstream::MAX_UPSTREAM_BODY_BYTES;

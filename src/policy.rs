@@ -1,6 +1,7 @@
-//! What a layer admits and how it says no: the `authorize` predicate every valid
-//! session must pass, checked on every request (cached or not), its 403, the
-//! `WWW-Authenticate` challenge of the layer's 401s, and the count of its answers.
+//! What a layer admits and how it says no: the predicates every valid session must
+//! pass (the builder's `authorize`, then each `require`), checked on every request
+//! (cached or not), their 403, the `WWW-Authenticate` challenge of the layer's
+//! 401s, and the count of its answers.
 
 use std::fmt;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use std::sync::Arc;
 use http::HeaderValue;
 
 use crate::credential::AcceptedHeaders;
-use crate::envelope::{challenge, Rejection};
+use crate::envelope::{challenge, Refusal};
 use crate::instruments::{Answer, Instruments};
 use crate::session::SessionInfo;
 
@@ -17,9 +18,10 @@ pub(crate) type Authorize = Arc<dyn Fn(&SessionInfo) -> bool + Send + Sync>;
 
 /// Whether a valid session may use this service, and the challenge of a 401.
 pub(crate) struct Policy {
-    authorize: Option<Authorize>,
+    /// Every one must hold.
+    authorize: Vec<Authorize>,
     /// Rendered per request from this one value.
-    forbidden: Rejection,
+    forbidden: Refusal,
     /// Names every accepted credential header.
     challenge: HeaderValue,
     instruments: Arc<Instruments>,
@@ -32,8 +34,8 @@ impl Policy {
         instruments: Arc<Instruments>,
     ) -> Self {
         Self {
-            authorize,
-            forbidden: Rejection::forbidden(),
+            authorize: authorize.into_iter().collect(),
+            forbidden: Refusal::forbidden(),
             challenge: challenge(accepted.iter().map(|h| h.as_str())),
             instruments,
         }
@@ -49,20 +51,30 @@ impl Policy {
         &self.challenge
     }
 
-    /// The rejection for `session`, if the predicate refuses it.
-    pub(crate) fn refusal(&self, session: &SessionInfo) -> Option<&Rejection> {
-        let authorize = self.authorize.as_ref()?;
-        (!authorize(session)).then_some(&self.forbidden)
+    /// This policy and `predicate` too.
+    pub(crate) fn requiring(&self, predicate: Authorize) -> Self {
+        let mut authorize = self.authorize.clone();
+        authorize.push(predicate);
+        Self {
+            authorize,
+            forbidden: self.forbidden.clone(),
+            challenge: self.challenge.clone(),
+            instruments: Arc::clone(&self.instruments),
+        }
+    }
+
+    /// The rejection for `session`, if a predicate refuses it.
+    #[inline]
+    pub(crate) fn refusal(&self, session: &SessionInfo) -> Option<&Refusal> {
+        let admitted = self.authorize.iter().all(|authorize| authorize(session));
+        (!admitted).then_some(&self.forbidden)
     }
 }
 
 impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
-            .field(
-                "authorize",
-                &self.authorize.as_ref().map(|_| "Fn(&SessionInfo) -> bool"),
-            )
+            .field("predicates", &self.authorize.len())
             .finish_non_exhaustive()
     }
 }

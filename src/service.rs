@@ -10,12 +10,13 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::RejectionBody;
-use crate::cache::{Known, Lookup, VerdictCache};
-use crate::credential::{self, AcceptedHeaders, CredentialError};
+use crate::cache::VerdictCache;
+use crate::credential::{self, AcceptedHeaders};
+use crate::decision::Step;
 use crate::future::ResponseFuture;
-use crate::instruments::{self, Instruments};
+use crate::instruments::Instruments;
 use crate::policy::Policy;
-use crate::verification::{Joined, Verifications};
+use crate::verification::Verifications;
 use crate::TRACING_TARGET;
 
 /// What every service made by one layer shares.
@@ -26,7 +27,6 @@ pub(crate) struct LayerState {
     pub(crate) base_url: String,
     pub(crate) cache: Arc<VerdictCache>,
     pub(crate) verifications: Verifications,
-    pub(crate) policy: Arc<Policy>,
     pub(crate) instruments: Arc<Instruments>,
 }
 
@@ -40,11 +40,16 @@ pub(crate) struct LayerState {
 pub struct ComposioAuth<S> {
     inner: S,
     state: Arc<LayerState>,
+    policy: Arc<Policy>,
 }
 
 impl<S> ComposioAuth<S> {
-    pub(crate) fn new(inner: S, state: Arc<LayerState>) -> Self {
-        Self { inner, state }
+    pub(crate) fn new(inner: S, state: Arc<LayerState>, policy: Arc<Policy>) -> Self {
+        Self {
+            inner,
+            state,
+            policy,
+        }
     }
 
     /// The wrapped service.
@@ -88,78 +93,35 @@ where
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let state = &*self.state;
-
+        let policy = &self.policy;
         let (header, digest) = match credential::extract(request.headers_mut(), state.accepted) {
             Ok((header, key)) => (header, state.cache.digest(header, key.as_bytes())),
             Err(error) => {
                 tracing::debug!(target: TRACING_TARGET, ?error, "no usable credential");
-                return ResponseFuture::reject(
-                    &state.policy,
-                    &error.rejection(state.accepted),
-                    request,
-                );
+                return ResponseFuture::reject(policy, &error.rejection(state.accepted), request);
             }
         };
-        let known = match state.cache.lookup(&digest) {
-            Lookup::Known(known) => {
-                state.instruments.looked_up(match known {
-                    Known::Fresh { .. } => instruments::Lookup::Hit,
-                    Known::Rejected(_) => instruments::Lookup::NegativeHit,
-                });
-                known
-            }
-            Lookup::Miss { stale } => {
-                tracing::debug!(target: TRACING_TARGET, stale = stale.is_some(), "cache miss");
-                state.instruments.looked_up(instruments::Lookup::Miss);
-                // Read again only on a miss: the hit path borrows nothing past the digest.
-                let Some(key) = request.headers().get(header.header_name()) else {
-                    let missing = CredentialError::Missing.rejection(state.accepted);
-                    return ResponseFuture::reject(&state.policy, &missing, request);
-                };
-                match state.verifications.join_or_start(digest, header, key) {
-                    Joined::Waiting(verification) => {
-                        if state.hide_credential {
-                            request.headers_mut().remove(header.header_name());
-                        }
-                        // The call waits for the verification: the service polled
-                        // ready goes with it, a clone stays for the next `poll_ready`.
-                        let clone = self.inner.clone();
-                        let inner = std::mem::replace(&mut self.inner, clone);
-                        let policy = Arc::clone(&state.policy);
-                        return ResponseFuture::verifying(
-                            verification,
-                            inner,
-                            request,
-                            policy,
-                            stale,
-                        );
-                    }
-                    Joined::Known(known) => known,
-                    Joined::CannotRun(rejection) => {
-                        return ResponseFuture::reject(&state.policy, &rejection, request)
-                    }
-                }
-            }
-        };
-        match known {
-            Known::Fresh { session, refresh } => {
-                tracing::trace!(target: TRACING_TARGET, "cache hit");
-                if refresh {
-                    if let Some(key) = request.headers().get(header.header_name()) {
-                        state
-                            .verifications
-                            .refresh(digest, header, key, session.verified());
-                    }
-                }
+        match state.step(header, digest, request.headers()) {
+            Step::Admit(session) => {
                 if state.hide_credential {
                     request.headers_mut().remove(header.header_name());
                 }
                 // Called right away: the service polled ready is the one called.
-                ResponseFuture::admit(&state.policy, &mut self.inner, request, session)
+                ResponseFuture::admit(policy, &mut self.inner, request, session)
             }
-            Known::Rejected(rejection) => {
-                tracing::trace!(target: TRACING_TARGET, status = rejection.status().as_u16(), "cached rejection");
-                ResponseFuture::reject(&state.policy, &rejection, request)
+            Step::Refuse(refused) => ResponseFuture::reject(policy, &refused, request),
+            Step::Wait {
+                verification,
+                stale,
+            } => {
+                if state.hide_credential {
+                    request.headers_mut().remove(header.header_name());
+                }
+                // The call waits for the verification: the service polled ready
+                // goes with it, a clone stays for the next `poll_ready`.
+                let clone = self.inner.clone();
+                let inner = std::mem::replace(&mut self.inner, clone);
+                ResponseFuture::verifying(verification, inner, request, Arc::clone(policy), stale)
             }
         }
     }

@@ -20,7 +20,7 @@ use http::header::{ACCEPT, CONTENT_LENGTH, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::credential::CredentialHeader;
-use crate::envelope::{ErrorEnvelope, Rejection};
+use crate::envelope::{ErrorEnvelope, Refusal};
 use crate::per_runtime::{self, PerRuntime};
 use crate::session::{SessionDocument, SessionInfo};
 use crate::TRACING_TARGET;
@@ -38,14 +38,14 @@ pub(crate) enum Verdict {
     /// Composio vouches for the key.
     Allowed(SessionInfo),
     /// Composio refuses the key (or the session is deleted): 401/403.
-    Rejected(Arc<Rejection>),
+    Rejected(Arc<Refusal>),
     /// Nobody could decide: 503, nothing cached.
-    Undecided(Arc<Rejection>),
+    Undecided(Arc<Refusal>),
 }
 
 impl Verdict {
     pub(crate) fn undecided(reason: impl Into<String>, retry_after_secs: Option<u64>) -> Self {
-        Self::Undecided(Arc::new(Rejection::unavailable(reason, retry_after_secs)))
+        Self::Undecided(Arc::new(Refusal::unavailable(reason, retry_after_secs)))
     }
 
     /// A word for logs.
@@ -266,7 +266,7 @@ pub(crate) fn classify(
     match status {
         StatusCode::OK => match serde_json::from_slice::<SessionDocument>(body) {
             Ok(document) if document.is_deleted() => {
-                Verdict::Rejected(Arc::new(Rejection::deleted()))
+                Verdict::Rejected(Arc::new(Refusal::deleted()))
             }
             Ok(document) => Verdict::Allowed(SessionInfo::verified_at(document, sent_at)),
             Err(_) => Verdict::undecided("Composio answered 200 without a session document", None),
@@ -292,7 +292,7 @@ pub(crate) fn classify(
 /// A verdict from an error envelope, or undecided when the body is not one.
 fn rejected(upstream: StatusCode, answer: StatusCode, body: &[u8]) -> Verdict {
     match serde_json::from_slice::<ErrorEnvelope>(body) {
-        Ok(envelope) => Verdict::Rejected(Arc::new(Rejection::upstream(answer, envelope.error))),
+        Ok(envelope) => Verdict::Rejected(Arc::new(Refusal::upstream(answer, envelope.error))),
         Err(_) => Verdict::undecided(
             format!(
                 "Composio answered {} without its error envelope",
@@ -332,14 +332,14 @@ mod tests {
         .into_bytes()
     }
 
-    fn rejection(verdict: Verdict) -> Arc<Rejection> {
+    fn rejection(verdict: Verdict) -> Arc<Refusal> {
         match verdict {
             Verdict::Rejected(r) => r,
             other => panic!("expected a rejection, got {}", other.kind()),
         }
     }
 
-    fn undecided(verdict: Verdict) -> Arc<Rejection> {
+    fn undecided(verdict: Verdict) -> Arc<Refusal> {
         match verdict {
             Verdict::Undecided(r) => r,
             other => panic!("expected undecided, got {}", other.kind()),

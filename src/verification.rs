@@ -45,7 +45,7 @@ use tracing::Instrument;
 use crate::cache::{Known, Lookup, VerdictCache};
 use crate::credential::CredentialHeader;
 use crate::digest::Digest;
-use crate::envelope::Rejection;
+use crate::envelope::Refusal;
 use crate::fleet::Fleet;
 use crate::instruments::Instruments;
 use crate::upstream::{Answer, Upstream, Verdict};
@@ -64,7 +64,7 @@ pub(crate) enum Joined {
     /// A verdict that landed since the request's own lookup.
     Known(Known),
     /// No verification can run here (not on a Tokio runtime).
-    CannotRun(Rejection),
+    CannotRun(Refusal),
 }
 
 /// What an invalidation from another replica asks of this layer's verifications.
@@ -150,7 +150,7 @@ impl Verifications {
     ) -> Joined {
         let Ok(runtime) = Handle::try_current() else {
             tracing::error!(target: TRACING_TARGET, "composio-auth needs a Tokio runtime to verify keys");
-            return Joined::CannotRun(Rejection::unavailable(
+            return Joined::CannotRun(Refusal::unavailable(
                 "composio-auth needs a Tokio runtime",
                 None,
             ));

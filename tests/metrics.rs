@@ -201,3 +201,41 @@ async fn the_shared_tiers_metrics_move_as_documented() {
     );
     assert_eq!(values.gauge("composio_auth_shared_subscribed", None), 0.0);
 }
+
+#[tokio::test]
+async fn verify_is_counted_like_a_request() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let composio = composio().await;
+    let layer = metrics::with_local_recorder(&recorder, || builder(&composio).build().unwrap());
+    let admin = layer.require(|s| s.org_member.role == "admin");
+    let with = |key: &str| {
+        let mut headers = axum::http::HeaderMap::new();
+        headers.insert("x-api-key", key.parse().unwrap());
+        headers
+    };
+    assert!(layer.verify(&with(ALICE)).await.is_ok()); // miss, allowed
+    assert!(admin.verify(&with(ALICE)).await.is_ok()); // hit, allowed
+    let forbidden = admin.verify(&with(BOB)).await.unwrap_err(); // miss, forbidden
+    assert_eq!(forbidden.status(), 403);
+    let none = layer
+        .verify(&axum::http::HeaderMap::new())
+        .await
+        .unwrap_err(); // no lookup
+    assert_eq!(none.status(), 401);
+    let unknown = layer
+        .verify(&with("ak_unknown_metrics_key"))
+        .await
+        .unwrap_err(); // miss
+    assert_eq!(unknown.status(), 401);
+
+    let values = Values::take(&snapshotter);
+    let requests = |result| values.counter("composio_auth_requests_total", ("result", result));
+    let cache = |result| values.counter("composio_auth_cache_total", ("result", result));
+    assert_eq!(requests("allowed"), 2);
+    assert_eq!(requests("forbidden"), 1);
+    assert_eq!(requests("unauthorized"), 2);
+    assert_eq!(cache("hit"), 1);
+    assert_eq!(cache("miss"), 3);
+    assert_eq!(composio.calls(), 3);
+}

@@ -1,0 +1,197 @@
+//! One request's path through the core, whatever asks: after the credential is
+//! found, the cache (and the key's verification on a miss) decides, then the
+//! policy. The tower service (`service.rs`, `future.rs`) and
+//! [`ComposioAuthLayer::verify`](crate::ComposioAuthLayer::verify) (below) both
+//! take it, so both give the same verdict for the same headers.
+
+use std::future::Future;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use http::HeaderMap;
+
+use crate::cache::{age_ms, Known, Lookup, Stale};
+use crate::credential::{self, CredentialError, CredentialHeader};
+use crate::digest::Digest;
+use crate::envelope::Refusal;
+use crate::instruments::{self, Answer};
+use crate::policy::Policy;
+use crate::rejection::{Rejection, RequestId};
+use crate::service::LayerState;
+use crate::session::{Age, SessionInfo};
+use crate::upstream::Verdict;
+use crate::verification::{Joined, Verification};
+use crate::TRACING_TARGET;
+
+/// A refusal made for this request, or one shared from the cache or a flight.
+pub(crate) enum Refused {
+    Made(Refusal),
+    Shared(Arc<Refusal>),
+}
+
+impl Deref for Refused {
+    type Target = Refusal;
+
+    fn deref(&self) -> &Refusal {
+        match self {
+            Self::Made(refusal) => refusal,
+            Self::Shared(refusal) => refusal,
+        }
+    }
+}
+
+/// Where the cache leaves a request.
+pub(crate) enum Step {
+    /// A valid session, fresh: admit it if the policy does.
+    Admit(SessionInfo),
+    /// Refuse it now.
+    Refuse(Refused),
+    /// Wait for the key's verification; `stale` is the fallback if it is undecided.
+    Wait {
+        verification: Verification,
+        stale: Option<Stale>,
+    },
+}
+
+/// What a verification's verdict makes of a waiting request.
+pub(crate) enum Outcome {
+    Admit(SessionInfo, Answer),
+    Refuse(Refused),
+}
+
+impl LayerState {
+    /// The cache's answer for the key in `header` (whose digest is `digest`), or
+    /// its verification: joined or started on a miss, refresh-ahead started on a
+    /// hit that is due. `headers` are read again only on a miss or a refresh.
+    #[inline]
+    pub(crate) fn step(
+        &self,
+        header: CredentialHeader,
+        digest: Digest,
+        headers: &HeaderMap,
+    ) -> Step {
+        let known = match self.cache.lookup(&digest) {
+            Lookup::Known(known) => {
+                self.instruments.looked_up(match known {
+                    Known::Fresh { .. } => instruments::Lookup::Hit,
+                    Known::Rejected(_) => instruments::Lookup::NegativeHit,
+                });
+                known
+            }
+            Lookup::Miss { stale } => {
+                tracing::debug!(target: TRACING_TARGET, stale = stale.is_some(), "cache miss");
+                self.instruments.looked_up(instruments::Lookup::Miss);
+                let Some(key) = headers.get(header.header_name()) else {
+                    let missing = CredentialError::Missing.rejection(self.accepted);
+                    return Step::Refuse(Refused::Made(missing));
+                };
+                match self.verifications.join_or_start(digest, header, key) {
+                    Joined::Waiting(verification) => {
+                        return Step::Wait {
+                            verification,
+                            stale,
+                        }
+                    }
+                    Joined::Known(known) => known,
+                    Joined::CannotRun(refusal) => return Step::Refuse(Refused::Made(refusal)),
+                }
+            }
+        };
+        match known {
+            Known::Fresh { session, refresh } => {
+                tracing::trace!(target: TRACING_TARGET, "cache hit");
+                if refresh {
+                    if let Some(key) = headers.get(header.header_name()) {
+                        self.verifications
+                            .refresh(digest, header, key, session.verified());
+                    }
+                }
+                Step::Admit(session)
+            }
+            Known::Rejected(refusal) => {
+                tracing::trace!(target: TRACING_TARGET, status = refusal.status().as_u16(), "cached rejection");
+                Step::Refuse(Refused::Shared(refusal))
+            }
+        }
+    }
+}
+
+impl Outcome {
+    /// What `verdict` makes of a request that waited for it with `stale` as its
+    /// fallback.
+    pub(crate) fn of(verdict: Verdict, stale: Option<Stale>) -> Self {
+        match verdict {
+            // A session past its TTL that a flight hands out: the shared tier's
+            // fallback while Composio is undecided, served as a stale one.
+            Verdict::Allowed(session) if session.age() == Age::Expired => {
+                tracing::warn!(
+                    target: TRACING_TARGET,
+                    age_ms = age_ms(&session),
+                    "Composio undecided; serving a stale session from the shared cache"
+                );
+                Self::Admit(session, Answer::Stale)
+            }
+            Verdict::Allowed(session) => Self::Admit(session, Answer::Allowed),
+            Verdict::Rejected(refusal) => Self::Refuse(Refused::Shared(refusal)),
+            Verdict::Undecided(refusal) => match stale.and_then(Stale::usable) {
+                Some(session) => {
+                    tracing::warn!(
+                        target: TRACING_TARGET,
+                        age_ms = age_ms(&session),
+                        reason = ?refusal.body().errors,
+                        "Composio undecided; serving a stale session"
+                    );
+                    Self::Admit(session, Answer::Stale)
+                }
+                None => Self::Refuse(Refused::Shared(refusal)),
+            },
+        }
+    }
+}
+
+/// [`ComposioAuthLayer::verify`](crate::ComposioAuthLayer::verify): the headers are
+/// read now; the returned future waits for a verification if there is one.
+pub(crate) fn verify(
+    state: &Arc<LayerState>,
+    policy: &Arc<Policy>,
+    headers: &HeaderMap,
+) -> impl Future<Output = Result<SessionInfo, Rejection>> + Send + 'static {
+    let request_id = RequestId::of(headers);
+    let step = match credential::find(headers, state.accepted) {
+        Ok((header, key)) => {
+            let digest = state.cache.digest(header, key.as_bytes());
+            state.step(header, digest, headers)
+        }
+        Err(error) => {
+            tracing::debug!(target: TRACING_TARGET, ?error, "no usable credential");
+            Step::Refuse(Refused::Made(error.rejection(state.accepted)))
+        }
+    };
+    let policy = Arc::clone(policy);
+    async move {
+        let outcome = match step {
+            Step::Admit(session) => Outcome::Admit(session, Answer::Allowed),
+            Step::Refuse(refused) => Outcome::Refuse(refused),
+            Step::Wait {
+                verification,
+                stale,
+            } => Outcome::of(verification.await, stale),
+        };
+        let refused = match outcome {
+            Outcome::Admit(session, answer) => match policy.refusal(&session) {
+                None => {
+                    policy.answered(answer);
+                    return Ok(session);
+                }
+                Some(forbidden) => {
+                    tracing::debug!(target: TRACING_TARGET, "a required predicate refused the session");
+                    Refused::Made(forbidden.clone())
+                }
+            },
+            Outcome::Refuse(refused) => refused,
+        };
+        tracing::debug!(target: TRACING_TARGET, status = refused.status().as_u16(), slug = ?refused.body().slug, "rejected");
+        policy.answered(Answer::of_status(refused.status()));
+        Err(Rejection::new(&refused, &request_id, policy.challenge()))
+    }
+}

@@ -1,0 +1,106 @@
+//! [`Rejection`]: the layer's answer for a request it refuses, as a value, for code
+//! that verifies with [`ComposioAuthLayer::verify`](crate::ComposioAuthLayer::verify)
+//! instead of a tower service.
+
+use std::fmt;
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Response, StatusCode};
+
+use crate::body::RejectionBody;
+use crate::envelope::{request_id, ErrorEnvelope, Refusal};
+
+/// Why [`ComposioAuthLayer::verify`](crate::ComposioAuthLayer::verify) refused a
+/// request's headers: 401, 403 or 503, with exactly the status, headers
+/// (`Content-Type`, `WWW-Authenticate` on a 401, `Retry-After` on a 503) and JSON
+/// envelope that the layer answers an HTTP request with for the same headers.
+///
+/// ```no_run
+/// # async fn handle(headers: http::HeaderMap) -> http::Response<axum::body::Body> {
+/// let auth = composio_auth::ComposioAuthLayer::new();
+/// match auth.verify(&headers).await {
+///     Ok(session) => http::Response::new(session.org_member.email.clone().into()),
+///     Err(rejection) => rejection.into_response(),
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Rejection {
+    envelope: ErrorEnvelope,
+    response: Response<Bytes>,
+}
+
+impl Rejection {
+    /// `refusal` as the layer renders it for a request with `headers`.
+    pub(crate) fn new(refusal: &Refusal, headers: &RequestId, challenge: &HeaderValue) -> Self {
+        let envelope = refusal.envelope(headers.0.as_deref());
+        let response = refusal.render_envelope(&envelope, challenge);
+        Self { envelope, response }
+    }
+
+    /// The HTTP status: 401, 403 or 503.
+    #[must_use]
+    pub fn status(&self) -> StatusCode {
+        self.response.status()
+    }
+
+    /// The JSON envelope of the answer (Composio's own where Composio decided).
+    #[must_use]
+    pub fn envelope(&self) -> &ErrorEnvelope {
+        &self.envelope
+    }
+
+    /// The answer's headers: `Content-Type`, and `WWW-Authenticate` on a 401 or
+    /// `Retry-After` on a 503.
+    #[must_use]
+    pub fn headers(&self) -> &HeaderMap {
+        self.response.headers()
+    }
+
+    /// The whole HTTP answer, in any body type the layer can answer in (axum's and,
+    /// with the feature `tonic`, tonic's `Body`, `http_body_util`'s `Full<Bytes>`,
+    /// ...), byte for byte what the layer sends.
+    #[must_use]
+    pub fn into_response<B: RejectionBody>(self) -> Response<B> {
+        self.response.map(B::rejection)
+    }
+}
+
+/// The inbound `x-request-id` a rejection may echo, taken from the headers so the
+/// future of `verify` borrows nothing.
+pub(crate) struct RequestId(Option<String>);
+
+impl RequestId {
+    pub(crate) fn of(headers: &HeaderMap) -> Self {
+        Self(request_id(headers).map(str::to_owned))
+    }
+}
+
+impl fmt::Debug for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Rejection")
+            .field("status", &self.status())
+            .field("envelope", &self.envelope)
+            .finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} {}",
+            self.status().as_u16(),
+            self.envelope.error.message
+        )
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+#[cfg(feature = "axum")]
+impl axum_core::response::IntoResponse for Rejection {
+    fn into_response(self) -> axum_core::response::Response {
+        Rejection::into_response(self)
+    }
+}
