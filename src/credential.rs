@@ -4,6 +4,10 @@
 //! than one of them, or one of them twice; this module does the same before any
 //! upstream call, and refuses keys that cannot be keys (empty, over 256 bytes, or with
 //! bytes outside visible ASCII).
+//!
+//! A layer may also accept `Authorization: Bearer <key>` ([`CredentialHeader::Bearer`]):
+//! a project API key, verified as if sent in `x-api-key`. Without it, `Authorization`
+//! is not looked at; with it, another scheme is not a credential.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -22,19 +26,55 @@ pub enum CredentialHeader {
     UserApiKey,
     /// `x-org-api-key`: an organisation API key.
     OrgApiKey,
+    /// `Authorization: Bearer <key>`: a project API key, for clients that can only
+    /// send a bearer token (OpenAI-compatible SDKs pointed at another base URL, MCP
+    /// clients with a static token). Verified exactly as the same key in
+    /// `x-api-key`, and cached as the same entry. Never accepted by default;
+    /// [`hide_credential`](crate::ComposioAuthBuilder::hide_credential) removes the
+    /// `Authorization` header.
+    Bearer,
 }
 
 impl CredentialHeader {
-    /// Every credential header Composio knows, in the order they are looked for.
+    /// Every credential header Composio knows, in the order they are looked for
+    /// ([`Bearer`](Self::Bearer) is this crate's, not Composio's).
     pub const ALL: [Self; 3] = [Self::ApiKey, Self::UserApiKey, Self::OrgApiKey];
 
-    /// The header's name, e.g. `"x-api-key"`.
+    /// Every header a layer can accept.
+    const CARRIERS: [Self; 4] = [
+        Self::ApiKey,
+        Self::UserApiKey,
+        Self::OrgApiKey,
+        Self::Bearer,
+    ];
+
+    /// The header's name, e.g. `"x-api-key"` (`"authorization"` for
+    /// [`Bearer`](Self::Bearer)).
     #[must_use]
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::ApiKey => "x-api-key",
             Self::UserApiKey => "x-user-api-key",
             Self::OrgApiKey => "x-org-api-key",
+            Self::Bearer => "authorization",
+        }
+    }
+
+    /// How the header is named in messages: its name, or `Authorization: Bearer`.
+    pub(crate) const fn label(self) -> &'static str {
+        match self {
+            Self::Bearer => "Authorization: Bearer",
+            other => other.as_str(),
+        }
+    }
+
+    /// The Composio header a key in this one is verified as: itself, and
+    /// `x-api-key` for a bearer token.
+    #[inline]
+    pub(crate) const fn verified_as(self) -> Self {
+        match self {
+            Self::Bearer => Self::ApiKey,
+            other => other,
         }
     }
 
@@ -44,6 +84,7 @@ impl CredentialHeader {
             "x-api-key" => Some(Self::ApiKey),
             "x-user-api-key" => Some(Self::UserApiKey),
             "x-org-api-key" => Some(Self::OrgApiKey),
+            "authorization" => Some(Self::Bearer),
             _ => None,
         }
     }
@@ -57,6 +98,7 @@ impl CredentialHeader {
             Self::ApiKey => 1,
             Self::UserApiKey => 2,
             Self::OrgApiKey => 4,
+            Self::Bearer => 8,
         }
     }
 }
@@ -82,15 +124,22 @@ impl AcceptedHeaders {
 
     /// The accepted headers, in the order they are looked for.
     pub(crate) fn iter(self) -> impl Iterator<Item = CredentialHeader> {
-        CredentialHeader::ALL
+        CredentialHeader::CARRIERS
             .into_iter()
             .filter(move |h| self.contains(*h))
+    }
+
+    /// The Composio headers a key is verified as under this set, each once.
+    pub(crate) fn verified_as(self) -> impl Iterator<Item = CredentialHeader> {
+        let bearer = u8::from(self.contains(CredentialHeader::Bearer));
+        let verified = Self((self.0 & !CredentialHeader::Bearer.bit()) | bearer);
+        verified.iter()
     }
 
     /// The accepted headers' names, for messages: `"x-api-key or x-org-api-key"`.
     pub(crate) fn names(self) -> String {
         self.iter()
-            .map(CredentialHeader::as_str)
+            .map(CredentialHeader::label)
             .collect::<Vec<_>>()
             .join(" or ")
     }
@@ -114,16 +163,17 @@ impl CredentialError {
         match self {
             Self::Missing => Refusal::no_credential(&accepted.names()),
             Self::NotAccepted(header) => {
-                Refusal::header_not_accepted(header.as_str(), &accepted.names())
+                Refusal::header_not_accepted(header.label(), &accepted.names())
             }
             Self::Ambiguous => Refusal::ambiguous(),
-            Self::Malformed(header) => Refusal::malformed(header.as_str()),
+            Self::Malformed(header) => Refusal::malformed(header.label()),
         }
     }
 }
 
 /// Finds the request's one credential, marks its header value sensitive (so that
-/// `Debug` of the headers and HTTP/2 header compression leave it out) and returns it.
+/// `Debug` of the headers and HTTP/2 header compression leave it out) and returns
+/// the header it came in and the key.
 ///
 /// One pass over the headers, comparing names, with no hashing: this runs on every
 /// request.
@@ -131,9 +181,11 @@ impl CredentialError {
 pub(crate) fn extract(
     headers: &mut HeaderMap,
     accepted: AcceptedHeaders,
-) -> Result<(CredentialHeader, &HeaderValue), CredentialError> {
+) -> Result<(CredentialHeader, &[u8]), CredentialError> {
     // Every credential value is a secret, even one that gets refused.
-    let (header, value) = one_credential(headers.iter_mut(), |value| value.set_sensitive(true))?;
+    let (header, value) = one_credential(headers.iter_mut(), accepted, |value| {
+        value.set_sensitive(true);
+    })?;
     checked(header, value, accepted)
 }
 
@@ -142,45 +194,83 @@ pub(crate) fn extract(
 pub(crate) fn find(
     headers: &HeaderMap,
     accepted: AcceptedHeaders,
-) -> Result<(CredentialHeader, &HeaderValue), CredentialError> {
-    let (header, value) = one_credential(headers.iter(), |_| {})?;
+) -> Result<(CredentialHeader, &[u8]), CredentialError> {
+    let (header, value) = one_credential(headers.iter(), accepted, |_| {})?;
     checked(header, value, accepted)
 }
 
-/// The one credential header among `headers` (each credential value handed to
-/// `seen` first), or why there is none.
+/// The key carried in `header` of `headers`, as a header value to send on (a
+/// bearer token without its scheme), for a verification.
+pub(crate) fn key_in(headers: &HeaderMap, header: CredentialHeader) -> Option<HeaderValue> {
+    let value = headers.get(header.header_name())?;
+    match header {
+        CredentialHeader::Bearer => {
+            let mut token = HeaderValue::from_bytes(bearer_token(value.as_bytes())?).ok()?;
+            token.set_sensitive(true);
+            Some(token)
+        }
+        _ => Some(value.clone()),
+    }
+}
+
+/// The token of an `Authorization: Bearer <token>` value (the scheme in any case,
+/// then spaces), or `None` for another scheme.
 #[inline]
-fn one_credential<'a, V>(
+fn bearer_token(value: &[u8]) -> Option<&[u8]> {
+    const SCHEME: &[u8] = b"bearer ";
+    let scheme = value.get(..SCHEME.len())?;
+    scheme
+        .eq_ignore_ascii_case(SCHEME)
+        .then(|| value[SCHEME.len()..].trim_ascii())
+}
+
+/// The one credential header among `headers` (each credential value handed to
+/// `seen` first), or why there is none. `Authorization` counts only when
+/// [`CredentialHeader::Bearer`] is accepted, and only with the Bearer scheme.
+#[inline]
+fn one_credential<'a, V: std::ops::Deref<Target = HeaderValue>>(
     headers: impl Iterator<Item = (&'a HeaderName, V)>,
+    accepted: AcceptedHeaders,
     mut seen: impl FnMut(&mut V),
 ) -> Result<(CredentialHeader, V), CredentialError> {
     let mut found = None;
     for (name, mut value) in headers {
-        if let Some(header) = CredentialHeader::from_name(name.as_str()) {
-            seen(&mut value);
-            if found.is_some() {
-                return Err(CredentialError::Ambiguous);
-            }
-            found = Some((header, value));
+        let Some(header) = CredentialHeader::from_name(name.as_str()) else {
+            continue;
+        };
+        if header == CredentialHeader::Bearer
+            && !(accepted.contains(header) && bearer_token(value.as_bytes()).is_some())
+        {
+            continue;
         }
+        seen(&mut value);
+        if found.is_some() {
+            return Err(CredentialError::Ambiguous);
+        }
+        found = Some((header, value));
     }
     found.ok_or(CredentialError::Missing)
 }
 
-/// `value` of `header`, if this layer accepts the header and the value can be a key.
+/// The key in `value` of `header`, if this layer accepts the header and the key
+/// can be a key.
 #[inline]
-fn checked<V: std::ops::Deref<Target = HeaderValue>>(
+fn checked(
     header: CredentialHeader,
-    value: V,
+    value: &HeaderValue,
     accepted: AcceptedHeaders,
-) -> Result<(CredentialHeader, V), CredentialError> {
+) -> Result<(CredentialHeader, &[u8]), CredentialError> {
     if !accepted.contains(header) {
         return Err(CredentialError::NotAccepted(header));
     }
-    if !is_well_formed(value.as_bytes()) {
+    let key = match header {
+        CredentialHeader::Bearer => bearer_token(value.as_bytes()).unwrap_or_default(),
+        _ => value.as_bytes(),
+    };
+    if !is_well_formed(key) {
         return Err(CredentialError::Malformed(header));
     }
-    Ok((header, value))
+    Ok((header, key))
 }
 
 /// 1 to [`MAX_KEY_LEN`] bytes, each visible ASCII (`0x21..=0x7E`).
@@ -215,17 +305,78 @@ mod tests {
         accepted: AcceptedHeaders,
     ) -> Result<(CredentialHeader, Vec<u8>), CredentialError> {
         let mut map = headers(pairs);
-        extract(&mut map, accepted).map(|(h, v)| (h, v.as_bytes().to_vec()))
+        extract(&mut map, accepted).map(|(h, v)| (h, v.to_vec()))
     }
 
     const ALL: AcceptedHeaders = AcceptedHeaders(7);
+
+    #[test]
+    fn a_bearer_token_is_read_only_when_accepted_and_only_with_its_scheme() {
+        let with_bearer = AcceptedHeaders::from_headers([CredentialHeader::Bearer]);
+        let bearer: &[(&str, &[u8])] = &[("authorization", b"Bearer ak_abc")];
+        assert_eq!(
+            run(bearer, with_bearer),
+            Ok((CredentialHeader::Bearer, b"ak_abc".to_vec()))
+        );
+        assert_eq!(
+            run(bearer, ALL),
+            Err(CredentialError::Missing),
+            "left alone"
+        );
+        for other in [
+            &b"Basic dXNlcg=="[..],
+            b"Bearer",
+            b"Bearerak_abc",
+            b"Token ak_abc",
+        ] {
+            assert_eq!(
+                run(&[("authorization", other)], with_bearer),
+                Err(CredentialError::Missing),
+                "{}",
+                String::from_utf8_lossy(other)
+            );
+        }
+        assert_eq!(
+            run(&[("authorization", b"bEaReR   ak_abc  ")], with_bearer),
+            Ok((CredentialHeader::Bearer, b"ak_abc".to_vec()))
+        );
+        assert_eq!(
+            run(&[("authorization", b"Bearer ak abc")], with_bearer),
+            Err(CredentialError::Malformed(CredentialHeader::Bearer))
+        );
+        let both = AcceptedHeaders(AcceptedHeaders::DEFAULT.0 | with_bearer.0);
+        assert_eq!(
+            run(
+                &[
+                    ("authorization", b"Bearer ak_abc"),
+                    ("x-api-key", b"ak_abc")
+                ],
+                both
+            ),
+            Err(CredentialError::Ambiguous)
+        );
+        let mut map = headers(bearer);
+        let _ = extract(&mut map, with_bearer);
+        assert!(map["authorization"].is_sensitive());
+        let token = key_in(&map, CredentialHeader::Bearer).unwrap();
+        assert_eq!(token, "ak_abc");
+        assert!(token.is_sensitive());
+        assert_eq!(
+            CredentialHeader::Bearer.verified_as(),
+            CredentialHeader::ApiKey
+        );
+        assert_eq!(
+            both.verified_as().collect::<Vec<_>>(),
+            vec![CredentialHeader::ApiKey]
+        );
+    }
 
     #[test]
     fn finds_the_one_key_and_marks_it_sensitive() {
         let mut map = headers(&[("x-api-key", b"ak_abc"), ("cookie", b"c=1")]);
         let (header, value) = extract(&mut map, AcceptedHeaders::DEFAULT).unwrap();
         assert_eq!(header, CredentialHeader::ApiKey);
-        assert_eq!(value, "ak_abc");
+        assert_eq!(value, b"ak_abc");
         assert!(map["x-api-key"].is_sensitive());
         assert!(!format!("{map:?}").contains("ak_abc"));
     }
@@ -315,7 +466,7 @@ mod tests {
             match extract(&mut map, ALL) {
                 Ok((_, value)) => {
                     prop_assert_eq!(credentials, 1);
-                    prop_assert!(is_well_formed(value.as_bytes()));
+                    prop_assert!(is_well_formed(value));
                 }
                 Err(CredentialError::Ambiguous) => prop_assert!(credentials > 1),
                 Err(CredentialError::Missing) => prop_assert_eq!(credentials, 0),

@@ -60,9 +60,10 @@ pub(crate) enum Outcome {
 }
 
 impl LayerState {
-    /// The cache's answer for the key in `header` (whose digest is `digest`), or
-    /// its verification: joined or started on a miss, refresh-ahead started on a
-    /// hit that is due. `headers` are read again only on a miss or a refresh.
+    /// The cache's answer for the key carried in `header` (whose digest is
+    /// `digest`), or its verification: joined or started on a miss, refresh-ahead
+    /// started on a hit that is due. `headers` are read again only on a miss or a
+    /// refresh.
     #[inline]
     pub(crate) fn step(
         &self,
@@ -81,11 +82,12 @@ impl LayerState {
             Lookup::Miss { stale } => {
                 tracing::debug!(target: TRACING_TARGET, stale = stale.is_some(), "cache miss");
                 self.instruments.looked_up(instruments::Lookup::Miss);
-                let Some(key) = headers.get(header.header_name()) else {
+                let Some(key) = credential::key_in(headers, header) else {
                     let missing = CredentialError::Missing.rejection(self.accepted);
                     return Step::Refuse(Refused::Made(missing));
                 };
-                match self.verifications.join_or_start(digest, header, key) {
+                let verified_as = header.verified_as();
+                match self.verifications.join_or_start(digest, verified_as, &key) {
                     Joined::Waiting(verification) => {
                         return Step::Wait {
                             verification,
@@ -101,9 +103,10 @@ impl LayerState {
             Known::Fresh { session, refresh } => {
                 tracing::trace!(target: TRACING_TARGET, "cache hit");
                 if refresh {
-                    if let Some(key) = headers.get(header.header_name()) {
+                    if let Some(key) = credential::key_in(headers, header) {
+                        let verified_as = header.verified_as();
                         self.verifications
-                            .refresh(digest, header, key, session.verified());
+                            .refresh(digest, verified_as, &key, session.verified());
                     }
                 }
                 Step::Admit(session)
@@ -159,7 +162,7 @@ pub(crate) fn verify(
     let request_id = RequestId::of(headers);
     let step = match credential::find(headers, state.accepted) {
         Ok((header, key)) => {
-            let digest = state.cache.digest(header, key.as_bytes());
+            let digest = state.cache.digest(header.verified_as(), key);
             state.step(header, digest, headers)
         }
         Err(error) => {

@@ -283,7 +283,10 @@ pub const MAX_REQUEST_ID_BYTES: usize = 128;
 pub(crate) fn challenge<'a>(headers: impl IntoIterator<Item = &'a str>) -> HeaderValue {
     let challenges: Vec<String> = headers
         .into_iter()
-        .map(|header| format!(r#"ApiKey realm="composio", header="{header}""#))
+        .map(|header| match header {
+            "authorization" => r#"Bearer realm="composio""#.to_owned(),
+            header => format!(r#"ApiKey realm="composio", header="{header}""#),
+        })
         .collect();
     // Header names are lowercase ASCII: always a valid value.
     HeaderValue::from_str(&challenges.join(", "))

@@ -114,7 +114,7 @@ impl ComposioAuthLayer {
         let state = &self.state;
         let digests: Vec<_> = state
             .accepted
-            .iter()
+            .verified_as()
             .map(|h| (h, state.cache.digest(h, api_key.as_bytes())))
             .collect();
         if state
@@ -359,7 +359,8 @@ impl ComposioAuthBuilder {
         self
     }
 
-    /// Path of the session endpoint for keys sent in `header`. Composio serves the
+    /// Path of the session endpoint for keys sent in `header`
+    /// ([`CredentialHeader::Bearer`] shares `x-api-key`'s). Composio serves the
     /// session document for user keys at `/api/v3.1/auth/session/info`:
     ///
     /// ```
@@ -371,7 +372,7 @@ impl ComposioAuthBuilder {
     /// # Ok::<(), composio_auth::Error>(())
     /// ```
     pub fn session_path_for(mut self, header: CredentialHeader, path: impl Into<String>) -> Self {
-        self.session_paths[header as usize] = Some(path.into());
+        self.session_paths[header.verified_as() as usize] = Some(path.into());
         self
     }
 
@@ -438,6 +439,19 @@ impl ComposioAuthBuilder {
     /// Which credential headers are accepted (default: only `x-api-key`). A request
     /// carrying any other of Composio's credential headers, or two of them, is
     /// refused with 401 either way.
+    ///
+    /// [`CredentialHeader::Bearer`] accepts `Authorization: Bearer <key>` too, for
+    /// clients that can send nothing else; a bearer token together with any other
+    /// credential is refused (10401), and another `Authorization` scheme is no
+    /// credential (906). Without it, `Authorization` is left alone:
+    ///
+    /// ```
+    /// # use composio_auth::{ComposioAuthLayer, CredentialHeader};
+    /// let layer = ComposioAuthLayer::builder()
+    ///     .credential_headers([CredentialHeader::ApiKey, CredentialHeader::Bearer])
+    ///     .build()?;
+    /// # Ok::<(), composio_auth::Error>(())
+    /// ```
     pub fn credential_headers(
         mut self,
         headers: impl IntoIterator<Item = CredentialHeader>,

@@ -95,7 +95,7 @@ where
         let state = &*self.state;
         let policy = &self.policy;
         let (header, digest) = match credential::extract(request.headers_mut(), state.accepted) {
-            Ok((header, key)) => (header, state.cache.digest(header, key.as_bytes())),
+            Ok((header, key)) => (header, state.cache.digest(header.verified_as(), key)),
             Err(error) => {
                 tracing::debug!(target: TRACING_TARGET, ?error, "no usable credential");
                 return ResponseFuture::reject(policy, &error.rejection(state.accepted), request);

@@ -234,3 +234,145 @@ async fn concurrent_verifications_of_one_cold_key_make_one_upstream_call() {
     // changed.
     assert!(!alice["x-api-key"].is_sensitive());
 }
+
+/// `/me` answers the member's email and which credential headers reached it.
+fn bearer_app(auth: ComposioAuthLayer) -> Router {
+    Router::new()
+        .route(
+            "/me",
+            get(|session: SessionInfo, headers: HeaderMap| async move {
+                let seen = |name: &str| {
+                    if headers.contains_key(name) {
+                        "seen"
+                    } else {
+                        "-"
+                    }
+                };
+                format!(
+                    "{} authorization={} x-api-key={}",
+                    session.org_member.email,
+                    seen("authorization"),
+                    seen("x-api-key")
+                )
+            }),
+        )
+        .layer(auth)
+}
+
+#[tokio::test]
+async fn a_bearer_token_is_the_same_key_as_in_x_api_key() {
+    use composio_auth::CredentialHeader;
+    let composio = composio().await;
+    let auth = builder(&composio)
+        .credential_headers([CredentialHeader::ApiKey, CredentialHeader::Bearer])
+        .build()
+        .unwrap();
+    let client = Client::new(serve(bearer_app(auth.clone())).await);
+    let bearer = format!("Bearer {ALICE}");
+    let answer = client.get("/me", &[("authorization", &bearer)]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(
+        answer.body,
+        "alice@example.com authorization=seen x-api-key=-"
+    );
+    // Composio was asked as for x-api-key.
+    let asked = composio.last_request_headers().unwrap();
+    assert_eq!(asked["x-api-key"], ALICE);
+    assert!(!asked.contains_key("authorization"));
+    // The same key in x-api-key is the same cache entry; the scheme in any case.
+    assert_eq!(client.me(ALICE).await.status, 200);
+    let lower = format!("bearer {ALICE}");
+    assert_eq!(
+        client.get("/me", &[("authorization", &lower)]).await.status,
+        200
+    );
+    assert_eq!(composio.calls(), 1);
+    assert_eq!(auth.cached().sessions, 1);
+    // Invalidating the key forgets it however it was sent.
+    composio.revoke(ALICE);
+    auth.invalidate(ALICE).await.unwrap();
+    assert_eq!(
+        client
+            .get("/me", &[("authorization", &bearer)])
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test]
+async fn a_bearer_token_with_another_credential_is_ambiguous_and_other_schemes_are_none() {
+    use composio_auth::CredentialHeader;
+    let composio = composio().await;
+    let auth = builder(&composio)
+        .credential_headers([CredentialHeader::ApiKey, CredentialHeader::Bearer])
+        .build()
+        .unwrap();
+    let client = Client::new(serve(bearer_app(auth)).await);
+    let bearer = format!("Bearer {ALICE}");
+    let both = client
+        .get("/me", &[("authorization", &bearer), ("x-api-key", ALICE)])
+        .await;
+    assert_eq!(both.status, 401);
+    assert_eq!(both.envelope().error.code, 10401);
+    let basic = client
+        .get("/me", &[("authorization", "Basic dXNlcjpwYXNz")])
+        .await;
+    assert_eq!(basic.status, 401);
+    assert_eq!(basic.envelope().error.code, 906);
+    let challenge = basic.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(
+        challenge,
+        r#"ApiKey realm="composio", header="x-api-key", Bearer realm="composio""#
+    );
+    // Another scheme beside a key is not a second credential.
+    let beside = client
+        .get(
+            "/me",
+            &[
+                ("authorization", "Basic dXNlcjpwYXNz"),
+                ("x-api-key", ALICE),
+            ],
+        )
+        .await;
+    assert_eq!(beside.status, 200);
+    assert_eq!(composio.calls(), 1);
+}
+
+#[tokio::test]
+async fn without_bearer_authorization_is_left_alone_and_hide_credential_removes_it() {
+    use composio_auth::CredentialHeader;
+    let composio = composio().await;
+    let plain = Client::new(serve(bearer_app(builder(&composio).build().unwrap())).await);
+    let bearer = format!("Bearer {ALICE}");
+    // Not a credential: no key (906), and beside x-api-key it reaches the app.
+    let alone = plain.get("/me", &[("authorization", &bearer)]).await;
+    assert_eq!(alone.status, 401);
+    assert_eq!(alone.envelope().error.code, 906);
+    let beside = plain
+        .get("/me", &[("authorization", &bearer), ("x-api-key", ALICE)])
+        .await;
+    assert_eq!(beside.status, 200);
+    assert_eq!(
+        beside.body,
+        "alice@example.com authorization=seen x-api-key=seen"
+    );
+    // Bearer accepted and hidden: the app sees neither.
+    let hidden = builder(&composio)
+        .credential_headers([CredentialHeader::Bearer])
+        .hide_credential(true)
+        .build()
+        .unwrap();
+    let hidden = Client::new(serve(bearer_app(hidden)).await);
+    let answer = hidden.get("/me", &[("authorization", &bearer)]).await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(answer.body, "alice@example.com authorization=- x-api-key=-");
+    // x-api-key on a layer that takes only Bearer: not accepted, and said so.
+    let refused = hidden.me(ALICE).await;
+    assert_eq!(refused.status, 401);
+    let fix = refused.envelope().error.suggested_fix.unwrap_or_default();
+    assert!(fix.contains("Authorization: Bearer"), "{fix}");
+}
