@@ -46,7 +46,7 @@ use crate::cache::{Known, Lookup, VerdictCache};
 use crate::credential::CredentialHeader;
 use crate::digest::Digest;
 use crate::envelope::Refusal;
-use crate::fleet::Fleet;
+use crate::fleet::{Fleet, Invalidation};
 use crate::instruments::Instruments;
 use crate::upstream::{Answer, Upstream, Verdict};
 use crate::TRACING_TARGET;
@@ -66,16 +66,6 @@ pub(crate) enum Joined {
     /// No verification can run here (not on a Tokio runtime).
     CannotRun(Refusal),
 }
-
-/// What an invalidation from another replica asks of this layer's verifications.
-#[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) enum Invalidation {
-    Keys(Vec<Digest>),
-    All,
-}
-
-/// Applies an [`Invalidation`]; `false` once the layer is gone.
-pub(crate) type Forget = Box<dyn Fn(Invalidation) -> bool + Send + Sync>;
 
 /// The verifications of one layer: what they need (cache, upstream, slots, budget)
 /// and the flights in progress.
@@ -252,6 +242,7 @@ impl Verifications {
             let state = &guard.state;
             let (verdict, sent_at, share) = match &state.fleet {
                 Some(fleet) => {
+                    fleet.listen();
                     let call = |key| state.call_within_budget(header, key);
                     fleet.verify(header, key, floor, call).await
                 }

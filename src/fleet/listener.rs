@@ -21,18 +21,18 @@
 //! away, the next verification starts another, which resumes from the same
 //! position.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadReply};
 use redis::{AsyncCommands, RedisResult};
-use tokio::sync::watch;
 
 use super::link::Link;
+use super::subscription::Status;
 use super::tier::{Fleet, STREAM_KEPT};
+use super::Invalidation;
 use crate::instruments::Direction;
-use crate::verification::{Forget, Invalidation};
 use crate::TRACING_TARGET;
 
 /// How long one read blocks waiting for messages.
@@ -42,101 +42,22 @@ const BATCH: usize = 256;
 /// Longest pause between two attempts to reconnect.
 const MAX_PAUSE: Duration = Duration::from_secs(1);
 
-/// Where the subscription stands.
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-pub(crate) enum Status {
-    /// Never connected yet: verifications wait (up to the Redis budget) for it.
-    Starting,
-    /// Subscribed; the epoch is known.
-    Listening,
-    /// Disconnected: verifications do not share until it is back.
-    Down,
-}
-
-pub(crate) struct Subscription {
-    forget: OnceLock<Forget>,
-    /// Whether a verification went on without the fleet while not subscribed: its
-    /// verdict may predate an invalidation this replica never heard.
-    verified_alone: AtomicBool,
-    status: watch::Sender<Status>,
-    epoch: AtomicU64,
-    position: Mutex<Position>,
-}
-
-struct Position {
-    running: bool,
-    /// The id of the last message applied (or the stream's end when it caught up).
-    last: Option<(u64, u64)>,
-    /// The Redis dataset it was read from (`{prefix}incarnation`).
-    incarnation: Option<String>,
-}
-
-impl Subscription {
-    pub(crate) fn new() -> Self {
-        Self {
-            forget: OnceLock::new(),
-            verified_alone: AtomicBool::new(false),
-            status: watch::Sender::new(Status::Starting),
-            epoch: AtomicU64::new(0),
-            position: Mutex::new(Position {
-                running: false,
-                last: None,
-                incarnation: None,
-            }),
-        }
-    }
-
-    pub(crate) fn bind(&self, forget: Forget) {
-        let _ = self.forget.set(forget);
-    }
-
-    fn position(&self) -> std::sync::MutexGuard<'_, Position> {
-        self.position.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// The epoch to read and record under, once subscribed; `None` while not (after
-    /// waiting up to `budget` for a first connection).
-    pub(crate) async fn epoch(&self, budget: Duration) -> Option<u64> {
-        let mut status = self.status.subscribe();
-        if *status.borrow() == Status::Starting {
-            let _ = tokio::time::timeout(budget, status.wait_for(|s| *s != Status::Starting)).await;
-        }
-        let listening = *status.borrow() == Status::Listening;
-        if !listening {
-            self.verified_alone.store(true, Ordering::Release);
-        }
-        listening.then(|| self.epoch.load(Ordering::Acquire))
-    }
-
-    /// Reads and records in `epoch` from now on (this replica just started it),
-    /// unless a later one is known already.
-    pub(crate) fn enter_epoch(&self, epoch: u64) {
-        self.epoch.fetch_max(epoch, Ordering::AcqRel);
-    }
-
-    /// Starts the subscription task on this runtime unless it runs.
-    pub(crate) fn start(&self, fleet: &Arc<Fleet>) {
+impl Fleet {
+    /// Starts this layer's subscription task on the current runtime unless it runs
+    /// (a verification calls this before it asks the fleet).
+    pub(crate) fn listen(self: &Arc<Self>) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         {
-            let mut position = self.position();
+            let mut position = self.subscription.position();
             if position.running {
                 return;
             }
             position.running = true;
         }
-        let guard = Running(Arc::clone(fleet));
+        let guard = Running(Arc::clone(self));
         runtime.spawn(async move { guard.listen().await });
-    }
-
-    fn apply(&self, invalidation: Invalidation) -> bool {
-        self.forget.get().is_some_and(|forget| forget(invalidation))
-    }
-
-    /// Whether the layer is still there (an empty invalidation tells).
-    fn layer_is_alive(&self) -> bool {
-        self.apply(Invalidation::Keys(Vec::new()))
     }
 }
 

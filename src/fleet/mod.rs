@@ -10,7 +10,14 @@
 //! - `link.rs`: connections per runtime, the per-operation budget.
 //! - `breaker.rs`: the circuit breaker that keeps requests off a failing Redis.
 //! - `tier.rs`: consult (adopt or lease), record, invalidate.
-//! - `listener.rs`: the subscription to the invalidation stream, with replay.
+//! - `subscription.rs`: where the subscription stands (the epoch, whether to share).
+//! - `listener.rs`: the subscription task reading the invalidation stream, with
+//!   replay and gap detection.
+//!
+//! Imports go one way: `listener.rs` drives `tier.rs`'s `Fleet`, and both read
+//! `subscription.rs`; the layer's verifications (`verification.rs`) use this
+//! module, which uses nothing of theirs but hands them [`Invalidation`]s through a
+//! [`Forget`].
 
 #[cfg(feature = "redis")]
 mod breaker;
@@ -23,7 +30,20 @@ mod redis_cache;
 #[cfg(feature = "redis")]
 mod seal;
 #[cfg(feature = "redis")]
+mod subscription;
+#[cfg(feature = "redis")]
 mod tier;
+
+/// What an invalidation from another replica asks of a layer's verifications.
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+pub(crate) enum Invalidation {
+    Keys(Vec<crate::digest::Digest>),
+    All,
+}
+
+/// Applies an [`Invalidation`] to a layer's verifications; `false` once the layer
+/// is gone.
+pub(crate) type Forget = Box<dyn Fn(Invalidation) -> bool + Send + Sync>;
 
 #[cfg(feature = "redis")]
 pub use redis_cache::RedisCache;
@@ -48,8 +68,12 @@ impl Fleet {
         match *self {}
     }
 
-    pub(crate) fn bind(&self, _: crate::verification::Forget) {
+    pub(crate) fn bind(&self, _: Forget) {
         match *self {}
+    }
+
+    pub(crate) fn listen(self: &std::sync::Arc<Self>) {
+        match **self {}
     }
 
     pub(crate) async fn verify<F, Fut>(

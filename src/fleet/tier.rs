@@ -38,14 +38,14 @@ use redis::streams::StreamMaxlen;
 use redis::{AsyncCommands, Script, ScriptInvocation, Value};
 
 use super::link::{Links, Servers};
-use super::listener::Subscription;
 use super::seal::{Sealer, ValueCipher};
+use super::subscription::Subscription;
+use super::Forget;
 use crate::credential::CredentialHeader;
 use crate::digest::Digest;
 use crate::instruments::{Direction, Instruments, Shared};
 use crate::session::{Age, SessionInfo};
 use crate::upstream::{classify, Answer, Verdict};
-use crate::verification::Forget;
 use crate::TRACING_TARGET;
 
 /// The first pause between two looks at another replica's lease; it doubles up
@@ -448,7 +448,6 @@ impl Fleet {
         F: FnOnce(HeaderValue) -> Fut,
         Fut: Future<Output = (Verdict, Instant, Option<Answer>)>,
     {
-        self.subscription.start(self);
         let (record, stale) = match self.consult(header, key.as_bytes(), floor).await {
             Consulted::Found {
                 verdict,
