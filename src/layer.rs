@@ -10,12 +10,13 @@ use tower_layer::Layer;
 
 use crate::cache::{CachePolicy, CachedVerdicts, VerdictCache};
 use crate::credential::{AcceptedHeaders, CredentialHeader};
+use crate::decision::LayerState;
 use crate::fleet::Fleet;
 #[cfg(feature = "redis")]
 use crate::fleet::{FleetSettings, Lives, RedisCache};
 use crate::instruments::Instruments;
 use crate::policy::{Authorize, Policy};
-use crate::service::{ComposioAuth, LayerState};
+use crate::service::ComposioAuth;
 use crate::session::SessionInfo;
 use crate::upstream::Upstream;
 use crate::verification::Verifications;

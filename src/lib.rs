@@ -131,30 +131,22 @@
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod adapters;
 mod body;
-mod cache;
-mod credential;
-mod decision;
-mod digest;
-mod drain;
-mod envelope;
 mod error;
-#[cfg(feature = "axum")]
-mod extract;
-mod fleet;
-mod front;
-mod future;
-mod instruments;
 mod layer;
-mod per_runtime;
-mod policy;
-mod rejection;
-mod service;
-mod session;
 #[cfg(feature = "test-util")]
 pub mod testing;
-mod upstream;
-mod verification;
+mod verifier;
+
+// The crate's modules by their own names, wherever they live in the tree.
+#[cfg(feature = "axum")]
+use adapters::axum as extract;
+use adapters::tower::{drain, future, service};
+use verifier::{
+    cache, credential, decision, digest, envelope, fleet, front, instruments, per_runtime, policy,
+    rejection, session, upstream, verification,
+};
 
 pub use body::{RejectionBody, ResponseBody};
 pub use cache::CachedVerdicts;

@@ -1,6 +1,6 @@
-//! [`ComposioAuth`]: the middleware service, and the state its clones share.
-//! `call` runs the request's path: credential, cache, verification (on a miss), then
-//! the response future admits or rejects.
+//! [`ComposioAuth`]: the middleware service. `call` runs the request's path
+//! (credential, then the verifier's step: cache, verification on a miss), then the
+//! response future admits or rejects.
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,25 +10,11 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::RejectionBody;
-use crate::cache::VerdictCache;
-use crate::credential::{self, AcceptedHeaders};
-use crate::decision::Step;
+use crate::credential;
+use crate::decision::{LayerState, Step};
 use crate::future::ResponseFuture;
-use crate::instruments::Instruments;
 use crate::policy::Policy;
-use crate::verification::Verifications;
 use crate::TRACING_TARGET;
-
-/// What every service made by one layer shares.
-pub(crate) struct LayerState {
-    pub(crate) accepted: AcceptedHeaders,
-    /// Remove the credential header before the inner service sees the request.
-    pub(crate) hide_credential: bool,
-    pub(crate) base_url: String,
-    pub(crate) cache: Arc<VerdictCache>,
-    pub(crate) verifications: Verifications,
-    pub(crate) instruments: Arc<Instruments>,
-}
 
 /// The service made by [`ComposioAuthLayer`](crate::ComposioAuthLayer): verifies the
 /// request's key, then calls the inner service with

@@ -10,18 +10,29 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::cache::{age_ms, Known, Lookup, Stale};
-use crate::credential::{self, CredentialError, CredentialHeader};
+use crate::cache::{age_ms, Known, Lookup, Stale, VerdictCache};
+use crate::credential::{self, AcceptedHeaders, CredentialError, CredentialHeader};
 use crate::digest::Digest;
 use crate::envelope::Refusal;
-use crate::instruments::{self, Answer};
+use crate::instruments::{self, Answer, Instruments};
 use crate::policy::Policy;
 use crate::rejection::{Rejection, RequestId};
-use crate::service::LayerState;
 use crate::session::{Age, SessionInfo};
 use crate::upstream::Verdict;
-use crate::verification::{Joined, Verification};
+use crate::verification::{Joined, Verification, Verifications};
 use crate::TRACING_TARGET;
+
+/// What every layer made from one builder shares (through `require` too), and
+/// every service and `verify` call of those layers.
+pub(crate) struct LayerState {
+    pub(crate) accepted: AcceptedHeaders,
+    /// Remove the credential header before the inner service sees the request.
+    pub(crate) hide_credential: bool,
+    pub(crate) base_url: String,
+    pub(crate) cache: Arc<VerdictCache>,
+    pub(crate) verifications: Verifications,
+    pub(crate) instruments: Arc<Instruments>,
+}
 
 /// A refusal made for this request, or one shared from the cache or a flight.
 pub(crate) enum Refused {
