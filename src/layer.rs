@@ -193,9 +193,11 @@ impl ComposioAuthLayer {
     /// (for HTTP).
     ///
     /// For code that is not a request handler: a WebSocket upgrade checked by hand,
-    /// a job that checks a stored key, a forward-auth server. The future borrows
-    /// nothing (the headers are read before it is returned) and must run on a Tokio
-    /// runtime, as the layer's requests do (see [`ComposioAuthBuilder`], "Runtime").
+    /// a job that checks a stored key, a forward-auth server. The headers are read
+    /// (and a verification joined or started) when `verify` is called, so the
+    /// future borrows nothing; call and await it on a Tokio runtime, as the layer's
+    /// requests run (see [`ComposioAuthBuilder`], "Runtime"): outside one, it
+    /// answers 503 as the layer does.
     ///
     /// ```no_run
     /// # async fn run() {
