@@ -13,7 +13,7 @@ use crate::credential::{AcceptedHeaders, CredentialHeader};
 use crate::decision::LayerState;
 use crate::fleet::Fleet;
 #[cfg(feature = "redis")]
-use crate::fleet::{FleetSettings, Lives, RedisCache};
+use crate::fleet::{FleetSettings, RedisCache};
 use crate::instruments::Instruments;
 use crate::policy::{Authorize, Policy};
 use crate::service::ComposioAuth;
@@ -572,7 +572,7 @@ impl ComposioAuthBuilder {
             negative_max_capacity: self.negative_max_capacity,
             refresh_ahead: self.refresh_ahead,
         };
-        let fleet = self.fleet(&base_url);
+        let fleet = self.fleet(&base_url, policy);
         let secret = fleet.as_ref().map(|fleet| fleet.local_digest_secret());
         let cache = Arc::new(VerdictCache::keyed(policy, &base_url, secret));
         let instruments = fleet.as_ref().map_or_else(
@@ -604,7 +604,7 @@ impl ComposioAuthBuilder {
 
 impl ComposioAuthBuilder {
     #[cfg(feature = "redis")]
-    fn fleet(&self, base_url: &str) -> Option<Arc<Fleet>> {
+    fn fleet(&self, base_url: &str, lives: CachePolicy) -> Option<Arc<Fleet>> {
         let cache = self.shared_cache.as_ref()?;
         // The fleet's handles are the layer's, with the shared tier's registered.
         let instruments = Arc::new(Instruments::new(true));
@@ -616,18 +616,14 @@ impl ComposioAuthBuilder {
             budget: cache.budget,
             wait: cache.wait.unwrap_or(self.timeout / 2).min(self.timeout),
             base_url: base_url.to_owned(),
-            lives: Lives {
-                ttl: self.ttl,
-                stale_if_error: self.stale_if_error,
-                negative_ttl: self.negative_ttl,
-            },
+            lives,
             lease: self.timeout,
         })))
     }
 
     #[cfg(not(feature = "redis"))]
     #[allow(clippy::unused_self)]
-    fn fleet(&self, _: &str) -> Option<Arc<Fleet>> {
+    fn fleet(&self, _: &str, _: CachePolicy) -> Option<Arc<Fleet>> {
         None
     }
 }

@@ -50,6 +50,41 @@ pub(crate) struct CachePolicy {
     pub(crate) refresh_ahead: bool,
 }
 
+impl CachePolicy {
+    /// How long a session may be kept after its verification: `ttl +
+    /// stale_if_error`.
+    pub(crate) fn session_life(&self) -> Duration {
+        self.ttl + self.stale_if_error
+    }
+
+    /// How long a verdict is served as decided: a session's `ttl`, a rejection's
+    /// `negative_ttl` (by the verdict's kind: a 200 for a deleted key is a
+    /// rejection).
+    #[cfg(feature = "redis")]
+    pub(crate) fn fresh_for(&self, verdict: &Verdict) -> Duration {
+        match verdict {
+            Verdict::Allowed(_) => self.ttl,
+            _ => self.negative_ttl,
+        }
+    }
+
+    /// How long a verdict is kept: a session also for its `stale_if_error` window
+    /// (a fallback while Composio cannot decide, never a verdict).
+    #[cfg(feature = "redis")]
+    pub(crate) fn kept_for(&self, verdict: &Verdict) -> Duration {
+        match verdict {
+            Verdict::Allowed(_) => self.session_life(),
+            _ => self.negative_ttl,
+        }
+    }
+
+    /// The longest any verdict is kept.
+    #[cfg(feature = "redis")]
+    pub(crate) fn longest_life(&self) -> Duration {
+        self.session_life().max(self.negative_ttl)
+    }
+}
+
 /// How many verdicts a layer's cache holds, from
 /// [`ComposioAuthLayer::cached`](crate::ComposioAuthLayer::cached).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -183,7 +218,7 @@ impl VerdictCache {
                 // Without refresh-ahead, entries go from fresh to expired directly.
                 refresh_after,
                 ttl: policy.ttl,
-                kept: policy.ttl + policy.stale_if_error,
+                kept: policy.session_life(),
             })
             .build_with_hasher(DigestHasher::default());
         let rejections = Cache::builder()
@@ -207,7 +242,7 @@ impl VerdictCache {
     /// How long a session may be kept after its verification: `ttl +
     /// stale_if_error`.
     pub(crate) fn session_life(&self) -> Duration {
-        self.policy.ttl + self.policy.stale_if_error
+        self.policy.session_life()
     }
 
     #[inline]
@@ -252,7 +287,7 @@ impl VerdictCache {
                 }
                 // moka keeps sessions `ttl + stale_if_error`: this one is usable stale.
                 Age::Expired => {
-                    let until = session.verified() + self.policy.ttl + self.policy.stale_if_error;
+                    let until = session.verified() + self.policy.session_life();
                     let stale = Stale {
                         session,
                         until,

@@ -219,16 +219,8 @@ impl Running {
             // Redis's epoch was behind ours (and is ours now): replicas that read
             // the lower one hear the current one.
             tracing::warn!(target: TRACING_TARGET, "Redis's epoch was behind this replica's (Redis flushed, restarted, or written to); restored");
-            let sealed = fleet.sealer.seal_epoch(&fleet.stream, ours);
-            if let Some(sealed) = sealed {
-                let _: String = link
-                    .xadd_maxlen(
-                        &fleet.stream,
-                        redis::streams::StreamMaxlen::Approx(STREAM_KEPT),
-                        "*",
-                        &[("all", sealed)],
-                    )
-                    .await?;
+            if !fleet.announce_epoch(ours).await {
+                tracing::debug!(target: TRACING_TARGET, "the restored epoch could not be announced; replicas hear it at their next catch-up");
             }
         }
         // Where to read from: the end of the stream, marked by a message of our own

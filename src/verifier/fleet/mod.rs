@@ -48,7 +48,7 @@ pub(crate) type Forget = Box<dyn Fn(Invalidation) -> bool + Send + Sync>;
 #[cfg(feature = "redis")]
 pub use redis_cache::RedisCache;
 #[cfg(feature = "redis")]
-pub(crate) use tier::{Fleet, FleetSettings, Lives};
+pub(crate) use tier::{Fleet, FleetSettings};
 
 /// Without the `redis` feature there is no shared tier: a layer's fleet is always
 /// `None`, and this type, which has no values, stands in for it.

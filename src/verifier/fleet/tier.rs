@@ -41,6 +41,7 @@ use super::link::{Links, Servers};
 use super::seal::{Sealer, ValueCipher};
 use super::subscription::Subscription;
 use super::Forget;
+use crate::cache::CachePolicy;
 use crate::credential::CredentialHeader;
 use crate::digest::Digest;
 use crate::instruments::{Direction, Instruments, Shared};
@@ -118,38 +119,6 @@ return epoch
 /// read from Redis looks older on them than on Redis's clock (see [`Stamp::age`]).
 pub(crate) const CLOCK_ALLOWANCE: Duration = Duration::from_secs(1);
 
-/// How long verdicts live after their verification, by kind.
-#[derive(Clone, Copy)]
-pub(crate) struct Lives {
-    pub(crate) ttl: Duration,
-    pub(crate) stale_if_error: Duration,
-    pub(crate) negative_ttl: Duration,
-}
-
-impl Lives {
-    /// How long a verdict is served as decided: a session's `ttl`, a rejection's
-    /// `negative_ttl`.
-    fn fresh(&self, verdict: &Verdict) -> Duration {
-        match verdict {
-            Verdict::Allowed(_) => self.ttl,
-            _ => self.negative_ttl,
-        }
-    }
-
-    /// How long Redis keeps it: a session also for its `stale_if_error` window
-    /// (a fallback while Composio cannot decide, never a verdict).
-    fn kept(&self, verdict: &Verdict) -> Duration {
-        match verdict {
-            Verdict::Allowed(_) => self.ttl + self.stale_if_error,
-            _ => self.negative_ttl,
-        }
-    }
-
-    fn longest(&self) -> Duration {
-        (self.ttl + self.stale_if_error).max(self.negative_ttl)
-    }
-}
-
 /// When a verdict's upstream call was sent, on two clocks: Redis's (estimated
 /// from the `TIME` read by the consult before it) and the recording replica's wall
 /// clock. Sealed with the verdict, so Redis cannot rewrite it.
@@ -218,7 +187,8 @@ pub(crate) struct Fleet {
     pub(crate) stream: String,
     pub(crate) epoch_key: String,
     pub(crate) incarnation_key: String,
-    lives: Lives,
+    /// The layer's lifetimes (and sizes, unused here).
+    lives: CachePolicy,
     /// How long a lease is held: the layer's `timeout`.
     lease: Duration,
     /// How long a replica waits for another's verdict before verifying itself.
@@ -360,7 +330,7 @@ pub(crate) struct FleetSettings {
     pub(crate) budget: Duration,
     pub(crate) wait: Duration,
     pub(crate) base_url: String,
-    pub(crate) lives: Lives,
+    pub(crate) lives: CachePolicy,
     pub(crate) lease: Duration,
 }
 
@@ -471,7 +441,7 @@ impl Fleet {
             Shared::Alone
         });
         let (verdict, sent_at, answer) = call(key).await;
-        let kept = self.lives.kept(&verdict);
+        let kept = self.lives.kept_for(&verdict);
         let share = record.map(|record| {
             let fleet = Arc::clone(self);
             let answer = answer.map(|answer| (answer, kept, sent_at));
@@ -524,8 +494,8 @@ impl Fleet {
                 read_at: Instant::now(),
             };
             if let Some((verdict, age, sent_at)) = self.read(&entry, &reply, clock) {
-                if age < self.lives.fresh(&verdict)
-                    && self.lives.kept(&verdict).saturating_sub(age) > floor
+                if age < self.lives.fresh_for(&verdict)
+                    && self.lives.kept_for(&verdict).saturating_sub(age) > floor
                 {
                     let release =
                         (reply.code == 2).then(|| Record::new(entry, &reply, token, clock));
@@ -539,7 +509,7 @@ impl Fleet {
                     // Past its TTL, inside its stale window: a fallback only, and
                     // only for a request (a refresh has a fresher local session).
                     Verdict::Allowed(session)
-                        if floor.is_zero() && age < self.lives.ttl + self.lives.stale_if_error =>
+                        if floor.is_zero() && age < self.lives.session_life() =>
                     {
                         session.grow_to(Age::Expired);
                         stale = Some(session);
@@ -547,7 +517,7 @@ impl Fleet {
                     // Past its lifetime by more than a writer's reading of
                     // Redis's clock can be early (one operation's budget): no
                     // replica wrote that expiry.
-                    verdict if age > self.lives.kept(&verdict) + self.links.budget() => {
+                    verdict if age > self.lives.kept_for(&verdict) + self.links.budget() => {
                         self.suspicious("a verdict in Redis is older than its lifetime (its expiry was extended in Redis); verifying again");
                     }
                     _ => {}
@@ -659,7 +629,7 @@ impl Fleet {
     /// a message on the stream carrying its local digests. `false` if Redis could
     /// not be reached.
     pub(crate) async fn invalidate(&self, key: &[u8], keys: &[(CredentialHeader, Digest)]) -> bool {
-        let gen_life = self.lives.longest() + self.lease + self.wait;
+        let gen_life = self.lives.longest_life() + self.lease + self.wait;
         for (header, _) in keys {
             // The one value key of every epoch.
             let entry = &self.entry(*header, key, 0);
@@ -906,10 +876,13 @@ mod tests {
 
     #[test]
     fn a_verdicts_lives_follow_its_kind_not_its_status() {
-        let lives = Lives {
+        let lives = CachePolicy {
             ttl: Duration::from_secs(60),
             stale_if_error: Duration::from_secs(10),
             negative_ttl: Duration::from_secs(5),
+            max_capacity: 1,
+            negative_max_capacity: 1,
+            refresh_ahead: false,
         };
         let allowed = classify(
             StatusCode::OK,
@@ -917,8 +890,8 @@ mod tests {
             crate::session::REFERENCE_DOCUMENT.as_bytes(),
             Instant::now(),
         );
-        assert_eq!(lives.fresh(&allowed), Duration::from_secs(60));
-        assert_eq!(lives.kept(&allowed), Duration::from_secs(70));
+        assert_eq!(lives.fresh_for(&allowed), Duration::from_secs(60));
+        assert_eq!(lives.kept_for(&allowed), Duration::from_secs(70));
         // A 200 whose key is deleted is a rejection: kept for `negative_ttl`.
         let mut deleted: serde_json::Value =
             serde_json::from_str(crate::session::REFERENCE_DOCUMENT).unwrap();
@@ -930,9 +903,9 @@ mod tests {
             Instant::now(),
         );
         assert_eq!(deleted.kind(), "rejected");
-        assert_eq!(lives.fresh(&deleted), Duration::from_secs(5));
-        assert_eq!(lives.kept(&deleted), Duration::from_secs(5));
-        assert_eq!(lives.longest(), Duration::from_secs(70));
+        assert_eq!(lives.fresh_for(&deleted), Duration::from_secs(5));
+        assert_eq!(lives.kept_for(&deleted), Duration::from_secs(5));
+        assert_eq!(lives.longest_life(), Duration::from_secs(70));
     }
 
     #[test]
