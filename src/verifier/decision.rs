@@ -192,20 +192,13 @@ pub(crate) fn verify(
             } => Outcome::of(verification.await, stale),
         };
         let refused = match outcome {
-            Outcome::Admit(session, answer) => match policy.refusal(&session) {
-                None => {
-                    policy.answered(answer);
-                    return Ok(session);
-                }
-                Some(forbidden) => {
-                    tracing::debug!(target: TRACING_TARGET, "a required predicate refused the session");
-                    Refused::Made(forbidden.clone())
-                }
+            Outcome::Admit(session, answer) => match policy.admits(&session, answer) {
+                None => return Ok(session),
+                Some(forbidden) => Refused::Made(forbidden.clone()),
             },
             Outcome::Refuse(refused) => refused,
         };
-        tracing::debug!(target: TRACING_TARGET, status = refused.status().as_u16(), slug = ?refused.body().slug, "rejected");
-        policy.answered(Answer::of_status(refused.status()));
+        policy.refused(&refused);
         Err(Rejection::new(&refused, &request_id, policy.challenge()))
     }
 }

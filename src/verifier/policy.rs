@@ -12,6 +12,7 @@ use crate::credential::AcceptedHeaders;
 use crate::envelope::{challenge, Refusal};
 use crate::instruments::{Answer, Instruments};
 use crate::session::SessionInfo;
+use crate::TRACING_TARGET;
 
 /// The predicate of [`ComposioAuthBuilder::authorize`](crate::ComposioAuthBuilder::authorize).
 pub(crate) type Authorize = Arc<dyn Fn(&SessionInfo) -> bool + Send + Sync>;
@@ -41,9 +42,25 @@ impl Policy {
         }
     }
 
-    /// Counts a request's answer (feature `metrics`).
-    pub(crate) fn answered(&self, answer: Answer) {
-        self.instruments.answered(answer);
+    /// Whether `session` may go on: `None` if every predicate holds (and the
+    /// request is counted as `answer`), else the 403 to answer with (counted when
+    /// it is, by [`refused`](Self::refused)).
+    #[inline]
+    pub(crate) fn admits(&self, session: &SessionInfo, answer: Answer) -> Option<&Refusal> {
+        let admitted = self.authorize.iter().all(|authorize| authorize(session));
+        if admitted {
+            self.instruments.answered(answer);
+            return None;
+        }
+        tracing::debug!(target: TRACING_TARGET, "a predicate refused the session");
+        Some(&self.forbidden)
+    }
+
+    /// Logs and counts a request refused with `refusal`.
+    pub(crate) fn refused(&self, refusal: &Refusal) {
+        tracing::debug!(target: TRACING_TARGET, status = refusal.status().as_u16(), slug = ?refusal.body().slug, "rejected");
+        self.instruments
+            .answered(Answer::of_status(refusal.status()));
     }
 
     /// The `WWW-Authenticate` value of this layer's 401s.
@@ -61,13 +78,6 @@ impl Policy {
             challenge: self.challenge.clone(),
             instruments: Arc::clone(&self.instruments),
         }
-    }
-
-    /// The rejection for `session`, if a predicate refuses it.
-    #[inline]
-    pub(crate) fn refusal(&self, session: &SessionInfo) -> Option<&Refusal> {
-        let admitted = self.authorize.iter().all(|authorize| authorize(session));
-        (!admitted).then_some(&self.forbidden)
     }
 }
 

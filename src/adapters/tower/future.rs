@@ -28,7 +28,6 @@ use crate::policy::Policy;
 use crate::session::SessionInfo;
 use crate::upstream::Verdict;
 use crate::verification::Verification;
-use crate::TRACING_TARGET;
 
 pin_project! {
     /// The response future of [`ComposioAuth`](crate::ComposioAuth).
@@ -91,11 +90,9 @@ where
         mut request: Request<ReqBody>,
         session: SessionInfo,
     ) -> Self {
-        if let Some(refusal) = policy.refusal(&session) {
-            tracing::debug!(target: TRACING_TARGET, "authorize predicate refused the session");
+        if let Some(refusal) = policy.admits(&session, answer) {
             return Self::reject(policy, refusal, request);
         }
-        policy.answered(answer);
         request.extensions_mut().insert(session);
         Self {
             state: State::Called {
@@ -107,8 +104,7 @@ where
     /// Answers `request` with `rejection`, rendered for it (HTTP or gRPC), after
     /// draining what is left of an HTTP/1.x request body within a budget.
     pub(crate) fn reject(policy: &Policy, rejection: &Refusal, request: Request<ReqBody>) -> Self {
-        tracing::debug!(target: TRACING_TARGET, status = rejection.status().as_u16(), slug = ?rejection.body().slug, "rejected");
-        policy.answered(Answer::of_status(rejection.status()));
+        policy.refused(rejection);
         let mut response = rejection.render_for(request.headers(), policy.challenge());
         let drain = match Unread::of(request) {
             Unread::Nothing => None,
