@@ -280,9 +280,10 @@ impl fmt::Debug for ComposioAuthLayer {
 /// have): verifications are bounded by Tokio timers, and so is reading a rejected
 /// request's body. A request served outside any Tokio runtime is answered 503.
 /// On a runtime built without its time driver, Tokio panics the first time the
-/// layer needs a timer (a verification, or a rejected HTTP/1.x body still
-/// arriving), which aborts the process under `panic = "abort"`: Tokio offers no way
-/// to ask whether timers are enabled, so the layer cannot answer 503 there instead.
+/// layer needs a timer: in the verification's own task (the request then gets
+/// 503), or in the request's task for a rejected HTTP/1.x body still arriving; under
+/// `panic = "abort"` either aborts the process. Tokio offers no way to ask whether
+/// timers are enabled, so the layer cannot answer 503 there instead.
 #[derive(Clone)]
 #[must_use]
 pub struct ComposioAuthBuilder {
