@@ -111,6 +111,10 @@
 //! - `axum` (default): [`SessionInfo`] and `Option<SessionInfo>` as axum extractors.
 //! - `tonic`: rejections written in `tonic::body::Body`, so the layer fits tonic
 //!   servers (see [`RejectionBody`]).
+//! - `actix-web`: the same [`ComposioAuthLayer`] as actix-web middleware
+//!   (`App::new().wrap(layer.clone())`), and [`SessionInfo`] and
+//!   `Option<SessionInfo>` as actix-web extractors (see the README's actix-web
+//!   section).
 //! - `test-util`: the [`testing`] module.
 //! - `metrics`: counters, gauges and a histogram through the `metrics` facade (see
 //!   the README's Metrics section); install the recorder before building the layer.
@@ -140,22 +144,24 @@ pub mod testing;
 mod verifier;
 
 // The crate's modules by their own names, wherever they live in the tree.
-#[cfg(feature = "axum")]
-use adapters::axum as extract;
 use adapters::tower::{drain, future, service};
 use verifier::{
-    cache, credential, decision, digest, envelope, fleet, front, instruments, per_runtime, policy,
-    rejection, session, upstream, verification,
+    cache, credential, decision, digest, envelope, fleet, front, instruments, own_runtime,
+    per_runtime, policy, rejection, session, upstream, verification,
 };
 
+#[cfg(feature = "actix-web")]
+#[cfg_attr(docsrs, doc(cfg(feature = "actix-web")))]
+pub use adapters::actix::ComposioAuthMiddleware;
+#[cfg(any(feature = "axum", feature = "actix-web"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "axum", feature = "actix-web"))))]
+pub use adapters::MissingSession;
 pub use body::{RejectionBody, ResponseBody};
 pub use cache::CachedVerdicts;
 pub use credential::{CredentialHeader, MAX_KEY_LEN};
 pub use drain::{DRAIN_IDLE_TIME, DRAIN_TIME, MAX_DRAINING};
 pub use envelope::{ErrorBody, ErrorEnvelope, MAX_GRPC_MESSAGE_BYTES, MAX_REQUEST_ID_BYTES};
 pub use error::Error;
-#[cfg(feature = "axum")]
-pub use extract::MissingSession;
 #[cfg(feature = "redis")]
 pub use fleet::RedisCache;
 pub use future::ResponseFuture;

@@ -9,9 +9,8 @@ use axum_core::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
-use crate::envelope::{challenge, Refusal};
+use crate::adapters::MissingSession;
 use crate::session::SessionInfo;
-use crate::TRACING_TARGET;
 
 impl<S: Send + Sync> FromRequestParts<S> for SessionInfo {
     type Rejection = MissingSession;
@@ -33,20 +32,8 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for SessionInfo {
     }
 }
 
-/// The rejection of the `SessionInfo` extractor on a request the layer did not
-/// verify (the route is not behind [`ComposioAuthLayer`](crate::ComposioAuthLayer)).
-/// Answers 401 with the "no API key" envelope: it fails closed.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MissingSession;
-
 impl IntoResponse for MissingSession {
     fn into_response(self) -> Response {
-        tracing::error!(
-            target: TRACING_TARGET,
-            "SessionInfo extracted on a route without ComposioAuthLayer; answering 401"
-        );
-        Refusal::no_credential("x-api-key")
-            .render_http(None, &challenge(["x-api-key"]))
-            .map(axum_core::body::Body::from)
+        self.response().map(axum_core::body::Body::from)
     }
 }

@@ -41,7 +41,7 @@ impl CredentialHeader {
     pub const ALL: [Self; 3] = [Self::ApiKey, Self::UserApiKey, Self::OrgApiKey];
 
     /// Every header a layer can accept.
-    const CARRIERS: [Self; 4] = [
+    pub(crate) const CARRIERS: [Self; 4] = [
         Self::ApiKey,
         Self::UserApiKey,
         Self::OrgApiKey,

@@ -170,19 +170,36 @@ pub(crate) fn verify(
     policy: &Arc<Policy>,
     headers: &HeaderMap,
 ) -> impl Future<Output = Result<SessionInfo, Rejection>> + Send + 'static {
+    verify_carried(state, policy, headers).1
+}
+
+/// As [`verify`], with the header that carries the credential, if there is one
+/// (the header [`hide_credential`](crate::ComposioAuthBuilder::hide_credential)
+/// removes from a request that is admitted).
+pub(crate) fn verify_carried(
+    state: &Arc<LayerState>,
+    policy: &Arc<Policy>,
+    headers: &HeaderMap,
+) -> (
+    Option<CredentialHeader>,
+    impl Future<Output = Result<SessionInfo, Rejection>> + Send + 'static,
+) {
     let request_id = RequestId::of(headers);
-    let step = match credential::find(headers, state.accepted) {
+    let (carrier, step) = match credential::find(headers, state.accepted) {
         Ok((header, key)) => {
             let digest = state.cache.digest(header.verified_as(), key);
-            state.step(header, digest, headers)
+            (Some(header), state.step(header, digest, headers))
         }
         Err(error) => {
             tracing::debug!(target: TRACING_TARGET, ?error, "no usable credential");
-            Step::Refuse(Refused::Made(error.rejection(state.accepted)))
+            (
+                None,
+                Step::Refuse(Refused::Made(error.rejection(state.accepted))),
+            )
         }
     };
     let policy = Arc::clone(policy);
-    async move {
+    let verdict = async move {
         let outcome = match step {
             Step::Admit(session) => Outcome::Admit(session, Answer::Allowed),
             Step::Refuse(refused) => Outcome::Refuse(refused),
@@ -200,5 +217,6 @@ pub(crate) fn verify(
         };
         policy.refused(&refused);
         Err(Rejection::new(&refused, &request_id, policy.challenge()))
-    }
+    };
+    (carrier, verdict)
 }

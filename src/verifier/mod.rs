@@ -13,6 +13,7 @@ pub(crate) mod envelope;
 pub(crate) mod fleet;
 pub(crate) mod front;
 pub(crate) mod instruments;
+pub(crate) mod own_runtime;
 pub(crate) mod per_runtime;
 pub(crate) mod policy;
 pub(crate) mod rejection;

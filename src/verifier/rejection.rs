@@ -64,6 +64,12 @@ impl Rejection {
     pub fn into_response<B: RejectionBody>(self) -> Response<B> {
         self.response.map(B::rejection)
     }
+
+    /// The whole HTTP answer, for an adapter to copy into its framework's type.
+    #[cfg_attr(not(feature = "actix-web"), allow(dead_code))]
+    pub(crate) fn response(&self) -> &Response<Bytes> {
+        &self.response
+    }
 }
 
 /// The inbound `x-request-id` a rejection may echo, taken from the headers so the

@@ -8,7 +8,10 @@
 //! - **One flight per key.** The first miss for a digest starts a flight: a task
 //!   spawned on the caller's runtime, so a client that disconnects neither cancels
 //!   nor re-runs it, and its verdict is cached even if every caller has gone. Later
-//!   misses on the same runtime join it ([`Verifications::join_or_start`]).
+//!   misses on the same runtime join it ([`Verifications::join_or_start`]). Once a
+//!   layer serves several runtimes that each may idle (actix-web's workers), its
+//!   flights all run on one runtime of its own ([`Verifications::run_on_own_runtime`]),
+//!   so every miss joins the key's one flight whichever worker it arrives on.
 //! - **Only the key's current flight settles.** A flight settles its verdict into the
 //!   cache and leaves the map in one critical section, and only while it is still
 //!   the key's flight in the map. [`Verifications::invalidate`] takes the flight out
@@ -33,7 +36,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{FutureExt, Shared};
@@ -48,6 +51,7 @@ use crate::digest::Digest;
 use crate::envelope::Refusal;
 use crate::fleet::{Fleet, Invalidation};
 use crate::instruments::Instruments;
+use crate::own_runtime::OwnRuntime;
 use crate::upstream::{Answer, Upstream, Verdict};
 use crate::TRACING_TARGET;
 
@@ -71,6 +75,9 @@ pub(crate) enum Joined {
 /// and the flights in progress.
 pub(crate) struct Verifications {
     state: Arc<State>,
+    /// The runtime this layer's flights run on once it has one of its own; kept
+    /// here, where no flight holds it, so it goes with the last layer.
+    own_runtime: OnceLock<Option<OwnRuntime>>,
 }
 
 /// What every verification of one layer shares.
@@ -85,6 +92,8 @@ struct State {
     instruments: Arc<Instruments>,
     /// The shared tier, when replicas share verdicts through Redis.
     fleet: Option<Arc<Fleet>>,
+    /// Where flights run, when not on the caller's runtime.
+    runtime: OnceLock<Handle>,
 }
 
 /// A key's flight in the in-flight map.
@@ -113,6 +122,7 @@ impl Verifications {
             next_flight: AtomicU64::new(0),
             instruments,
             fleet,
+            runtime: OnceLock::new(),
         });
         if let Some(fleet) = &state.fleet {
             let layer = Arc::downgrade(&state);
@@ -127,7 +137,29 @@ impl Verifications {
                 true
             }));
         }
-        Self { state }
+        Self {
+            state,
+            own_runtime: OnceLock::new(),
+        }
+    }
+
+    /// From now on, runs every flight on a runtime of this layer's own (one
+    /// thread), where no caller's runtime can stall it: for a layer whose requests
+    /// come from several runtimes, each of which may idle. Flights already running
+    /// elsewhere finish there. Idempotent. If the thread cannot be started, flights
+    /// stay on the callers' runtimes (logged).
+    #[cfg_attr(not(feature = "actix-web"), allow(dead_code))]
+    pub(crate) fn run_on_own_runtime(&self) {
+        self.own_runtime.get_or_init(|| match OwnRuntime::start() {
+            Ok(own) => {
+                let _ = self.state.runtime.set(own.handle().clone());
+                Some(own)
+            }
+            Err(error) => {
+                tracing::error!(target: TRACING_TARGET, %error, "composio-auth could not start its verification thread; single flight holds per worker only");
+                None
+            }
+        });
     }
 
     /// For a request whose lookup missed: the key's flight on this runtime; or a
@@ -138,7 +170,7 @@ impl Verifications {
         header: CredentialHeader,
         key: &HeaderValue,
     ) -> Joined {
-        let Ok(runtime) = Handle::try_current() else {
+        let Some(runtime) = self.state.runtime() else {
             tracing::error!(target: TRACING_TARGET, "composio-auth needs a Tokio runtime to verify keys");
             return Joined::CannotRun(Refusal::unavailable(
                 "composio-auth needs a Tokio runtime",
@@ -172,7 +204,7 @@ impl Verifications {
         key: &HeaderValue,
         verified: Instant,
     ) {
-        let Ok(runtime) = Handle::try_current() else {
+        let Some(runtime) = self.state.runtime() else {
             return;
         };
         let mut flights = self.state.flights();
@@ -315,6 +347,15 @@ impl Verifications {
 }
 
 impl State {
+    /// The runtime a flight starting now runs on: the layer's own if it has one,
+    /// else the caller's (none outside a runtime).
+    fn runtime(&self) -> Option<Handle> {
+        match self.runtime.get() {
+            Some(own) => Some(own.clone()),
+            None => Handle::try_current().ok(),
+        }
+    }
+
     fn forget(&self, digests: impl IntoIterator<Item = Digest>) {
         let mut flights = self.flights();
         for digest in digests {

@@ -1,0 +1,194 @@
+//! The layer as an actix-web middleware, and `SessionInfo` as an actix-web
+//! extractor (feature `actix-web`).
+//!
+//! The middleware hands the request's credential headers to the verifier (the path
+//! [`ComposioAuthLayer::verify`] takes) and copies its answer into actix-web's
+//! types: the same status, headers and JSON body as the tower layer's.
+//!
+//! actix-web runs each worker on a Tokio runtime of its own. A layer that becomes
+//! an actix-web middleware therefore runs its verifications on one runtime of its
+//! own (`verifier/own_runtime.rs`), so that the workers share each key's one
+//! verification.
+
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::rc::Rc;
+
+use actix_web::body::{EitherBody, MessageBody};
+use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header as actix_header;
+use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
+
+use crate::adapters::MissingSession;
+use crate::credential::CredentialHeader;
+use crate::decision;
+use crate::session::SessionInfo;
+use crate::{ComposioAuthLayer, Rejection};
+
+/// Every header the verifier reads: the credential headers, and the
+/// `x-request-id` a rejection echoes.
+const READ: [&str; 5] = [
+    CredentialHeader::CARRIERS[0].as_str(),
+    CredentialHeader::CARRIERS[1].as_str(),
+    CredentialHeader::CARRIERS[2].as_str(),
+    CredentialHeader::CARRIERS[3].as_str(),
+    "x-request-id",
+];
+
+/// The layer as actix-web middleware: `App::new().wrap(layer.clone())`,
+/// `web::scope("/admin").wrap(layer.require(is_admin))`.
+///
+/// Build the layer once, outside `HttpServer::new`'s closure, and clone it in:
+/// the closure runs once per worker, and a layer built inside it is one cache,
+/// one upstream budget and one verification thread per worker.
+#[cfg_attr(docsrs, doc(cfg(feature = "actix-web")))]
+impl<S, B> Transform<S, ServiceRequest> for ComposioAuthLayer
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Transform = ComposioAuthMiddleware<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        // Called on each worker's runtime: from now on the flights run where
+        // every worker can join them.
+        self.state.verifications.run_on_own_runtime();
+        ready(Ok(ComposioAuthMiddleware {
+            service: Rc::new(service),
+            layer: self.clone(),
+        }))
+    }
+}
+
+/// The actix-web service that [`ComposioAuthLayer`] wraps around a worker's
+/// service (see its `Transform` implementation). Admits a request with its
+/// [`SessionInfo`] in the request's extensions, or answers the rejection.
+pub struct ComposioAuthMiddleware<S> {
+    service: Rc<S>,
+    layer: ComposioAuthLayer,
+}
+
+impl<S> std::fmt::Debug for ComposioAuthMiddleware<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ComposioAuthMiddleware")
+            .field("layer", &self.layer)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, B> Service<ServiceRequest> for ComposioAuthMiddleware<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<EitherBody<B>>;
+    type Error = actix_web::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, mut request: ServiceRequest) -> Self::Future {
+        let headers = read_headers(request.headers());
+        let (carrier, verdict) =
+            decision::verify_carried(&self.layer.state, &self.layer.policy, &headers);
+        let hide = self.layer.state.hide_credential;
+        let service = Rc::clone(&self.service);
+        Box::pin(async move {
+            match verdict.await {
+                Ok(session) => {
+                    if let Some(header) = carrier.filter(|_| hide) {
+                        request.headers_mut().remove(header.as_str());
+                    }
+                    request.extensions_mut().insert(session);
+                    let response = service.call(request).await?;
+                    Ok(response.map_into_left_body())
+                }
+                Err(rejection) => {
+                    let response = actix_response(rejection.response());
+                    Ok(request.into_response(response).map_into_right_body())
+                }
+            }
+        })
+    }
+}
+
+/// The headers of `from` that the verifier reads, in the `http` crate's types
+/// (actix-web 4 has its own).
+fn read_headers(from: &actix_header::HeaderMap) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    for name in READ {
+        for value in from.get_all(name) {
+            // The same rules on both sides: a value actix-web accepted converts.
+            if let Ok(mut value) = HeaderValue::from_bytes(value.as_bytes()) {
+                value.set_sensitive(true);
+                headers.append(HeaderName::from_static(name), value);
+            }
+        }
+    }
+    headers
+}
+
+/// `response` in actix-web's types, byte for byte.
+fn actix_response(response: &http::Response<Bytes>) -> HttpResponse {
+    let status = actix_web::http::StatusCode::from_u16(response.status().as_u16())
+        .unwrap_or(actix_web::http::StatusCode::SERVICE_UNAVAILABLE);
+    let mut answer = HttpResponse::with_body(status, response.body().clone());
+    for (name, value) in response.headers() {
+        let name = actix_header::HeaderName::from_bytes(name.as_str().as_bytes());
+        let value = actix_header::HeaderValue::from_bytes(value.as_bytes());
+        if let (Ok(name), Ok(value)) = (name, value) {
+            answer.headers_mut().append(name, value);
+        }
+    }
+    answer.map_into_boxed_body()
+}
+
+/// `SessionInfo` in an actix-web handler behind the layer; on a route without it,
+/// [`MissingSession`] (401). `Option<SessionInfo>` (actix-web's own `Option`
+/// extractor) is `None` there instead, never a rejection.
+#[cfg_attr(docsrs, doc(cfg(feature = "actix-web")))]
+impl FromRequest for SessionInfo {
+    type Error = MissingSession;
+    type Future = Ready<Result<Self, MissingSession>>;
+
+    fn from_request(request: &HttpRequest, _payload: &mut Payload) -> Self::Future {
+        ready(
+            request
+                .extensions()
+                .get::<SessionInfo>()
+                .cloned()
+                .ok_or(MissingSession),
+        )
+    }
+}
+
+#[cfg_attr(docsrs, doc(cfg(feature = "actix-web")))]
+impl ResponseError for MissingSession {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::UNAUTHORIZED
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        actix_response(&self.response())
+    }
+}
+
+/// A [`Rejection`] from [`ComposioAuthLayer::verify`] answers an actix-web
+/// request exactly as the middleware would.
+#[cfg_attr(docsrs, doc(cfg(feature = "actix-web")))]
+impl ResponseError for Rejection {
+    fn status_code(&self) -> actix_web::http::StatusCode {
+        actix_web::http::StatusCode::from_u16(self.status().as_u16())
+            .unwrap_or(actix_web::http::StatusCode::SERVICE_UNAVAILABLE)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        actix_response(self.response())
+    }
+}
