@@ -6,20 +6,22 @@
 #
 #   bash benches/e2e.sh            # 5 rounds of 10 s
 #   ROUNDS=9 SECS=20 bash benches/e2e.sh
+#   TARGET=actix_load_target bash benches/e2e.sh   # the same in actix-web
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROUNDS=${ROUNDS:-5}
 SECS=${SECS:-10}
 CONNECTIONS=${CONNECTIONS:-32}
+TARGET=${TARGET:-load_target}
 
 if ! command -v wrk >/dev/null; then
   echo "installing wrk (Debian package)" >&2
   apt-get update -qq && apt-get install -y -qq wrk >/dev/null
 fi
-cargo build --release --example load_target >&2
+cargo build --release --example "$TARGET" >&2
 
 out=$(mktemp)
-taskset -c 0 target/release/examples/load_target >"$out" &
+taskset -c 0 "target/release/examples/$TARGET" >"$out" &
 server=$!
 trap 'kill $server 2>/dev/null || true; rm -f "$out"' EXIT
 until grep -q protected= "$out"; do sleep 0.1; done

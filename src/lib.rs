@@ -39,7 +39,10 @@
 //!
 //! The same layer protects a tonic server (feature `tonic`):
 //! `tonic::transport::Server::builder().layer(ComposioAuthLayer::new())`; handlers
-//! read `request.extensions().get::<SessionInfo>()`.
+//! read `request.extensions().get::<SessionInfo>()`. And an actix-web app (feature
+//! `actix-web`): `App::new().wrap(layer.clone())`, with `SessionInfo` as an
+//! extractor; build the layer outside `HttpServer::new`'s closure, so every worker
+//! shares it.
 //!
 //! The layer answers in the inner service's own response body type (a
 //! [`RejectionBody`]: axum's, tonic's, hyper's usual ones), so a request it lets
@@ -146,13 +149,13 @@ mod verifier;
 // The crate's modules by their own names, wherever they live in the tree.
 use adapters::tower::{drain, future, service};
 use verifier::{
-    cache, credential, decision, digest, envelope, fleet, front, instruments, own_runtime,
+    cache, credential, decision, digest, envelope, fleet, front, headers, instruments, own_runtime,
     per_runtime, policy, rejection, session, upstream, verification,
 };
 
 #[cfg(feature = "actix-web")]
 #[cfg_attr(docsrs, doc(cfg(feature = "actix-web")))]
-pub use adapters::actix::ComposioAuthMiddleware;
+pub use adapters::actix::{ActixResponseFuture, ComposioAuthMiddleware};
 #[cfg(any(feature = "axum", feature = "actix-web"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "axum", feature = "actix-web"))))]
 pub use adapters::MissingSession;

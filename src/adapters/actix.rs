@@ -1,9 +1,10 @@
 //! The layer as an actix-web middleware, and `SessionInfo` as an actix-web
 //! extractor (feature `actix-web`).
 //!
-//! The middleware hands the request's credential headers to the verifier (the path
-//! [`ComposioAuthLayer::verify`] takes) and copies its answer into actix-web's
-//! types: the same status, headers and JSON body as the tower layer's.
+//! The middleware hands the request's headers to the verifier (read in place: the
+//! path [`ComposioAuthLayer::verify`] takes) and copies its answer into actix-web's
+//! types: the same status, headers and JSON body as the tower layer's. A hit calls
+//! the inner service at once, with nothing boxed.
 //!
 //! actix-web runs each worker on a Tokio runtime of its own. A layer that becomes
 //! an actix-web middleware therefore runs its verifications on one runtime of its
@@ -13,29 +14,19 @@
 use std::future::{ready, Future, Ready};
 use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll};
 
 use actix_web::body::{EitherBody, MessageBody};
 use actix_web::dev::{Payload, Service, ServiceRequest, ServiceResponse, Transform};
 use actix_web::http::header as actix_header;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseError};
 use bytes::Bytes;
-use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::adapters::MissingSession;
-use crate::credential::CredentialHeader;
-use crate::decision;
+use crate::decision::{self, Decided};
+use crate::headers::RequestHeaders;
 use crate::session::SessionInfo;
 use crate::{ComposioAuthLayer, Rejection};
-
-/// Every header the verifier reads: the credential headers, and the
-/// `x-request-id` a rejection echoes.
-const READ: [&str; 5] = [
-    CredentialHeader::CARRIERS[0].as_str(),
-    CredentialHeader::CARRIERS[1].as_str(),
-    CredentialHeader::CARRIERS[2].as_str(),
-    CredentialHeader::CARRIERS[3].as_str(),
-    "x-request-id",
-];
 
 /// The layer as actix-web middleware: `App::new().wrap(layer.clone())`,
 /// `web::scope("/admin").wrap(layer.require(is_admin))`.
@@ -89,49 +80,114 @@ where
 {
     type Response = ServiceResponse<EitherBody<B>>;
     type Error = actix_web::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
+    type Future = ActixResponseFuture<S, B>;
 
     actix_web::dev::forward_ready!(service);
 
-    fn call(&self, mut request: ServiceRequest) -> Self::Future {
-        let headers = read_headers(request.headers());
-        let (carrier, verdict) =
-            decision::verify_carried(&self.layer.state, &self.layer.policy, &headers);
+    fn call(&self, request: ServiceRequest) -> Self::Future {
+        let (carrier, decided) =
+            decision::decide(&self.layer.state, &self.layer.policy, request.headers());
         let hide = self.layer.state.hide_credential;
-        let service = Rc::clone(&self.service);
-        Box::pin(async move {
-            match verdict.await {
-                Ok(session) => {
-                    if let Some(header) = carrier.filter(|_| hide) {
-                        request.headers_mut().remove(header.as_str());
-                    }
-                    request.extensions_mut().insert(session);
-                    let response = service.call(request).await?;
-                    Ok(response.map_into_left_body())
-                }
-                Err(rejection) => {
-                    let response = actix_response(rejection.response());
-                    Ok(request.into_response(response).map_into_right_body())
+        let admit = move |mut request: ServiceRequest, session: SessionInfo| {
+            if let Some(header) = carrier.filter(|_| hide) {
+                request.headers_mut().remove(header.as_str());
+            }
+            request.extensions_mut().insert(session);
+            request
+        };
+        let state = match decided {
+            // A hit: the inner service is called now, nothing is boxed.
+            Decided::Now(Ok(session)) => State::Called {
+                inner: self.service.call(admit(request, session)),
+            },
+            Decided::Now(Err(rejection)) => State::Answered {
+                response: Some(reject(request, &rejection)),
+            },
+            Decided::Later(verdict) => {
+                let service = Rc::clone(&self.service);
+                State::Waiting {
+                    verdict: Box::pin(async move {
+                        match verdict.await {
+                            Ok(session) => {
+                                let response = service.call(admit(request, session)).await?;
+                                Ok(response.map_into_left_body())
+                            }
+                            Err(rejection) => Ok(reject(request, &rejection)),
+                        }
+                    }),
                 }
             }
-        })
+        };
+        ActixResponseFuture { state }
     }
 }
 
-/// The headers of `from` that the verifier reads, in the `http` crate's types
-/// (actix-web 4 has its own).
-fn read_headers(from: &actix_header::HeaderMap) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    for name in READ {
-        for value in from.get_all(name) {
-            // The same rules on both sides: a value actix-web accepted converts.
-            if let Ok(mut value) = HeaderValue::from_bytes(value.as_bytes()) {
-                value.set_sensitive(true);
-                headers.append(HeaderName::from_static(name), value);
-            }
+pin_project_lite::pin_project! {
+    /// The response future of [`ComposioAuthMiddleware`]: the inner service's (a
+    /// hit), the rejection, or the wait for a verification.
+    pub struct ActixResponseFuture<S: Service<ServiceRequest>, B> {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProjection]
+    enum State<S: Service<ServiceRequest>, B> {
+        Called { #[pin] inner: S::Future },
+        Answered { response: Option<ServiceResponse<EitherBody<B>>> },
+        Waiting { verdict: LocalBoxFuture<Result<ServiceResponse<EitherBody<B>>, actix_web::Error>> },
+    }
+}
+
+/// A future that stays on its worker's thread.
+type LocalBoxFuture<T> = Pin<Box<dyn Future<Output = T>>>;
+
+impl<S, B> Future for ActixResponseFuture<S, B>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = actix_web::Error>,
+{
+    type Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().state.project() {
+            StateProjection::Called { inner } => inner
+                .poll(cx)
+                .map(|answer| answer.map(ServiceResponse::map_into_left_body)),
+            StateProjection::Answered { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => panic!("ActixResponseFuture polled after it completed"),
+            },
+            StateProjection::Waiting { verdict } => verdict.as_mut().poll(cx),
         }
     }
-    headers
+}
+
+impl<S: Service<ServiceRequest>, B> std::fmt::Debug for ActixResponseFuture<S, B> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ActixResponseFuture")
+            .finish_non_exhaustive()
+    }
+}
+
+/// `request` answered with `rejection`.
+fn reject<B>(request: ServiceRequest, rejection: &Rejection) -> ServiceResponse<EitherBody<B>> {
+    request
+        .into_response(actix_response(rejection.response()))
+        .map_into_right_body()
+}
+
+/// actix-web 4's own header map, read in place by the verifier.
+impl RequestHeaders for actix_header::HeaderMap {
+    #[inline]
+    fn pairs(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.iter()
+            .map(|(name, value)| (name.as_str(), value.as_bytes()))
+    }
+
+    fn first(&self, name: &'static str) -> Option<&[u8]> {
+        self.get(name).map(actix_header::HeaderValue::as_bytes)
+    }
 }
 
 /// `response` in actix-web's types, byte for byte.

@@ -12,6 +12,7 @@
 use http::{HeaderMap, HeaderName, HeaderValue};
 
 use crate::envelope::Refusal;
+use crate::headers::RequestHeaders;
 
 /// Longest key accepted, in bytes. Composio's keys are 23 to 47 bytes long.
 pub const MAX_KEY_LEN: usize = 256;
@@ -183,34 +184,39 @@ pub(crate) fn extract(
     accepted: AcceptedHeaders,
 ) -> Result<(CredentialHeader, &[u8]), CredentialError> {
     // Every credential value is a secret, even one that gets refused.
-    let (header, value) = one_credential(headers.iter_mut(), accepted, |value| {
-        value.set_sensitive(true);
-    })?;
-    checked(header, value, accepted)
+    let pairs = headers
+        .iter_mut()
+        .map(|(name, value)| (name.as_str(), value));
+    let (header, value) = one_credential(pairs, accepted, |value| value.set_sensitive(true))?;
+    checked(header, value.as_bytes(), accepted)
 }
 
 /// As [`extract`], for headers that are not this crate's to change
-/// ([`ComposioAuthLayer::verify`](crate::ComposioAuthLayer::verify)).
+/// ([`ComposioAuthLayer::verify`](crate::ComposioAuthLayer::verify), the actix-web
+/// middleware).
+#[inline]
 pub(crate) fn find(
-    headers: &HeaderMap,
+    headers: &impl RequestHeaders,
     accepted: AcceptedHeaders,
 ) -> Result<(CredentialHeader, &[u8]), CredentialError> {
-    let (header, value) = one_credential(headers.iter(), accepted, |_| {})?;
+    let (header, value) = one_credential(headers.pairs(), accepted, |_| {})?;
     checked(header, value, accepted)
 }
 
 /// The key carried in `header` of `headers`, as a header value to send on (a
 /// bearer token without its scheme), for a verification.
-pub(crate) fn key_in(headers: &HeaderMap, header: CredentialHeader) -> Option<HeaderValue> {
-    let value = headers.get(header.header_name())?;
-    match header {
-        CredentialHeader::Bearer => {
-            let mut token = HeaderValue::from_bytes(bearer_token(value.as_bytes())?).ok()?;
-            token.set_sensitive(true);
-            Some(token)
-        }
-        _ => Some(value.clone()),
-    }
+pub(crate) fn key_in(
+    headers: &impl RequestHeaders,
+    header: CredentialHeader,
+) -> Option<HeaderValue> {
+    let value = headers.first(header.as_str())?;
+    let key = match header {
+        CredentialHeader::Bearer => bearer_token(value)?,
+        _ => value,
+    };
+    let mut key = HeaderValue::from_bytes(key).ok()?;
+    key.set_sensitive(true);
+    Some(key)
 }
 
 /// The token of an `Authorization: Bearer <token>` value (the scheme in any case,
@@ -228,18 +234,18 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
 /// `seen` first), or why there is none. `Authorization` counts only when
 /// [`CredentialHeader::Bearer`] is accepted, and only with the Bearer scheme.
 #[inline]
-fn one_credential<'a, V: std::ops::Deref<Target = HeaderValue>>(
-    headers: impl Iterator<Item = (&'a HeaderName, V)>,
+fn one_credential<'a, V: Value>(
+    headers: impl Iterator<Item = (&'a str, V)>,
     accepted: AcceptedHeaders,
     mut seen: impl FnMut(&mut V),
 ) -> Result<(CredentialHeader, V), CredentialError> {
     let mut found = None;
     for (name, mut value) in headers {
-        let Some(header) = CredentialHeader::from_name(name.as_str()) else {
+        let Some(header) = CredentialHeader::from_name(name) else {
             continue;
         };
         if header == CredentialHeader::Bearer
-            && !(accepted.contains(header) && bearer_token(value.as_bytes()).is_some())
+            && !(accepted.contains(header) && bearer_token(value.bytes()).is_some())
         {
             continue;
         }
@@ -252,20 +258,38 @@ fn one_credential<'a, V: std::ops::Deref<Target = HeaderValue>>(
     found.ok_or(CredentialError::Missing)
 }
 
+/// A header value as [`one_credential`] reads it: in place, or to mark it
+/// sensitive.
+trait Value {
+    fn bytes(&self) -> &[u8];
+}
+
+impl Value for &[u8] {
+    fn bytes(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Value for &mut HeaderValue {
+    fn bytes(&self) -> &[u8] {
+        self.as_bytes()
+    }
+}
+
 /// The key in `value` of `header`, if this layer accepts the header and the key
 /// can be a key.
 #[inline]
 fn checked(
     header: CredentialHeader,
-    value: &HeaderValue,
+    value: &[u8],
     accepted: AcceptedHeaders,
 ) -> Result<(CredentialHeader, &[u8]), CredentialError> {
     if !accepted.contains(header) {
         return Err(CredentialError::NotAccepted(header));
     }
     let key = match header {
-        CredentialHeader::Bearer => bearer_token(value.as_bytes()).unwrap_or_default(),
-        _ => value.as_bytes(),
+        CredentialHeader::Bearer => bearer_token(value).unwrap_or_default(),
+        _ => value,
     };
     if !is_well_formed(key) {
         return Err(CredentialError::Malformed(header));

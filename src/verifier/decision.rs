@@ -14,6 +14,7 @@ use crate::cache::{age_ms, Known, Lookup, Stale, VerdictCache};
 use crate::credential::{self, AcceptedHeaders, CredentialError, CredentialHeader};
 use crate::digest::Digest;
 use crate::envelope::Refusal;
+use crate::headers::RequestHeaders;
 use crate::instruments::{self, Answer, Instruments};
 use crate::policy::Policy;
 use crate::rejection::{Rejection, RequestId};
@@ -80,7 +81,7 @@ impl LayerState {
         &self,
         header: CredentialHeader,
         digest: Digest,
-        headers: &HeaderMap,
+        headers: &impl RequestHeaders,
     ) -> Step {
         let known = match self.cache.lookup(&digest) {
             Lookup::Known(known) => {
@@ -170,21 +171,34 @@ pub(crate) fn verify(
     policy: &Arc<Policy>,
     headers: &HeaderMap,
 ) -> impl Future<Output = Result<SessionInfo, Rejection>> + Send + 'static {
-    verify_carried(state, policy, headers).1
+    let (_, decided) = decide(state, policy, headers);
+    async move {
+        match decided {
+            Decided::Now(verdict) => verdict,
+            Decided::Later(verdict) => verdict.await,
+        }
+    }
 }
 
-/// As [`verify`], with the header that carries the credential, if there is one
-/// (the header [`hide_credential`](crate::ComposioAuthBuilder::hide_credential)
-/// removes from a request that is admitted).
-pub(crate) fn verify_carried(
+/// The verdict on a request's headers: now (a cache hit, a refusal) or once a
+/// verification ends.
+pub(crate) enum Decided<F> {
+    Now(Result<SessionInfo, Rejection>),
+    Later(F),
+}
+
+/// As [`verify`], for an adapter: the verdict now when the cache has it (no future
+/// to box), and the header that carries the credential, if there is one (the
+/// header [`hide_credential`](crate::ComposioAuthBuilder::hide_credential) removes
+/// from a request that is admitted).
+pub(crate) fn decide(
     state: &Arc<LayerState>,
     policy: &Arc<Policy>,
-    headers: &HeaderMap,
+    headers: &impl RequestHeaders,
 ) -> (
     Option<CredentialHeader>,
-    impl Future<Output = Result<SessionInfo, Rejection>> + Send + 'static,
+    Decided<impl Future<Output = Result<SessionInfo, Rejection>> + Send + 'static>,
 ) {
-    let request_id = RequestId::of(headers);
     let (carrier, step) = match credential::find(headers, state.accepted) {
         Ok((header, key)) => {
             let digest = state.cache.digest(header.verified_as(), key);
@@ -198,25 +212,41 @@ pub(crate) fn verify_carried(
             )
         }
     };
-    let policy = Arc::clone(policy);
-    let verdict = async move {
-        let outcome = match step {
-            Step::Admit(session) => Outcome::Admit(session, Answer::Allowed),
-            Step::Refuse(refused) => Outcome::Refuse(refused),
-            Step::Wait {
-                verification,
-                stale,
-            } => Outcome::of(verification.await, stale),
-        };
-        let refused = match outcome {
-            Outcome::Admit(session, answer) => match policy.admits(&session, answer) {
-                None => return Ok(session),
-                Some(forbidden) => Refused::Made(forbidden.clone()),
-            },
-            Outcome::Refuse(refused) => refused,
-        };
-        policy.refused(&refused);
-        Err(Rejection::new(&refused, &request_id, policy.challenge()))
+    let outcome = match step {
+        Step::Admit(session) => Outcome::Admit(session, Answer::Allowed),
+        Step::Refuse(refused) => Outcome::Refuse(refused),
+        Step::Wait {
+            verification,
+            stale,
+        } => {
+            // Read now: the future borrows nothing.
+            let request_id = RequestId::of(headers);
+            let policy = Arc::clone(policy);
+            let verdict = async move {
+                let outcome = Outcome::of(verification.await, stale);
+                judge(&policy, outcome, || request_id)
+            };
+            return (carrier, Decided::Later(verdict));
+        }
     };
-    (carrier, verdict)
+    let verdict = judge(policy, outcome, || RequestId::of(headers));
+    (carrier, Decided::Now(verdict))
+}
+
+/// What the policy makes of `outcome`, counted and, when refused, rendered (with
+/// the request's id, read only then).
+fn judge(
+    policy: &Policy,
+    outcome: Outcome,
+    request_id: impl FnOnce() -> RequestId,
+) -> Result<SessionInfo, Rejection> {
+    let refused = match outcome {
+        Outcome::Admit(session, answer) => match policy.admits(&session, answer) {
+            None => return Ok(session),
+            Some(forbidden) => Refused::Made(forbidden.clone()),
+        },
+        Outcome::Refuse(refused) => refused,
+    };
+    policy.refused(&refused);
+    Err(Rejection::new(&refused, &request_id(), policy.challenge()))
 }

@@ -6,6 +6,8 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde::{Deserialize, Serialize};
 
+use crate::headers::RequestHeaders;
+
 /// Composio's error envelope: `{"error": {...}}`.
 ///
 /// Every rejection of the layer has this body (for HTTP clients), in Composio's own
@@ -294,12 +296,11 @@ pub(crate) fn challenge<'a>(headers: impl IntoIterator<Item = &'a str>) -> Heade
 }
 
 /// The inbound `x-request-id`, if it is fit to echo.
-pub(crate) fn request_id(headers: &HeaderMap) -> Option<&str> {
-    let id = headers.get("x-request-id")?;
-    let bytes = id.as_bytes();
+pub(crate) fn request_id(headers: &impl RequestHeaders) -> Option<&str> {
+    let bytes = headers.first("x-request-id")?;
     let fit = (1..=MAX_REQUEST_ID_BYTES).contains(&bytes.len())
         && bytes.iter().all(|b| (0x21..=0x7E).contains(b));
-    fit.then(|| id.to_str().ok()).flatten()
+    fit.then(|| std::str::from_utf8(bytes).ok()).flatten()
 }
 
 /// For a gRPC request (`application/grpc`, optionally followed by `+`, `-` or `;`,

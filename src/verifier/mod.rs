@@ -12,6 +12,7 @@ pub(crate) mod digest;
 pub(crate) mod envelope;
 pub(crate) mod fleet;
 pub(crate) mod front;
+pub(crate) mod headers;
 pub(crate) mod instruments;
 pub(crate) mod own_runtime;
 pub(crate) mod per_runtime;

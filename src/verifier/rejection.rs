@@ -9,6 +9,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 
 use crate::body::RejectionBody;
 use crate::envelope::{request_id, ErrorEnvelope, Refusal};
+use crate::headers::RequestHeaders;
 
 /// Why [`ComposioAuthLayer::verify`](crate::ComposioAuthLayer::verify) refused a
 /// request's headers: 401, 403 or 503, with exactly the status, headers
@@ -25,7 +26,12 @@ use crate::envelope::{request_id, ErrorEnvelope, Refusal};
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct Rejection {
+pub struct Rejection(Box<Rendered>);
+
+/// A rejection's parts, boxed: a `Result<SessionInfo, Rejection>` stays small,
+/// and only a refusal pays for the allocation.
+#[derive(Clone)]
+struct Rendered {
     envelope: ErrorEnvelope,
     response: Response<Bytes>,
 }
@@ -35,26 +41,26 @@ impl Rejection {
     pub(crate) fn new(refusal: &Refusal, headers: &RequestId, challenge: &HeaderValue) -> Self {
         let envelope = refusal.envelope(headers.0.as_deref());
         let response = refusal.render_envelope(&envelope, challenge);
-        Self { envelope, response }
+        Self(Box::new(Rendered { envelope, response }))
     }
 
     /// The HTTP status: 401, 403 or 503.
     #[must_use]
     pub fn status(&self) -> StatusCode {
-        self.response.status()
+        self.0.response.status()
     }
 
     /// The JSON envelope of the answer (Composio's own where Composio decided).
     #[must_use]
     pub fn envelope(&self) -> &ErrorEnvelope {
-        &self.envelope
+        &self.0.envelope
     }
 
     /// The answer's headers: `Content-Type`, and `WWW-Authenticate` on a 401 or
     /// `Retry-After` on a 503.
     #[must_use]
     pub fn headers(&self) -> &HeaderMap {
-        self.response.headers()
+        self.0.response.headers()
     }
 
     /// The whole HTTP answer, in any body type the layer can answer in (axum's and,
@@ -62,13 +68,13 @@ impl Rejection {
     /// ...), byte for byte what the layer sends.
     #[must_use]
     pub fn into_response<B: RejectionBody>(self) -> Response<B> {
-        self.response.map(B::rejection)
+        self.0.response.map(B::rejection)
     }
 
     /// The whole HTTP answer, for an adapter to copy into its framework's type.
     #[cfg_attr(not(feature = "actix-web"), allow(dead_code))]
     pub(crate) fn response(&self) -> &Response<Bytes> {
-        &self.response
+        &self.0.response
     }
 }
 
@@ -77,7 +83,7 @@ impl Rejection {
 pub(crate) struct RequestId(Option<String>);
 
 impl RequestId {
-    pub(crate) fn of(headers: &HeaderMap) -> Self {
+    pub(crate) fn of(headers: &impl RequestHeaders) -> Self {
         Self(request_id(headers).map(str::to_owned))
     }
 }
@@ -86,7 +92,7 @@ impl fmt::Debug for Rejection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Rejection")
             .field("status", &self.status())
-            .field("envelope", &self.envelope)
+            .field("envelope", &self.0.envelope)
             .finish_non_exhaustive()
     }
 }
@@ -97,7 +103,7 @@ impl fmt::Display for Rejection {
             f,
             "{} {}",
             self.status().as_u16(),
-            self.envelope.error.message
+            self.0.envelope.error.message
         )
     }
 }
