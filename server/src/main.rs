@@ -1,0 +1,167 @@
+//! `composio-auth-server`: Composio API key verification for services behind a
+//! proxy (nginx `auth_request`, Caddy `forward_auth`, Traefik ForwardAuth, Envoy
+//! `ext_authz`), on composio-auth's cache: one upstream call per key per TTL,
+//! shared by every proxy route and, through Redis, by every replica.
+//!
+//! See `server/README.md` for the flags, the endpoints and the proxy recipes.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+use metrics_exporter_prometheus::PrometheusBuilder;
+
+mod config;
+mod demo;
+mod endpoints;
+mod identity;
+mod route_policy;
+
+use config::Config;
+use endpoints::Shared;
+use route_policy::Policies;
+
+/// Bad configuration: one line on stderr, this exit code.
+const BAD_CONFIGURATION: u8 = 2;
+
+fn main() -> ExitCode {
+    let config = match Config::try_parse() {
+        Ok(config) => config,
+        Err(error) if !error.use_stderr() => {
+            // --help, --version.
+            print!("{error}");
+            return ExitCode::SUCCESS;
+        }
+        Err(error) => return refuse(first_line(&error.to_string())),
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(false)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => return refuse(&format!("cannot start the runtime: {error}")),
+    };
+    match runtime.block_on(run(config)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure::Configuration(line)) => refuse(&line),
+        Err(Failure::Demo(line)) => {
+            eprintln!("composio-auth-server: {line}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Why the server stopped.
+enum Failure {
+    /// Flags, files or addresses that cannot work (exit 2).
+    Configuration(String),
+    /// `--demo --exit` saw an answer it did not expect (exit 1).
+    Demo(String),
+}
+
+fn refuse(line: &str) -> ExitCode {
+    eprintln!("composio-auth-server: {line}");
+    ExitCode::from(BAD_CONFIGURATION)
+}
+
+/// clap's message without its "error: " and the usage after it.
+fn first_line(message: &str) -> &str {
+    let line = message.lines().next().unwrap_or(message);
+    line.strip_prefix("error: ").unwrap_or(line)
+}
+
+async fn run(config: Config) -> Result<(), Failure> {
+    let configuration = Failure::Configuration;
+    // The recorder first: the layer registers its metrics when it is built.
+    let metrics = PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(|error| configuration(format!("cannot install the metrics recorder: {error}")))?;
+    let stand_in = if config.demo {
+        Some(
+            demo::stand_in()
+                .await
+                .map_err(|e| configuration(e.to_string()))?,
+        )
+    } else {
+        None
+    };
+    let layer = config
+        .layer(stand_in.as_ref().map(|s| s.base_url()))
+        .map_err(configuration)?;
+    let shared = Arc::new(Shared {
+        policies: Policies::new(layer.clone()),
+        metrics,
+    });
+
+    let listen = if config.demo && config.exit {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    } else {
+        config.listen
+    };
+    let service = bind(listen).await?;
+    let addr = local_addr(&service)?;
+    println!("composio-auth-server listening on http://{addr}");
+    let mut servers = tokio::task::JoinSet::new();
+    servers.spawn(serve(service, endpoints::service(shared)));
+    if let Some(admin_listen) = config.admin_listen {
+        let admin = bind(admin_listen).await?;
+        println!(
+            "composio-auth-server admin on http://{}",
+            local_addr(&admin)?
+        );
+        servers.spawn(serve(admin, endpoints::admin(layer.clone())));
+    }
+    if let Some(stand_in) = &stand_in {
+        let tried = demo::show(stand_in, addr, config.exit).await;
+        if config.exit {
+            return tried.map_err(Failure::Demo);
+        }
+    }
+    // Until a signal, or a listener fails.
+    if let Some(Ok(Err(error))) = servers.join_next().await {
+        return Err(configuration(format!("serving stopped: {error}")));
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Failure> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|error| Failure::Configuration(format!("cannot listen on {addr}: {error}")))
+}
+
+fn local_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, Failure> {
+    listener
+        .local_addr()
+        .map_err(|error| Failure::Configuration(format!("no local address: {error}")))
+}
+
+async fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown())
+        .await
+}
+
+/// Ctrl-C or SIGTERM.
+async fn shutdown() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(terminate) => terminate,
+                Err(_) => return std::future::pending().await,
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

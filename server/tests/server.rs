@@ -1,0 +1,307 @@
+//! `composio-auth-server` over TCP, the real binary against the stand-in: the
+//! verdicts a proxy gets, the identity headers, per-route policies on one cache,
+//! the operators' endpoints, and bad input.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use composio_auth::ComposioAuthLayer;
+use support::{client, composio, run_to_exit, Server, ADMIN, MEMBER, NO_PROJECT};
+
+async fn get(server: &Server, path: &str, key: Option<&str>) -> reqwest::Response {
+    let mut request = client().get(server.url(path));
+    if let Some(key) = key {
+        request = request.header("x-api-key", key);
+    }
+    request.send().await.expect("the server answers")
+}
+
+#[tokio::test]
+async fn allow_is_an_empty_200_with_the_identity_headers() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    let allowed = get(&server, "/verify", Some(ADMIN)).await;
+    assert_eq!(allowed.status(), 200);
+    let headers = allowed.headers().clone();
+    assert_eq!(headers["x-composio-member-email"], "alice@example.com");
+    assert_eq!(headers["x-composio-member-role"], "admin");
+    assert_eq!(headers["x-composio-member-name"], "Alice");
+    assert!(headers.contains_key("x-composio-project-id"));
+    assert!(headers.contains_key("x-composio-org-id"));
+    assert!(headers.contains_key("x-composio-api-key-id"));
+    for (name, value) in &headers {
+        let value = value.to_str().unwrap();
+        assert!(!value.contains(ADMIN), "{name} carries the key");
+    }
+    assert_eq!(allowed.text().await.unwrap(), "");
+
+    // A null project: no project or org headers at all; a non-ASCII name,
+    // percent-encoded UTF-8.
+    let carol = get(&server, "/verify", Some(NO_PROJECT)).await;
+    assert_eq!(carol.status(), 200);
+    let headers = carol.headers();
+    assert!(!headers.contains_key("x-composio-project-id"));
+    assert!(!headers.contains_key("x-composio-org-id"));
+    assert_eq!(headers["x-composio-member-name"], "Carol%20Zo%C3%AB");
+}
+
+#[tokio::test]
+async fn deny_is_the_layers_answer_byte_for_byte() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    let layer = ComposioAuthLayer::builder()
+        .base_url(composio.base_url())
+        .build()
+        .unwrap();
+    for key in [None, Some("ak_not_a_key_0123456789")] {
+        let mut headers = axum::http::HeaderMap::new();
+        if let Some(key) = key {
+            headers.insert("x-api-key", key.parse().unwrap());
+        }
+        let expected = layer.verify(&headers).await.unwrap_err();
+        let answer = get(&server, "/verify", key).await;
+        assert_eq!(answer.status().as_u16(), expected.status().as_u16());
+        for name in ["content-type", "www-authenticate"] {
+            assert_eq!(
+                answer.headers()[name].as_bytes(),
+                expected.headers()[name].as_bytes()
+            );
+        }
+        let body = answer.text().await.unwrap();
+        assert_eq!(body, serde_json::to_string(expected.envelope()).unwrap());
+    }
+}
+
+#[tokio::test]
+async fn composio_down_is_503_with_retry_after() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let server = Server::start(&nowhere, &["--timeout", "2s"]);
+    let answer = get(&server, "/verify", Some(ADMIN)).await;
+    assert_eq!(answer.status(), 503);
+    assert!(answer.headers().contains_key("retry-after"));
+}
+
+#[tokio::test]
+async fn policies_per_route_share_one_cache() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    let status = |r: reqwest::Response| r.status().as_u16();
+    assert_eq!(
+        status(get(&server, "/verify?role=admin", Some(MEMBER)).await),
+        403
+    );
+    assert_eq!(
+        status(get(&server, "/verify?role=admin&role=member", Some(MEMBER)).await),
+        200
+    );
+    assert_eq!(
+        status(get(&server, "/verify?role=member&plan=free", Some(MEMBER)).await),
+        403
+    );
+    assert_eq!(status(get(&server, "/verify", Some(MEMBER)).await), 200);
+    // A project policy needs a project: none for an org key.
+    assert_eq!(
+        status(get(&server, "/verify?project=p", Some(NO_PROJECT)).await),
+        403
+    );
+
+    // One key on every route and endpoint, 50 requests: one upstream call.
+    let paths = [
+        "/verify",
+        "/verify?role=admin",
+        "/ext-authz/anything",
+        "/verify?plan=BUSINESS",
+    ];
+    for n in 0..50 {
+        let answer = get(&server, paths[n % paths.len()], Some(ADMIN)).await;
+        assert_eq!(answer.status(), 200);
+    }
+    assert_eq!(composio.calls_for(ADMIN), 1);
+}
+
+#[tokio::test]
+async fn an_unknown_policy_parameter_is_a_500_never_an_allow() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    let answer = get(&server, "/verify?rol=admin", Some(ADMIN)).await;
+    assert_eq!(answer.status(), 500);
+    assert!(answer
+        .text()
+        .await
+        .unwrap()
+        .contains("unknown policy parameter \"rol\""));
+    assert_eq!(composio.calls(), 0);
+}
+
+#[tokio::test]
+async fn ext_authz_ignores_the_clients_path_and_query() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    // What Envoy sends by default: Host, Method, Path (the client's, appended),
+    // the allowed headers, Content-Length: 0.
+    let answer = client()
+        .post(server.url("/ext-authz/verify?role=admin&rol=x"))
+        .header("x-api-key", MEMBER)
+        .header("content-length", "0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    assert_eq!(answer.headers()["x-composio-member-role"], "member");
+    let answer = client()
+        .post(server.url("/ext-authz"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 401);
+}
+
+#[tokio::test]
+async fn healthz_and_metrics() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    assert_eq!(get(&server, "/healthz", None).await.status(), 200);
+    assert_eq!(get(&server, "/verify", Some(ADMIN)).await.status(), 200);
+    let metrics = get(&server, "/metrics", None).await.text().await.unwrap();
+    assert!(
+        metrics.contains("composio_auth_requests_total"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn only_the_admin_listener_invalidates() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &["--admin-listen", "127.0.0.1:0"]);
+    assert_eq!(get(&server, "/verify", Some(ADMIN)).await.status(), 200);
+    composio.revoke(ADMIN);
+    // A client on the proxies' listener cannot reach it.
+    let refused = client()
+        .post(server.url("/invalidate"))
+        .body(ADMIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 404);
+    assert_eq!(get(&server, "/verify", Some(ADMIN)).await.status(), 200);
+
+    let admin = server.admin.unwrap();
+    let done = client()
+        .post(format!("http://{admin}/invalidate"))
+        .body(format!("{ADMIN}\n"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(done.status(), 204);
+    assert_eq!(get(&server, "/verify", Some(ADMIN)).await.status(), 401);
+    assert_eq!(composio.calls_for(ADMIN), 2);
+    let empty = client()
+        .post(format!("http://{admin}/invalidate"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(empty.status(), 400);
+    let all = client()
+        .post(format!("http://{admin}/invalidate-all"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(all.status(), 204);
+}
+
+/// Writes `request` on a fresh connection and reads the status line.
+fn raw_status(server: &Server, request: &[u8]) -> String {
+    let mut stream = TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // The server may answer (and close) before all of a huge request is written.
+    let _ = stream.write_all(request);
+    let mut answer = Vec::new();
+    let mut buffer = [0; 4096];
+    while !answer.windows(2).any(|w| w == b"\r\n") {
+        match stream.read(&mut buffer) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => answer.extend_from_slice(&buffer[..n]),
+        }
+    }
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.lines().next().unwrap_or_default().to_owned()
+}
+
+// Multi-threaded: `raw_status` blocks its thread, and the stand-in runs here.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_clear_answer_and_never_a_crash() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    // A 64 KiB key: not a key.
+    let long = "k".repeat(64 * 1024);
+    let answer = get(&server, "/verify", Some(&long)).await;
+    assert_eq!(answer.status(), 401);
+    // 10,000 headers: refused by the HTTP server.
+    let mut many = b"GET /verify HTTP/1.1\r\nHost: a\r\n".to_vec();
+    for n in 0..10_000 {
+        many.extend_from_slice(format!("x-h{n}: v\r\n").as_bytes());
+    }
+    many.extend_from_slice(b"\r\n");
+    let status = raw_status(&server, &many);
+    assert!(status.starts_with("HTTP/1.1 431"), "{status}");
+    // A key that is not UTF-8.
+    let odd =
+        b"GET /verify HTTP/1.1\r\nHost: a\r\nx-api-key: ak_\xff\xfe_0123456789\r\n\r\n".to_vec();
+    assert!(raw_status(&server, &odd).starts_with("HTTP/1.1 401"));
+    // A body announced and never sent: answered without reading it.
+    let body = format!(
+        "POST /verify HTTP/1.1\r\nHost: a\r\nx-api-key: {ADMIN}\r\nContent-Length: 10000000\r\n\r\n"
+    );
+    assert!(raw_status(&server, body.as_bytes()).starts_with("HTTP/1.1 200"));
+    // Still serving.
+    assert_eq!(get(&server, "/healthz", None).await.status(), 200);
+    assert_eq!(composio.calls(), 1);
+}
+
+#[test]
+fn bad_flags_are_one_line_and_exit_2_without_secrets() {
+    let cases: [&[&str]; 4] = [
+        &["--ttl", "soon"],
+        &["--listen", "not-an-address"],
+        &["--redis-url", "redis://:hunter2@127.0.0.1:6379"],
+        &["--credential-header", "x-secret-header"],
+    ];
+    for args in cases {
+        let (code, stderr) = run_to_exit(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("composio-auth-server: "), "{stderr}");
+        assert!(!stderr.contains("hunter2"), "{stderr}");
+    }
+    // A pepper file that is too short: the library's error, never the pepper.
+    let dir = std::env::temp_dir().join(format!("composio-auth-server-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pepper = dir.join("pepper");
+    std::fs::write(&pepper, "short-pepper-hunter3").unwrap();
+    let (code, stderr) = run_to_exit(&[
+        "--redis-url",
+        "redis://:hunter2@127.0.0.1:6379",
+        "--redis-pepper-file",
+        pepper.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        !stderr.contains("hunter2") && !stderr.contains("hunter3"),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(dir).unwrap();
+}
+
+#[test]
+fn the_demo_makes_its_requests_and_exits_0() {
+    let (code, stderr) = run_to_exit(&["--demo", "--exit"]);
+    assert_eq!(code, Some(0), "{stderr}");
+}

@@ -1,0 +1,112 @@
+//! The server as the tests run it: the real binary, a real process on free
+//! loopback ports, against the library's stand-in of Composio; killed when
+//! dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use composio_auth::testing::StandIn;
+
+pub const ADMIN: &str = "ak_alice_0123456789abcdef";
+pub const MEMBER: &str = "ak_bob_0123456789abcdefgh";
+/// An organisation key: a session without a project, a member named with a
+/// non-ASCII letter.
+pub const NO_PROJECT: &str = "oak_carol_0123456789abcd";
+
+/// A stand-in that knows ADMIN, MEMBER and NO_PROJECT.
+pub async fn composio() -> StandIn {
+    let composio = StandIn::start().await.expect("bind the stand-in");
+    composio.add_session(
+        ADMIN,
+        StandIn::document_for("alice@example.com", "Alice", "admin"),
+    );
+    composio.add_session(
+        MEMBER,
+        StandIn::document_for("bob@example.com", "Bob", "member"),
+    );
+    let mut carol = StandIn::document_for("carol@example.com", "Carol Zoë", "admin");
+    carol["project"] = serde_json::Value::Null;
+    composio.add_session(NO_PROJECT, carol);
+    composio
+}
+
+/// A running `composio-auth-server`.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin: Option<SocketAddr>,
+    child: Child,
+}
+
+impl Server {
+    /// Starts the binary with `args` (and `--listen 127.0.0.1:0`), waiting for
+    /// the line that says where it listens.
+    pub fn start(base_url: &str, args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_composio-auth-server"))
+            .args(["--listen", "127.0.0.1:0", "--base-url", base_url])
+            .args(args)
+            .env_remove("COMPOSIO_BASE_URL")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start composio-auth-server");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut addr = None;
+        let mut admin = None;
+        let wants_admin = args.contains(&"--admin-listen");
+        while addr.is_none() || (wants_admin && admin.is_none()) {
+            let line = lines
+                .next()
+                .expect("the server says where it listens")
+                .unwrap();
+            let at = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .map(|a| a.trim_start_matches("http://").parse().unwrap())
+            };
+            addr = addr.or_else(|| at("composio-auth-server listening on "));
+            admin = admin.or_else(|| at("composio-auth-server admin on "));
+        }
+        // Keep reading stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            addr: addr.unwrap(),
+            admin,
+            child,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A client that never goes through a proxy.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
+}
+
+/// The binary's exit code and stderr for `args`, which must make it stop.
+pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
+    let output = Command::new(env!("CARGO_BIN_EXE_composio-auth-server"))
+        .args(args)
+        .env_remove("COMPOSIO_BASE_URL")
+        .output()
+        .expect("run composio-auth-server");
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
