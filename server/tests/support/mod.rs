@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use composio_auth::testing::StandIn;
 
+pub mod proxy;
+
 pub const ADMIN: &str = "ak_alice_0123456789abcdef";
 pub const MEMBER: &str = "ak_bob_0123456789abcdefgh";
 /// An organisation key: a session without a project, a member named with a

@@ -1,0 +1,111 @@
+//! The README's nginx recipe (`server/recipes/nginx/`) with a real nginx (Debian's
+//! package) in front of the real server and an app that shows what it receives.
+
+mod support;
+
+use serde_json::Value;
+use support::proxy::{echo_app, Proxy};
+use support::{client, composio, Server, ADMIN, MEMBER, NO_PROJECT};
+
+/// GET `path` through the proxy with `headers`.
+async fn through(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+    let mut request = client().get(proxy.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    request.send().await.expect("nginx answers")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_admits_refuses_and_never_lets_a_client_spoof_identity() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    let app = echo_app().await;
+    let nginx = Proxy::nginx(server.addr, app);
+
+    // Allowed: the app sees the server's identity, not the client's.
+    let spoofed = [
+        ("x-api-key", ADMIN),
+        ("x-composio-member-email", "boss@corp"),
+        ("x-composio-member-role", "owner"),
+    ];
+    let answer = through(&nginx, "/orders", &spoofed).await;
+    assert_eq!(answer.status(), 200, "{}", nginx.log());
+    let seen: Value = answer.json().await.unwrap();
+    assert_eq!(seen["x-composio-member-email"], "alice@example.com");
+    assert_eq!(seen["x-composio-member-role"], "admin");
+    assert_eq!(seen["x-composio-member-name"], "Alice");
+
+    // A session without a project: no project header reaches the app, spoofed
+    // or not.
+    let spoofed = [("x-api-key", NO_PROJECT), ("x-composio-project-id", "evil")];
+    let seen: Value = through(&nginx, "/orders", &spoofed)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(seen.get("x-composio-project-id").is_none(), "{seen}");
+    assert_eq!(seen["x-composio-member-name"], "Carol%20Zo%C3%AB");
+
+    // Refused: the server's own envelope and challenge, not nginx's HTML.
+    let direct = client()
+        .get(format!("http://{}/verify", server.addr))
+        .send()
+        .await
+        .unwrap();
+    let direct_challenge = direct.headers()["www-authenticate"].clone();
+    let direct_body = direct.text().await.unwrap();
+    let refused = through(&nginx, "/orders", &[]).await;
+    assert_eq!(refused.status(), 401);
+    assert_eq!(refused.headers()["www-authenticate"], direct_challenge);
+    assert_eq!(refused.headers()["content-type"], "application/json");
+    assert_eq!(refused.text().await.unwrap(), direct_body);
+    let bad = through(
+        &nginx,
+        "/orders",
+        &[("x-api-key", "ak_not_a_key_0123456789")],
+    )
+    .await;
+    assert_eq!(bad.status(), 401);
+    let envelope: Value = bad.json().await.unwrap();
+    assert_eq!(envelope["error"]["code"], 801);
+
+    // The admin location's policy: a member gets 403 10403, an admin gets in.
+    let member = through(&nginx, "/admin/users", &[("x-api-key", MEMBER)]).await;
+    assert_eq!(member.status(), 403);
+    let envelope: Value = member.json().await.unwrap();
+    assert_eq!(envelope["error"]["code"], 10403);
+    let admin = through(&nginx, "/admin/users", &[("x-api-key", ADMIN)]).await;
+    assert_eq!(admin.status(), 200);
+
+    // The member's session is cached: /orders is a hit.
+    assert_eq!(
+        through(&nginx, "/orders", &[("x-api-key", MEMBER)])
+            .await
+            .status(),
+        200
+    );
+    assert_eq!(composio.calls_for(MEMBER), 1);
+    assert_eq!(composio.calls_for(ADMIN), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_answers_503_with_retry_after_when_composio_cannot_decide() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let server = Server::start(&nowhere, &["--timeout", "2s"]);
+    let app = echo_app().await;
+    let nginx = Proxy::nginx(server.addr, app);
+    let answer = through(&nginx, "/orders", &[("x-api-key", ADMIN)]).await;
+    assert_eq!(answer.status(), 503, "{}", nginx.log());
+    assert!(answer.headers().contains_key("retry-after"));
+    let envelope: Value = answer.json().await.unwrap();
+    assert_eq!(envelope["error"]["status"], 503);
+
+    // The server itself unreachable: the same 503.
+    drop(server);
+    let answer = through(&nginx, "/orders", &[("x-api-key", ADMIN)]).await;
+    assert_eq!(answer.status(), 503);
+    assert_eq!(answer.headers()["retry-after"], "5");
+}

@@ -1,0 +1,148 @@
+//! Real proxies for the recipe tests: nginx (and Caddy) processes on free
+//! loopback ports, with configurations built from the recipe files the README
+//! shows (`server/recipes/`), killed when dropped. `.ci/run` installs them.
+
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderMap;
+use axum::routing::any;
+use axum::{Json, Router};
+
+/// The recipes, as shipped.
+pub fn recipes() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes")
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+/// The program `name`, or a failure that says how to install it: a recipe test
+/// never passes without its proxy.
+fn installed(name: &str, package: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .unwrap_or_else(|| {
+            panic!("{name} is not installed: `apt-get install -y {package}` (.ci/run does it)")
+        })
+}
+
+/// Waits until `port` accepts connections (the proxy signals nothing else).
+fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("{what} exited: {status}");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what} did not listen within 10 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A directory of its own under the system's temporary directory.
+fn scratch(what: &str) -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("composio-auth-{what}-{}-{n}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A running proxy.
+pub struct Proxy {
+    pub port: u16,
+    dir: PathBuf,
+    child: Child,
+}
+
+impl Proxy {
+    /// nginx with `server/recipes/nginx/`, its upstreams `composio_auth` (the
+    /// server at `auth`) and `app`.
+    pub fn nginx(auth: SocketAddr, app: SocketAddr) -> Self {
+        let nginx = installed("nginx", "nginx");
+        let dir = scratch("nginx");
+        let port = free_port();
+        for file in ["composio-auth.conf", "composio-auth-location.conf"] {
+            let recipe = std::fs::read_to_string(recipes().join("nginx").join(file)).unwrap();
+            let recipe = recipe.replace("listen 8000;", &format!("listen 127.0.0.1:{port};"));
+            std::fs::write(dir.join(file), recipe).unwrap();
+        }
+        let d = dir.display();
+        let conf = format!(
+            "worker_processes 1;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/error.log info;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log off;\n\
+               client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               upstream composio_auth {{ server {auth}; keepalive 32; }}\n\
+               upstream app {{ server {app}; }}\n\
+               include {d}/composio-auth.conf;\n}}\n"
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let mut child = Command::new(nginx)
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .arg("-e")
+            .arg(dir.join("error.log"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start nginx");
+        wait_for_port(port, &mut child, "nginx");
+        Self { port, dir, child }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The proxy's own log, for a failing assertion's message.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// The app behind the proxy: answers every request with the headers it
+/// received, as a JSON object (a repeated header's values joined by ", ").
+pub async fn echo_app() -> SocketAddr {
+    async fn echo(headers: HeaderMap) -> Json<serde_json::Value> {
+        let mut seen = serde_json::Map::new();
+        for name in headers.keys() {
+            let values: Vec<_> = headers
+                .get_all(name)
+                .iter()
+                .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+                .collect();
+            seen.insert(name.as_str().to_owned(), values.join(", ").into());
+        }
+        Json(seen.into())
+    }
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().fallback(any(echo));
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
