@@ -37,11 +37,12 @@ fn installed(name: &str, package: &str) -> PathBuf {
 }
 
 /// Waits until `port` accepts connections (the proxy signals nothing else).
-fn wait_for_port(port: u16, child: &mut Child, what: &str) {
+fn wait_for_port(port: u16, child: &mut Child, what: &str, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while TcpStream::connect((Ipv4Addr::LOCALHOST, port)).is_err() {
         if let Ok(Some(status)) = child.try_wait() {
-            panic!("{what} exited: {status}");
+            let log = std::fs::read_to_string(log).unwrap_or_default();
+            panic!("{what} exited: {status}\n{log}");
         }
         assert!(
             Instant::now() < deadline,
@@ -103,7 +104,36 @@ impl Proxy {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("start nginx");
-        wait_for_port(port, &mut child, "nginx");
+        wait_for_port(port, &mut child, "nginx", &dir.join("error.log"));
+        Self { port, dir, child }
+    }
+
+    /// Caddy with `server/recipes/caddy/Caddyfile`, its addresses replaced by the
+    /// server's (`auth`) and the app's; no admin endpoint, no automatic HTTPS, all
+    /// state in a directory of its own.
+    pub fn caddy(auth: SocketAddr, app: SocketAddr) -> Self {
+        let caddy = installed("caddy", "caddy");
+        let dir = scratch("caddy");
+        let port = free_port();
+        let recipe = std::fs::read_to_string(recipes().join("caddy").join("Caddyfile")).unwrap();
+        let recipe = recipe
+            .replace("127.0.0.1:8080", &auth.to_string())
+            .replace("127.0.0.1:3000", &app.to_string())
+            .replace(":8000 {", &format!("http://127.0.0.1:{port} {{"));
+        let conf = format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{recipe}");
+        std::fs::write(dir.join("Caddyfile"), conf).unwrap();
+        let log = std::fs::File::create(dir.join("error.log")).unwrap();
+        let mut child = Command::new(caddy)
+            .args(["run", "--adapter", "caddyfile", "--config"])
+            .arg(dir.join("Caddyfile"))
+            .env("HOME", &dir)
+            .env("XDG_DATA_HOME", &dir)
+            .env("XDG_CONFIG_HOME", &dir)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start caddy");
+        wait_for_port(port, &mut child, "caddy", &dir.join("error.log"));
         Self { port, dir, child }
     }
 

@@ -1,8 +1,10 @@
-//! The README's nginx recipe (`server/recipes/nginx/`) with a real nginx (Debian's
-//! package) in front of the real server and an app that shows what it receives.
+//! The README's proxy recipes (`server/recipes/`) with the real proxies (Debian's
+//! nginx 1.22 and Caddy 2.6.2) in front of the real server and an app that shows
+//! what it receives.
 
 mod support;
 
+use composio_auth::testing::StandIn;
 use serde_json::Value;
 use support::proxy::{echo_app, Proxy};
 use support::{client, composio, Server, ADMIN, MEMBER, NO_PROJECT};
@@ -20,16 +22,28 @@ async fn through(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> reqwest
 async fn nginx_admits_refuses_and_never_lets_a_client_spoof_identity() {
     let composio = composio().await;
     let server = Server::start(&composio.base_url(), &[]);
-    let app = echo_app().await;
-    let nginx = Proxy::nginx(server.addr, app);
+    let nginx = Proxy::nginx(server.addr, echo_app().await);
+    every_verdict_through(&nginx, &server, &composio).await;
+}
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_admits_refuses_and_never_lets_a_client_spoof_identity() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    let caddy = Proxy::caddy(server.addr, echo_app().await);
+    every_verdict_through(&caddy, &server, &composio).await;
+}
+
+/// Each verdict row through `nginx` (either proxy), the identity the app sees,
+/// spoofing, the admin route's policy, and one upstream call per key.
+async fn every_verdict_through(nginx: &Proxy, server: &Server, composio: &StandIn) {
     // Allowed: the app sees the server's identity, not the client's.
     let spoofed = [
         ("x-api-key", ADMIN),
         ("x-composio-member-email", "boss@corp"),
         ("x-composio-member-role", "owner"),
     ];
-    let answer = through(&nginx, "/orders", &spoofed).await;
+    let answer = through(nginx, "/orders", &spoofed).await;
     assert_eq!(answer.status(), 200, "{}", nginx.log());
     let seen: Value = answer.json().await.unwrap();
     assert_eq!(seen["x-composio-member-email"], "alice@example.com");
@@ -39,7 +53,7 @@ async fn nginx_admits_refuses_and_never_lets_a_client_spoof_identity() {
     // A session without a project: no project header reaches the app, spoofed
     // or not.
     let spoofed = [("x-api-key", NO_PROJECT), ("x-composio-project-id", "evil")];
-    let seen: Value = through(&nginx, "/orders", &spoofed)
+    let seen: Value = through(nginx, "/orders", &spoofed)
         .await
         .json()
         .await
@@ -55,7 +69,7 @@ async fn nginx_admits_refuses_and_never_lets_a_client_spoof_identity() {
         .unwrap();
     let direct_challenge = direct.headers()["www-authenticate"].clone();
     let direct_body = direct.text().await.unwrap();
-    let refused = through(&nginx, "/orders", &[]).await;
+    let refused = through(nginx, "/orders", &[]).await;
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.headers()["www-authenticate"], direct_challenge);
     assert_eq!(refused.headers()["content-type"], "application/json");
@@ -71,16 +85,16 @@ async fn nginx_admits_refuses_and_never_lets_a_client_spoof_identity() {
     assert_eq!(envelope["error"]["code"], 801);
 
     // The admin location's policy: a member gets 403 10403, an admin gets in.
-    let member = through(&nginx, "/admin/users", &[("x-api-key", MEMBER)]).await;
+    let member = through(nginx, "/admin/users", &[("x-api-key", MEMBER)]).await;
     assert_eq!(member.status(), 403);
     let envelope: Value = member.json().await.unwrap();
     assert_eq!(envelope["error"]["code"], 10403);
-    let admin = through(&nginx, "/admin/users", &[("x-api-key", ADMIN)]).await;
+    let admin = through(nginx, "/admin/users", &[("x-api-key", ADMIN)]).await;
     assert_eq!(admin.status(), 200);
 
     // The member's session is cached: /orders is a hit.
     assert_eq!(
-        through(&nginx, "/orders", &[("x-api-key", MEMBER)])
+        through(nginx, "/orders", &[("x-api-key", MEMBER)])
             .await
             .status(),
         200
@@ -90,7 +104,7 @@ async fn nginx_admits_refuses_and_never_lets_a_client_spoof_identity() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_answers_503_with_retry_after_when_composio_cannot_decide() {
+async fn a_503_with_retry_after_when_composio_cannot_decide() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let nowhere = format!("http://{}", listener.local_addr().unwrap());
     drop(listener);
@@ -102,10 +116,47 @@ async fn nginx_answers_503_with_retry_after_when_composio_cannot_decide() {
     assert!(answer.headers().contains_key("retry-after"));
     let envelope: Value = answer.json().await.unwrap();
     assert_eq!(envelope["error"]["status"], 503);
+    drop(nginx);
+
+    // Caddy passes the server's own 503 through.
+    let caddy = Proxy::caddy(server.addr, app);
+    let answer = through(&caddy, "/orders", &[("x-api-key", ADMIN)]).await;
+    assert_eq!(answer.status(), 503, "{}", caddy.log());
+    assert!(answer.headers().contains_key("retry-after"));
+    let envelope: Value = answer.json().await.unwrap();
+    assert_eq!(envelope["error"]["status"], 503);
+    let nginx = Proxy::nginx(server.addr, app);
 
     // The server itself unreachable: the same 503.
     drop(server);
     let answer = through(&nginx, "/orders", &[("x-api-key", ADMIN)]).await;
     assert_eq!(answer.status(), 503);
     assert_eq!(answer.headers()["retry-after"], "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_key_through_nginx_caddy_and_verify_costs_one_upstream_call() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    let app = echo_app().await;
+    let nginx = Proxy::nginx(server.addr, app);
+    let caddy = Proxy::caddy(server.addr, app);
+    let direct = format!("http://{}/verify?role=admin", server.addr);
+    for n in 0..50 {
+        let url = match n % 5 {
+            0 => nginx.url("/orders"),
+            1 => nginx.url("/admin/users"),
+            2 => caddy.url("/orders"),
+            3 => caddy.url("/admin/users"),
+            _ => direct.clone(),
+        };
+        let answer = client()
+            .get(url)
+            .header("x-api-key", ADMIN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status(), 200);
+    }
+    assert_eq!(composio.calls(), 1);
 }
