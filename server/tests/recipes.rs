@@ -34,17 +34,17 @@ async fn caddy_admits_refuses_and_never_lets_a_client_spoof_identity() {
     every_verdict_through(&caddy, &server, &composio).await;
 }
 
-/// Each verdict row through `nginx` (either proxy), the identity the app sees,
+/// Each verdict row through `proxy`, the identity the app sees,
 /// spoofing, the admin route's policy, and one upstream call per key.
-async fn every_verdict_through(nginx: &Proxy, server: &Server, composio: &StandIn) {
+async fn every_verdict_through(proxy: &Proxy, server: &Server, composio: &StandIn) {
     // Allowed: the app sees the server's identity, not the client's.
     let spoofed = [
         ("x-api-key", ADMIN),
         ("x-composio-member-email", "boss@corp"),
         ("x-composio-member-role", "owner"),
     ];
-    let answer = through(nginx, "/orders", &spoofed).await;
-    assert_eq!(answer.status(), 200, "{}", nginx.log());
+    let answer = through(proxy, "/orders", &spoofed).await;
+    assert_eq!(answer.status(), 200, "{}", proxy.log());
     let seen: Value = answer.json().await.unwrap();
     assert_eq!(seen["x-composio-member-email"], "alice@example.com");
     assert_eq!(seen["x-composio-member-role"], "admin");
@@ -53,7 +53,7 @@ async fn every_verdict_through(nginx: &Proxy, server: &Server, composio: &StandI
     // A session without a project: no project header reaches the app, spoofed
     // or not.
     let spoofed = [("x-api-key", NO_PROJECT), ("x-composio-project-id", "evil")];
-    let seen: Value = through(nginx, "/orders", &spoofed)
+    let seen: Value = through(proxy, "/orders", &spoofed)
         .await
         .json()
         .await
@@ -61,7 +61,7 @@ async fn every_verdict_through(nginx: &Proxy, server: &Server, composio: &StandI
     assert!(seen.get("x-composio-project-id").is_none(), "{seen}");
     assert_eq!(seen["x-composio-member-name"], "Carol%20Zo%C3%AB");
 
-    // Refused: the server's own envelope and challenge, not nginx's HTML.
+    // Refused: the server's own envelope and challenge, not proxy's HTML.
     let direct = client()
         .get(format!("http://{}/verify", server.addr))
         .send()
@@ -69,13 +69,13 @@ async fn every_verdict_through(nginx: &Proxy, server: &Server, composio: &StandI
         .unwrap();
     let direct_challenge = direct.headers()["www-authenticate"].clone();
     let direct_body = direct.text().await.unwrap();
-    let refused = through(nginx, "/orders", &[]).await;
+    let refused = through(proxy, "/orders", &[]).await;
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.headers()["www-authenticate"], direct_challenge);
     assert_eq!(refused.headers()["content-type"], "application/json");
     assert_eq!(refused.text().await.unwrap(), direct_body);
     let bad = through(
-        &nginx,
+        proxy,
         "/orders",
         &[("x-api-key", "ak_not_a_key_0123456789")],
     )
@@ -85,16 +85,16 @@ async fn every_verdict_through(nginx: &Proxy, server: &Server, composio: &StandI
     assert_eq!(envelope["error"]["code"], 801);
 
     // The admin location's policy: a member gets 403 10403, an admin gets in.
-    let member = through(nginx, "/admin/users", &[("x-api-key", MEMBER)]).await;
+    let member = through(proxy, "/admin/users", &[("x-api-key", MEMBER)]).await;
     assert_eq!(member.status(), 403);
     let envelope: Value = member.json().await.unwrap();
     assert_eq!(envelope["error"]["code"], 10403);
-    let admin = through(nginx, "/admin/users", &[("x-api-key", ADMIN)]).await;
+    let admin = through(proxy, "/admin/users", &[("x-api-key", ADMIN)]).await;
     assert_eq!(admin.status(), 200);
 
     // The member's session is cached: /orders is a hit.
     assert_eq!(
-        through(nginx, "/orders", &[("x-api-key", MEMBER)])
+        through(proxy, "/orders", &[("x-api-key", MEMBER)])
             .await
             .status(),
         200
