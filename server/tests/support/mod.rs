@@ -11,6 +11,23 @@ use std::time::Duration;
 use composio_auth::testing::StandIn;
 
 pub mod proxy;
+/// The library's own `redis-server` processes (one source for both crates).
+#[cfg(feature = "redis")]
+#[path = "../../../tests/common/redis.rs"]
+pub mod redis;
+
+/// For the library's Redis support, which waits with it: polls `condition`
+/// every 5 ms until it holds, or panics naming `what` after 10 s.
+pub async fn eventually(what: &str, mut condition: impl FnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while !condition() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited 10 s for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
 
 pub const ADMIN: &str = "ak_alice_0123456789abcdef";
 pub const MEMBER: &str = "ak_bob_0123456789abcdefgh";
