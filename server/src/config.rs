@@ -58,17 +58,14 @@ pub struct Config {
     )]
     pub credential_headers: Vec<Header>,
 
-    /// Tell Envoy (gRPC `Check`) to remove the credential header before the app
-    /// sees the request. For the HTTP proxies, their recipes clear it.
-    #[arg(long, env = "COMPOSIO_AUTH_HIDE_CREDENTIAL")]
-    pub hide_credential: bool,
-
     /// Redis or Valkey shared by every replica (`redis://`, `rediss://`); repeat for
     /// the nodes of a cluster.
     #[arg(
         long = "redis-url",
         env = "COMPOSIO_AUTH_REDIS_URL",
-        value_delimiter = ','
+        value_delimiter = ',',
+        // `--help` never prints it: a Redis URL may hold a password.
+        hide_env_values = true
     )]
     pub redis_urls: Vec<String>,
 
@@ -156,7 +153,6 @@ impl Config {
                     .map(|h| CredentialHeader::from(*h)),
             );
         }
-        builder = builder.hide_credential(self.hide_credential);
         builder = self.shared_cache(builder)?;
         builder.build().map_err(|error| error.to_string())
     }

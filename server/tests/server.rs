@@ -305,3 +305,33 @@ fn the_demo_makes_its_requests_and_exits_0() {
     let (code, stderr) = run_to_exit(&["--demo", "--exit"]);
     assert_eq!(code, Some(0), "{stderr}");
 }
+
+#[test]
+fn help_never_prints_a_redis_url_from_the_environment() {
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_composio-auth-server"))
+        .arg("--help")
+        .env("COMPOSIO_AUTH_REDIS_URL", "redis://:hunter2@127.0.0.1:6379")
+        .output()
+        .unwrap();
+    assert!(output.status.success());
+    let help = String::from_utf8_lossy(&output.stdout);
+    assert!(help.contains("COMPOSIO_AUTH_REDIS_URL"));
+    assert!(!help.contains("hunter2"), "{help}");
+}
+
+#[test]
+fn the_readme_shows_the_recipes_the_tests_run() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    for recipe in [
+        "recipes/nginx/composio-auth.conf",
+        "recipes/nginx/composio-auth-location.conf",
+        "recipes/caddy/Caddyfile",
+    ] {
+        let text = std::fs::read_to_string(dir.join(recipe)).unwrap();
+        assert!(
+            readme.contains(&text),
+            "server/README.md does not show {recipe} as it is"
+        );
+    }
+}
