@@ -45,6 +45,14 @@ pub struct Config {
     #[arg(long, env = "COMPOSIO_AUTH_TIMEOUT", value_parser = duration)]
     pub timeout: Option<Duration>,
 
+    /// Most sessions cached (about 2 KiB each; see BENCHMARKS.md, "Forward auth").
+    #[arg(long, env = "COMPOSIO_AUTH_MAX_CAPACITY")]
+    pub max_capacity: Option<u64>,
+
+    /// Most refused keys cached.
+    #[arg(long, env = "COMPOSIO_AUTH_NEGATIVE_MAX_CAPACITY")]
+    pub negative_max_capacity: Option<u64>,
+
     /// Most upstream calls in flight at once.
     #[arg(long, env = "COMPOSIO_AUTH_MAX_CONCURRENT_VERIFICATIONS")]
     pub max_concurrent_verifications: Option<usize>,
@@ -142,6 +150,12 @@ impl Config {
         }
         if let Some(timeout) = self.timeout {
             builder = builder.timeout(timeout);
+        }
+        if let Some(sessions) = self.max_capacity {
+            builder = builder.max_capacity(sessions);
+        }
+        if let Some(rejections) = self.negative_max_capacity {
+            builder = builder.negative_max_capacity(rejections);
         }
         if let Some(calls) = self.max_concurrent_verifications {
             builder = builder.max_concurrent_verifications(calls);
