@@ -18,6 +18,11 @@ pub struct Config {
     #[arg(long, env = "COMPOSIO_AUTH_LISTEN", default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
 
+    /// Where Envoy's gRPC `envoy.service.auth.v3.Authorization/Check` listens; off
+    /// by default.
+    #[arg(long, env = "COMPOSIO_AUTH_GRPC_LISTEN")]
+    pub grpc_listen: Option<SocketAddr>,
+
     /// Where the operators' endpoints listen (`POST /invalidate`,
     /// `POST /invalidate-all`); off by default. Keep it off the network clients
     /// reach.
@@ -65,6 +70,11 @@ pub struct Config {
         value_enum
     )]
     pub credential_headers: Vec<Header>,
+
+    /// Have Envoy (gRPC `Check`) remove the credential header before the app sees
+    /// the request. The HTTP proxies' recipes clear it themselves.
+    #[arg(long, env = "COMPOSIO_AUTH_HIDE_CREDENTIAL")]
+    pub hide_credential: bool,
 
     /// Redis or Valkey shared by every replica (`redis://`, `rediss://`); repeat for
     /// the nodes of a cluster.
@@ -127,6 +137,21 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Config {
+    /// The credential headers `--hide-credential` has Envoy remove (none without
+    /// it).
+    pub fn hidden(&self) -> Vec<CredentialHeader> {
+        if !self.hide_credential {
+            return Vec::new();
+        }
+        if self.credential_headers.is_empty() {
+            return vec![CredentialHeader::ApiKey];
+        }
+        self.credential_headers
+            .iter()
+            .map(|h| CredentialHeader::from(*h))
+            .collect()
+    }
+
     /// The layer these flags describe (its base URL overridden by `base_url`, for
     /// the demo's stand-in).
     ///

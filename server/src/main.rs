@@ -15,6 +15,7 @@ use metrics_exporter_prometheus::PrometheusBuilder;
 mod config;
 mod demo;
 mod endpoints;
+mod grpc;
 mod identity;
 mod route_policy;
 
@@ -107,7 +108,24 @@ async fn run(config: Config) -> Result<(), Failure> {
     let addr = local_addr(&service)?;
     println!("composio-auth-server listening on http://{addr}");
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(serve(service, endpoints::service(shared)));
+    servers.spawn(serve(service, endpoints::service(Arc::clone(&shared))));
+    if let Some(grpc_listen) = config.grpc_listen {
+        let grpc = bind(grpc_listen).await?;
+        println!("composio-auth-server grpc on {}", local_addr(&grpc)?);
+        let check = grpc::Check::new(Arc::clone(&shared), config.hidden());
+        servers.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+                    check,
+                ))
+                .serve_with_incoming_shutdown(
+                    tonic::transport::server::TcpIncoming::from(grpc),
+                    shutdown(),
+                )
+                .await
+                .map_err(std::io::Error::other)
+        });
+    }
     if let Some(admin_listen) = config.admin_listen {
         let admin = bind(admin_listen).await?;
         println!(

@@ -1,5 +1,5 @@
-//! What a proxy route requires of a session: `/verify?role=admin&plan=pro`. Each
-//! name may be repeated
+//! What a proxy route requires of a session: `/verify?role=admin&plan=pro`, or the
+//! same names in an Envoy route's `context_extensions`. Each name may be repeated
 //! (any of its values will do); different names are all required.
 
 use std::collections::HashMap;
@@ -37,6 +37,21 @@ impl RoutePolicy {
         Self::from_pairs(
             form_urlencoded::parse(query.as_bytes()).map(|(n, v)| (n.into_owned(), v.into_owned())),
         )
+    }
+
+    /// The policy of an Envoy route's `context_extensions` (gRPC `Check`), the same
+    /// names, each value a comma-separated list.
+    ///
+    /// # Errors
+    ///
+    /// As [`from_query`](Self::from_query).
+    pub fn from_context(extensions: &HashMap<String, String>) -> Result<Self, String> {
+        Self::from_pairs(extensions.iter().flat_map(|(name, values)| {
+            values
+                .split(',')
+                .map(|value| (name.clone(), value.trim().to_owned()))
+                .collect::<Vec<_>>()
+        }))
     }
 
     fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Result<Self, String> {
@@ -162,5 +177,14 @@ mod tests {
     fn an_unknown_name_is_an_error_not_an_open_door() {
         let error = RoutePolicy::from_query("role=admin&rol=admin").unwrap_err();
         assert!(error.contains("\"rol\""), "{error}");
+    }
+
+    #[test]
+    fn context_extensions_split_on_commas() {
+        let extensions = HashMap::from([("role".to_owned(), "admin, owner".to_owned())]);
+        let policy = RoutePolicy::from_context(&extensions).unwrap();
+        assert_eq!(policy.roles, ["admin", "owner"]);
+        let extensions = HashMap::from([("tier".to_owned(), "gold".to_owned())]);
+        assert!(RoutePolicy::from_context(&extensions).is_err());
     }
 }

@@ -135,15 +135,20 @@ async fn a_503_with_retry_after_when_composio_cannot_decide() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_key_through_nginx_caddy_and_verify_costs_one_upstream_call() {
+async fn one_key_through_nginx_caddy_verify_and_grpc_costs_one_upstream_call() {
     let composio = composio().await;
-    let server = Server::start(&composio.base_url(), &[]);
+    let server = Server::start(&composio.base_url(), &["--grpc-listen", "127.0.0.1:0"]);
     let app = echo_app().await;
     let nginx = Proxy::nginx(server.addr, app);
     let caddy = Proxy::caddy(server.addr, app);
     let direct = format!("http://{}/verify?role=admin", server.addr);
     for n in 0..50 {
-        let url = match n % 5 {
+        if n % 6 == 5 {
+            let answer = support::check(server.grpc.unwrap(), &[("x-api-key", ADMIN)], &[]).await;
+            assert_eq!(answer.status.unwrap().code, 0);
+            continue;
+        }
+        let url = match n % 6 {
             0 => nginx.url("/orders"),
             1 => nginx.url("/admin/users"),
             2 => caddy.url("/orders"),

@@ -56,6 +56,7 @@ pub async fn composio() -> StandIn {
 pub struct Server {
     pub addr: SocketAddr,
     pub admin: Option<SocketAddr>,
+    pub grpc: Option<SocketAddr>,
     child: Child,
 }
 
@@ -74,8 +75,10 @@ impl Server {
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut addr = None;
         let mut admin = None;
+        let mut grpc = None;
         let wants_admin = args.contains(&"--admin-listen");
-        while addr.is_none() || (wants_admin && admin.is_none()) {
+        let wants_grpc = args.contains(&"--grpc-listen");
+        while addr.is_none() || (wants_admin && admin.is_none()) || (wants_grpc && grpc.is_none()) {
             let line = lines
                 .next()
                 .expect("the server says where it listens")
@@ -86,12 +89,14 @@ impl Server {
             };
             addr = addr.or_else(|| at("composio-auth-server listening on "));
             admin = admin.or_else(|| at("composio-auth-server admin on "));
+            grpc = grpc.or_else(|| at("composio-auth-server grpc on "));
         }
         // Keep reading stdout so the server never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         Self {
             addr: addr.unwrap(),
             admin,
+            grpc,
             child,
         }
     }
@@ -106,6 +111,47 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Envoy's side of `Check`: what it sends for a client's request with `headers`
+/// on a route with `context_extensions`.
+pub async fn check(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+    context_extensions: &[(&str, &str)],
+) -> envoy_types::ext_authz::v3::pb::CheckResponse {
+    use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
+    use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
+    use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
+    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect to the gRPC listener");
+    let owned = |pairs: &[(&str, &str)]| {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    };
+    let request = CheckRequest {
+        attributes: Some(AttributeContext {
+            request: Some(Request {
+                http: Some(HttpRequest {
+                    method: "GET".to_owned(),
+                    path: "/orders".to_owned(),
+                    headers: owned(headers),
+                    ..HttpRequest::default()
+                }),
+                ..Request::default()
+            }),
+            context_extensions: owned(context_extensions),
+            ..AttributeContext::default()
+        }),
+    };
+    client
+        .check(request)
+        .await
+        .expect("Check answers")
+        .into_inner()
 }
 
 /// A client that never goes through a proxy.

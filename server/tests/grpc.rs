@@ -1,0 +1,174 @@
+//! Envoy's gRPC `Check` (`--grpc-listen`) with a tonic client built from
+//! `envoy-types` (Envoy is not installable here): the verdicts, the identity
+//! headers as non-appending options, `headers_to_remove`, and policies from
+//! `context_extensions`.
+
+mod support;
+
+use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpResponse};
+use support::{check, client, composio, Server, ADMIN, MEMBER, NO_PROJECT};
+
+fn code(answer: &CheckResponse) -> i32 {
+    answer.status.as_ref().map_or(-1, |s| s.code)
+}
+
+/// One header option of an answer: name, value, whether it overwrites, whether
+/// the deprecated `append` is true (or unset).
+type Option4 = (String, String, bool, bool);
+
+/// The allowed answer's headers, and its `headers_to_remove`.
+fn ok_headers(answer: &CheckResponse) -> (Vec<Option4>, Vec<String>) {
+    let Some(HttpResponse::OkResponse(ok)) = &answer.http_response else {
+        panic!("not an ok_response: {answer:?}");
+    };
+    let headers = ok
+        .headers
+        .iter()
+        .map(|option| {
+            let header = option.header.clone().unwrap();
+            #[allow(deprecated)]
+            let append = option.append.as_ref().is_none_or(|a| a.value);
+            let overwrite =
+                option.append_action == i32::from(HeaderAppendAction::OverwriteIfExistsOrAdd);
+            (header.key, header.value, overwrite, append)
+        })
+        .collect();
+    (headers, ok.headers_to_remove.clone())
+}
+
+/// The denied answer: HTTP status, headers, body.
+fn denied(answer: &CheckResponse) -> (i32, Vec<(String, String)>, String) {
+    let Some(HttpResponse::DeniedResponse(denied)) = &answer.http_response else {
+        panic!("not a denied_response: {answer:?}");
+    };
+    let headers = denied
+        .headers
+        .iter()
+        .map(|o| {
+            let h = o.header.clone().unwrap();
+            (h.key, h.value)
+        })
+        .collect();
+    (
+        denied.status.as_ref().map_or(0, |s| s.code),
+        headers,
+        denied.body.clone(),
+    )
+}
+
+#[tokio::test]
+async fn check_allows_with_identity_headers_that_replace_the_clients() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &["--grpc-listen", "127.0.0.1:0"]);
+    let grpc = server.grpc.unwrap();
+    let answer = check(
+        grpc,
+        &[
+            ("x-api-key", ADMIN),
+            ("x-composio-member-email", "boss@corp"),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code(&answer), 0);
+    let (headers, removed) = ok_headers(&answer);
+    assert!(headers.contains(&(
+        "x-composio-member-email".to_owned(),
+        "alice@example.com".to_owned(),
+        true,
+        false
+    )));
+    assert!(headers
+        .iter()
+        .all(|(_, _, overwrite, append)| *overwrite && !*append));
+    assert!(headers
+        .iter()
+        .all(|(_, value, _, _)| !value.contains(ADMIN)));
+    assert!(removed.is_empty(), "{removed:?}");
+
+    // No project: no project header.
+    let answer = check(grpc, &[("x-api-key", NO_PROJECT)], &[]).await;
+    let (headers, _) = ok_headers(&answer);
+    assert!(headers
+        .iter()
+        .all(|(name, ..)| name != "x-composio-project-id"));
+    assert_eq!(composio.calls(), 2);
+}
+
+#[tokio::test]
+async fn check_denies_as_verify_does() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &["--grpc-listen", "127.0.0.1:0"]);
+    let grpc = server.grpc.unwrap();
+
+    let answer = check(grpc, &[], &[]).await;
+    assert_eq!(code(&answer), 16);
+    let (status, headers, body) = denied(&answer);
+    assert_eq!(status, 401);
+    let direct = client().get(server.url("/verify")).send().await.unwrap();
+    let challenge = direct.headers()["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(headers.contains(&("www-authenticate".to_owned(), challenge)));
+    assert_eq!(body, direct.text().await.unwrap());
+
+    // The route's policy from context_extensions: a member on an admin route.
+    let answer = check(grpc, &[("x-api-key", MEMBER)], &[("role", "admin,owner")]).await;
+    assert_eq!(code(&answer), 7);
+    assert_eq!(denied(&answer).0, 403);
+    let answer = check(grpc, &[("x-api-key", MEMBER)], &[("role", "owner, member")]).await;
+    assert_eq!(code(&answer), 0);
+    // An unknown name: 500, never an allow.
+    let answer = check(grpc, &[("x-api-key", ADMIN)], &[("rol", "admin")]).await;
+    assert_eq!((code(&answer), denied(&answer).0), (13, 500));
+}
+
+#[tokio::test]
+async fn check_is_unavailable_when_composio_cannot_decide() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let nowhere = format!("http://{}", listener.local_addr().unwrap());
+    drop(listener);
+    let server = Server::start(
+        &nowhere,
+        &["--grpc-listen", "127.0.0.1:0", "--timeout", "2s"],
+    );
+    let answer = check(server.grpc.unwrap(), &[("x-api-key", ADMIN)], &[]).await;
+    assert_eq!(code(&answer), 14);
+    let (status, headers, _) = denied(&answer);
+    assert_eq!(status, 503);
+    assert!(headers.iter().any(|(name, _)| name == "retry-after"));
+}
+
+#[tokio::test]
+async fn hide_credential_asks_envoy_to_remove_the_key() {
+    let composio = composio().await;
+    let server = Server::start(
+        &composio.base_url(),
+        &[
+            "--grpc-listen",
+            "127.0.0.1:0",
+            "--hide-credential",
+            "--credential-header",
+            "x-api-key",
+            "--credential-header",
+            "bearer",
+        ],
+    );
+    let grpc = server.grpc.unwrap();
+    let answer = check(
+        grpc,
+        &[
+            ("x-api-key", ADMIN),
+            ("authorization", "Basic dXNlcjpwdw=="),
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(code(&answer), 0);
+    assert_eq!(ok_headers(&answer).1, ["x-api-key"]);
+    let bearer = format!("Bearer {ADMIN}");
+    let answer = check(grpc, &[("authorization", &bearer)], &[]).await;
+    assert_eq!(ok_headers(&answer).1, ["authorization"]);
+    assert_eq!(composio.calls(), 1);
+}
