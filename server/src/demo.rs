@@ -59,19 +59,19 @@ const TRIES: [(&str, &str, Option<&str>, u16); 5] = [
 ///
 /// With `exit`, the first answer that is not what the demo expects.
 pub async fn show(stand_in: &StandIn, addr: SocketAddr, exit: bool) -> Result<(), String> {
-    println!(
+    say!(
         "Verifying keys against a local stand-in of Composio at {}",
         stand_in.base_url()
     );
     if !exit {
-        println!("\nTry:\n");
+        say!("\nTry:\n");
         for (what, path, key, _) in TRIES {
             let header = key
                 .map(|k| format!(" -H 'x-api-key: {k}'"))
                 .unwrap_or_default();
-            println!("  # {what}\n  curl -i{header} 'http://{addr}{path}'\n");
+            say!("  # {what}\n  curl -i{header} 'http://{addr}{path}'\n");
         }
-        println!("Ctrl-C to stop.");
+        say!("Ctrl-C to stop.");
         return Ok(());
     }
     let client = reqwest::Client::builder()
@@ -92,12 +92,12 @@ pub async fn show(stand_in: &StandIn, addr: SocketAddr, exit: bool) -> Result<()
             .map(|(name, value)| format!("{name}: {}", value.to_str().unwrap_or("?")))
             .collect();
         let body = response.text().await.map_err(|e| e.to_string())?;
-        println!("\n{what}: GET {path} -> HTTP {status}");
+        say!("\n{what}: GET {path} -> HTTP {status}");
         for line in identity {
-            println!("  {line}");
+            say!("  {line}");
         }
         if !body.is_empty() {
-            println!("  {body}");
+            say!("  {body}");
         }
         if status != expected {
             return Err(format!("{what}: expected HTTP {expected}, got {status}"));

@@ -10,6 +10,23 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
+
+/// A line on stdout; a closed or full stdout (a supervisor that stopped reading)
+/// loses the line instead of stopping the server.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// A line on stderr, likewise never a panic.
+macro_rules! tell {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
 use metrics_exporter_prometheus::PrometheusBuilder;
 
 mod config;
@@ -31,7 +48,7 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) if !error.use_stderr() => {
             // --help, --version.
-            print!("{error}");
+            say!("{}", error.to_string().trim_end());
             return ExitCode::SUCCESS;
         }
         Err(error) => return refuse(first_line(&error.to_string())),
@@ -51,7 +68,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Configuration(line)) => refuse(&line),
         Err(Failure::Demo(line)) => {
-            eprintln!("composio-auth-server: {line}");
+            tell!("composio-auth-server: {line}");
             ExitCode::FAILURE
         }
     }
@@ -66,7 +83,7 @@ enum Failure {
 }
 
 fn refuse(line: &str) -> ExitCode {
-    eprintln!("composio-auth-server: {line}");
+    tell!("composio-auth-server: {line}");
     ExitCode::from(BAD_CONFIGURATION)
 }
 
@@ -106,12 +123,12 @@ async fn run(config: Config) -> Result<(), Failure> {
     };
     let service = bind(listen).await?;
     let addr = local_addr(&service)?;
-    println!("composio-auth-server listening on http://{addr}");
+    say!("composio-auth-server listening on http://{addr}");
     let mut servers = tokio::task::JoinSet::new();
     servers.spawn(serve(service, endpoints::service(Arc::clone(&shared))));
     if let Some(grpc_listen) = config.grpc_listen {
         let grpc = bind(grpc_listen).await?;
-        println!("composio-auth-server grpc on {}", local_addr(&grpc)?);
+        say!("composio-auth-server grpc on {}", local_addr(&grpc)?);
         let check = grpc::Check::new(Arc::clone(&shared), config.hidden());
         servers.spawn(async move {
             tonic::transport::Server::builder()
@@ -119,7 +136,8 @@ async fn run(config: Config) -> Result<(), Failure> {
                     check,
                 ))
                 .serve_with_incoming_shutdown(
-                    tonic::transport::server::TcpIncoming::from(grpc),
+                    // Without it, Nagle and delayed ACKs hold each answer ~40 ms.
+                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
                     shutdown(),
                 )
                 .await
@@ -128,7 +146,7 @@ async fn run(config: Config) -> Result<(), Failure> {
     }
     if let Some(admin_listen) = config.admin_listen {
         let admin = bind(admin_listen).await?;
-        println!(
+        say!(
             "composio-auth-server admin on http://{}",
             local_addr(&admin)?
         );

@@ -335,3 +335,36 @@ fn the_readme_shows_the_recipes_the_tests_run() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_closed_stdout_never_stops_the_server() {
+    let port = support::proxy::free_port();
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_composio-auth-server"))
+        .args(["--demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // Nobody reads what it prints: every line it writes fails.
+    drop(child.stdout.take());
+    let url = format!("http://127.0.0.1:{port}/verify");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let answer = loop {
+        match client()
+            .get(&url)
+            .header("x-api-key", "ak_demo_alice_0123456789")
+            .send()
+            .await
+        {
+            Ok(answer) => break answer,
+            Err(_) if std::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(error) => panic!("the server never answered: {error}"),
+        }
+    };
+    assert_eq!(answer.status(), 200);
+    assert!(child.try_wait().unwrap().is_none(), "the server stopped");
+    let _ = child.kill();
+    let _ = child.wait();
+}
