@@ -64,7 +64,7 @@ async fn answer(layer: &ComposioAuthLayer, headers: &HeaderMap) -> Response {
     match layer.verify(headers).await {
         Ok(session) => {
             let mut response = Response::new(Body::empty());
-            identity::add(&session, response.headers_mut());
+            *response.headers_mut() = identity::of(&session);
             response
         }
         Err(rejection) => rejection.into_response(),

@@ -87,8 +87,7 @@ fn header_map<'a>(pairs: impl Iterator<Item = (&'a String, &'a String)>) -> Head
 /// OK, the identity headers replacing any the client sent, and the credential
 /// header removed when asked.
 fn allowed(session: &SessionInfo, headers: &HeaderMap, hide: &[CredentialHeader]) -> CheckResponse {
-    let mut identity = HeaderMap::new();
-    identity::add(session, &mut identity);
+    let identity = identity::of(session);
     let headers_to_remove = hide
         .iter()
         .filter(|header| carries(headers, **header))

@@ -2,6 +2,8 @@
 //! is, never the key, never `webhook_secret`.
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
+use std::cell::RefCell;
+
 use composio_auth::SessionInfo;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 
@@ -25,23 +27,54 @@ pub const HEADERS: [&str; 11] = [
 /// space, `%` itself, and (always) every non-ASCII byte of its UTF-8.
 const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'"');
 
-/// The identity headers of `session`, added to `headers`: a null field's header
-/// is absent.
-pub fn add(session: &SessionInfo, headers: &mut HeaderMap) {
-    // Built at compile time: a request pays for the values only.
-    const NAMES: [HeaderName; 11] = [
-        HeaderName::from_static(HEADERS[0]),
-        HeaderName::from_static(HEADERS[1]),
-        HeaderName::from_static(HEADERS[2]),
-        HeaderName::from_static(HEADERS[3]),
-        HeaderName::from_static(HEADERS[4]),
-        HeaderName::from_static(HEADERS[5]),
-        HeaderName::from_static(HEADERS[6]),
-        HeaderName::from_static(HEADERS[7]),
-        HeaderName::from_static(HEADERS[8]),
-        HeaderName::from_static(HEADERS[9]),
-        HeaderName::from_static(HEADERS[10]),
-    ];
+/// Sessions whose headers each thread keeps rendered: a hot key's answer is a
+/// copy of a map made once.
+const RENDERED: usize = 64;
+
+thread_local! {
+    /// Slot `address % RENDERED` holds a session (a clone: while it is here its
+    /// address cannot be reused by another session) and its rendered headers.
+    static RENDERED_BY_SESSION: RefCell<Vec<Option<(SessionInfo, HeaderMap)>>> =
+        RefCell::new(vec![None; RENDERED]);
+}
+
+/// The identity headers of `session`: a null field's header is absent.
+pub fn of(session: &SessionInfo) -> HeaderMap {
+    let address = std::ptr::from_ref::<composio_auth::SessionDocument>(session) as usize;
+    let slot = (address / std::mem::align_of::<usize>()) % RENDERED;
+    let same =
+        |kept: &SessionInfo| std::ptr::eq::<composio_auth::SessionDocument>(&**kept, &**session);
+    RENDERED_BY_SESSION.with(|rendered| {
+        let mut rendered = rendered.borrow_mut();
+        match &rendered[slot] {
+            Some((kept, headers)) if same(kept) => headers.clone(),
+            _ => {
+                let mut headers = HeaderMap::with_capacity(NAMES.len());
+                add(session, &mut headers);
+                rendered[slot] = Some((session.clone(), headers.clone()));
+                headers
+            }
+        }
+    })
+}
+
+/// Built at compile time: a rendering pays for the values only.
+const NAMES: [HeaderName; 11] = [
+    HeaderName::from_static(HEADERS[0]),
+    HeaderName::from_static(HEADERS[1]),
+    HeaderName::from_static(HEADERS[2]),
+    HeaderName::from_static(HEADERS[3]),
+    HeaderName::from_static(HEADERS[4]),
+    HeaderName::from_static(HEADERS[5]),
+    HeaderName::from_static(HEADERS[6]),
+    HeaderName::from_static(HEADERS[7]),
+    HeaderName::from_static(HEADERS[8]),
+    HeaderName::from_static(HEADERS[9]),
+    HeaderName::from_static(HEADERS[10]),
+];
+
+/// The identity headers of `session`, added to `headers`.
+fn add(session: &SessionInfo, headers: &mut HeaderMap) {
     let project = session.project.as_ref();
     let member = &session.org_member;
     let values: [Option<&str>; 11] = [
@@ -81,6 +114,27 @@ pub fn value_of(text: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn session(name: &str) -> SessionInfo {
+        let document =
+            composio_auth::testing::StandIn::document_for("a@example.com", name, "admin");
+        SessionInfo::new(serde_json::from_value(document).unwrap())
+    }
+
+    #[test]
+    fn a_kept_rendering_is_only_ever_its_own_sessions() {
+        let ada = session("Ada");
+        assert_eq!(of(&ada)["x-composio-member-name"], "Ada");
+        assert_eq!(of(&ada)["x-composio-member-name"], "Ada");
+        // Many other sessions, each dropped at once: their addresses are reused,
+        // and each still gets its own headers.
+        for n in 0..1_000 {
+            let name = format!("Member {n}");
+            let other = session(&name);
+            assert_eq!(of(&other)["x-composio-member-name"], value_of(&name));
+        }
+        assert_eq!(of(&ada)["x-composio-member-name"], "Ada");
+    }
 
     #[test]
     fn visible_ascii_as_is_anything_else_percent_encoded() {
