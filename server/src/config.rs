@@ -137,12 +137,9 @@ fn duration(text: &str) -> Result<Duration, String> {
 }
 
 impl Config {
-    /// The credential headers `--hide-credential` has Envoy remove (none without
-    /// it).
-    pub fn hidden(&self) -> Vec<CredentialHeader> {
-        if !self.hide_credential {
-            return Vec::new();
-        }
+    /// The credential headers the layer accepts: those of `--credential-header`,
+    /// else the library's default, `x-api-key`.
+    fn accepted(&self) -> Vec<CredentialHeader> {
         if self.credential_headers.is_empty() {
             return vec![CredentialHeader::ApiKey];
         }
@@ -150,6 +147,16 @@ impl Config {
             .iter()
             .map(|h| CredentialHeader::from(*h))
             .collect()
+    }
+
+    /// The credential headers `--hide-credential` has Envoy remove (none without
+    /// it).
+    pub fn hidden(&self) -> Vec<CredentialHeader> {
+        if self.hide_credential {
+            self.accepted()
+        } else {
+            Vec::new()
+        }
     }
 
     /// The layer these flags describe (its base URL overridden by `base_url`, for
@@ -185,13 +192,7 @@ impl Config {
         if let Some(calls) = self.max_concurrent_verifications {
             builder = builder.max_concurrent_verifications(calls);
         }
-        if !self.credential_headers.is_empty() {
-            builder = builder.credential_headers(
-                self.credential_headers
-                    .iter()
-                    .map(|h| CredentialHeader::from(*h)),
-            );
-        }
+        builder = builder.credential_headers(self.accepted());
         builder = self.shared_cache(builder)?;
         builder.build().map_err(|error| error.to_string())
     }
