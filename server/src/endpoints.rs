@@ -13,7 +13,7 @@ use composio_auth::ComposioAuthLayer;
 use metrics_exporter_prometheus::PrometheusHandle;
 
 use crate::identity;
-use crate::route_policy::Policies;
+use crate::route_policy::{self, Policies};
 
 /// What every endpoint shares.
 pub struct Shared {
@@ -48,7 +48,9 @@ async fn verify(State(shared): State<Arc<Shared>>, request: Request) -> Response
     let query = request.uri().query().unwrap_or_default();
     match shared.policies.for_query(query) {
         Ok(layer) => answer(&layer, request.headers()).await,
-        Err(error) => misconfigured(&error),
+        Err(error) => {
+            route_policy::misconfigured(&error, "the proxy's /verify URI").map(Body::from)
+        }
     }
 }
 
@@ -69,17 +71,6 @@ async fn answer(layer: &ComposioAuthLayer, headers: &HeaderMap) -> Response {
         }
         Err(rejection) => rejection.into_response(),
     }
-}
-
-/// A policy the proxy's configuration got wrong: 500, and the log says why.
-fn misconfigured(error: &str) -> Response {
-    tracing::error!(target: "composio_auth_server", %error, "the proxy's /verify URI is wrong; refusing every request on it");
-    (
-        StatusCode::INTERNAL_SERVER_ERROR,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("composio-auth-server: {error}\n"),
-    )
-        .into_response()
 }
 
 async fn metrics(State(shared): State<Arc<Shared>>) -> Response {

@@ -16,7 +16,7 @@ use envoy_types::pb::google::rpc;
 
 use crate::endpoints::Shared;
 use crate::identity;
-use crate::route_policy::RoutePolicy;
+use crate::route_policy::{self, RoutePolicy};
 
 /// gRPC status codes of the answers.
 const OK: i32 = 0;
@@ -55,10 +55,7 @@ impl Authorization for Check {
         let headers = header_map(http.headers.iter());
         let policy = match RoutePolicy::from_context(&attributes.context_extensions) {
             Ok(policy) => policy,
-            Err(error) => {
-                tracing::error!(target: "composio_auth_server", %error, "the Envoy route's context_extensions are wrong; refusing every request on it");
-                return Ok(tonic::Response::new(misconfigured(&error)));
-            }
+            Err(error) => return Ok(tonic::Response::new(misconfigured(&error))),
         };
         let layer = self.shared.policies.for_policy(policy);
         let answer = match layer.verify(&headers).await {
@@ -135,18 +132,14 @@ fn denied(rejection: &Rejection) -> CheckResponse {
     )
 }
 
-/// A route whose policy is wrong: 500, never an allow.
+/// A route whose policy is wrong: the `/verify` answer for it, as code 13.
 fn misconfigured(error: &str) -> CheckResponse {
-    let mut headers = HeaderMap::new();
-    headers.insert(
-        axum::http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
+    let response = route_policy::misconfigured(error, "the Envoy route's context_extensions");
     denied_with(
         INTERNAL,
-        500,
-        &headers,
-        format!("composio-auth-server: {error}\n"),
+        response.status().as_u16(),
+        response.headers(),
+        response.body().clone(),
         error,
     )
 }

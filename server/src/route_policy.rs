@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use axum::http::{header, HeaderValue, Response, StatusCode};
 use composio_auth::{ComposioAuthLayer, SessionInfo};
 
 /// The names a policy knows.
@@ -90,6 +91,19 @@ impl RoutePolicy {
             && any(&self.projects, project.map(|p| p.id.as_str()))
             && any(&self.plans, project.map(|p| p.org.plan.as_str()))
     }
+}
+
+/// The answer for a route whose policy is wrong (`route` says where it is
+/// written): logged, and a 500 that says why; never an allow.
+pub fn misconfigured(error: &str, route: &str) -> Response<String> {
+    tracing::error!(target: "composio_auth_server", %error, "{route} is wrong; refusing every request on it");
+    let mut response = Response::new(format!("composio-auth-server: {error}\n"));
+    *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
 }
 
 /// One layer per distinct policy, all made by `require` from one base layer: one
