@@ -42,7 +42,7 @@ impl CredentialHeader {
     pub const ALL: [Self; 3] = [Self::ApiKey, Self::UserApiKey, Self::OrgApiKey];
 
     /// Every header a layer can accept.
-    pub(crate) const CARRIERS: [Self; 4] = [
+    const CARRIERS: [Self; 4] = [
         Self::ApiKey,
         Self::UserApiKey,
         Self::OrgApiKey,
