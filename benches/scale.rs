@@ -313,7 +313,7 @@ async fn draining(connections: usize) {
     let mut peak_heap = 0;
     while uploads.iter().any(|u| !u.is_finished()) {
         assert!(
-            started.elapsed() < composio_auth::DRAIN_TIME * 2,
+            started.elapsed() < composio_auth::limits::DRAIN_TIME * 2,
             "uploads outlived the drain time"
         );
         let asked = Instant::now();
@@ -533,7 +533,7 @@ fn main() {
             }
             "draining" => {
                 draining(200).await;
-                draining(composio_auth::MAX_DRAINING).await;
+                draining(composio_auth::limits::MAX_DRAINING).await;
             }
             other => panic!("unknown scenario {other}"),
         }

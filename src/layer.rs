@@ -8,19 +8,20 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 use tower_layer::Layer;
 
-use crate::cache::{CachePolicy, CachedVerdicts, VerdictCache};
-use crate::credential::{AcceptedHeaders, CredentialHeader};
-use crate::decision::LayerState;
-use crate::fleet::Fleet;
+use crate::adapters::tower::service::ComposioAuth;
+use crate::verifier::cache::{CachePolicy, CachedVerdicts, VerdictCache};
+use crate::verifier::credential::{AcceptedHeaders, CredentialHeader};
+use crate::verifier::decision::LayerState;
+use crate::verifier::fleet::Fleet;
 #[cfg(feature = "redis")]
-use crate::fleet::{FleetSettings, RedisCache};
-use crate::instruments::Instruments;
-use crate::policy::{Authorize, Policy};
-use crate::service::ComposioAuth;
-use crate::session::SessionInfo;
-use crate::upstream::Upstream;
-use crate::verification::Verifications;
-use crate::{Error, Rejection, TRACING_TARGET};
+use crate::verifier::fleet::{FleetSettings, RedisCache};
+use crate::verifier::instruments::Instruments;
+use crate::verifier::policy::{Policy, Predicate};
+use crate::verifier::rejection::Rejection;
+use crate::verifier::session::SessionInfo;
+use crate::verifier::upstream::Upstream;
+use crate::verifier::verification::Verifications;
+use crate::{Error, TRACING_TARGET};
 
 /// Composio's production API, used when neither [`ComposioAuthBuilder::base_url`] nor
 /// `COMPOSIO_BASE_URL` says otherwise.
@@ -156,7 +157,7 @@ impl ComposioAuthLayer {
     /// per-thread fronts, verifications in flight, the HTTP clients and the
     /// concurrency budget, the shared cache, the metrics) and admits only sessions
     /// that this layer admits **and** for which `predicate` holds; other valid
-    /// sessions get 403 with the envelope of [`authorize`](ComposioAuthBuilder::authorize)
+    /// sessions get 403 with the envelope of [`require`](ComposioAuthBuilder::require)
     /// (code 10403), and stay cached. `a.require(p).require(q)` needs both;
     /// `invalidate` and `invalidate_all` on any of them act on all of them.
     ///
@@ -214,7 +215,7 @@ impl ComposioAuthLayer {
         &self,
         headers: &http::HeaderMap,
     ) -> impl std::future::Future<Output = Result<SessionInfo, Rejection>> + Send + 'static {
-        crate::decision::verify(&self.state, &self.policy, headers)
+        crate::verifier::decision::verify(&self.state, &self.policy, headers)
     }
 
     /// How many sessions and rejections are cached, after pending maintenance.
@@ -271,7 +272,7 @@ impl fmt::Debug for ComposioAuthLayer {
 /// | [`refresh_ahead`](Self::refresh_ahead) | on (at 80% of `ttl`) |
 /// | [`credential_headers`](Self::credential_headers) | `x-api-key` |
 /// | [`hide_credential`](Self::hide_credential) | off |
-/// | [`authorize`](Self::authorize) | every valid session |
+/// | [`require`](Self::require) | every valid session |
 ///
 /// # Runtime
 ///
@@ -301,7 +302,7 @@ pub struct ComposioAuthBuilder {
     refresh_ahead: bool,
     hide_credential: bool,
     accepted: AcceptedHeaders,
-    authorize: Option<Authorize>,
+    require: Option<Predicate>,
     #[cfg(feature = "redis")]
     shared_cache: Option<RedisCache>,
 }
@@ -329,7 +330,7 @@ impl ComposioAuthBuilder {
             refresh_ahead: true,
             hide_credential: false,
             accepted: AcceptedHeaders::DEFAULT,
-            authorize: None,
+            require: None,
             #[cfg(feature = "redis")]
             shared_cache: None,
         }
@@ -479,15 +480,15 @@ impl ComposioAuthBuilder {
     /// ```
     /// # use composio_auth::ComposioAuthLayer;
     /// let layer = ComposioAuthLayer::builder()
-    ///     .authorize(|session| session.org_member.role == "admin")
+    ///     .require(|session| session.org_member.role == "admin")
     ///     .build()?;
     /// # Ok::<(), composio_auth::Error>(())
     /// ```
-    pub fn authorize<F>(mut self, predicate: F) -> Self
+    pub fn require<F>(mut self, predicate: F) -> Self
     where
         F: Fn(&SessionInfo) -> bool + Send + Sync + 'static,
     {
-        self.authorize = Some(Arc::new(predicate));
+        self.require = Some(Arc::new(predicate));
         self
     }
 
@@ -588,7 +589,7 @@ impl ComposioAuthBuilder {
             Arc::clone(&instruments),
             fleet,
         );
-        let policy = Policy::new(self.authorize, self.accepted, Arc::clone(&instruments));
+        let policy = Policy::new(self.require, self.accepted, Arc::clone(&instruments));
         ComposioAuthLayer {
             state: Arc::new(LayerState {
                 accepted: self.accepted,
@@ -649,8 +650,8 @@ impl fmt::Debug for ComposioAuthBuilder {
             .field("credential_headers", &self.accepted.names())
             .field("hide_credential", &self.hide_credential)
             .field(
-                "authorize",
-                &self.authorize.as_ref().map(|_| "Fn(&SessionInfo) -> bool"),
+                "require",
+                &self.require.as_ref().map(|_| "Fn(&SessionInfo) -> bool"),
             );
         #[cfg(feature = "redis")]
         debug.field("shared_cache", &self.shared_cache);
@@ -794,12 +795,12 @@ mod tests {
     fn debug_shows_the_configuration() {
         let layer = ComposioAuthLayer::builder()
             .base_url("https://backend.composio.dev/")
-            .authorize(|_| true)
+            .require(|_| true)
             .build()
             .unwrap();
         assert_eq!(layer.base_url(), "https://backend.composio.dev");
         assert!(format!("{layer:?}").contains("backend.composio.dev"));
-        let builder = format!("{:?}", ComposioAuthLayer::builder().authorize(|_| true));
+        let builder = format!("{:?}", ComposioAuthLayer::builder().require(|_| true));
         assert!(builder.contains("Fn(&SessionInfo) -> bool"), "{builder}");
     }
 }

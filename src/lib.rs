@@ -146,35 +146,36 @@ mod layer;
 pub mod testing;
 mod verifier;
 
-// The crate's modules by their own names, wherever they live in the tree.
-use adapters::tower::{drain, future, service};
-use verifier::{
-    cache, credential, decision, digest, envelope, fleet, front, headers, instruments, own_runtime,
-    per_runtime, policy, rejection, session, upstream, verification,
-};
-
 #[cfg(feature = "actix-web")]
 #[cfg_attr(docsrs, doc(cfg(feature = "actix-web")))]
 pub use adapters::actix::{ActixResponseFuture, ComposioAuthMiddleware};
+pub use adapters::tower::future::ResponseFuture;
+pub use adapters::tower::service::ComposioAuth;
 #[cfg(any(feature = "axum", feature = "actix-web"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "axum", feature = "actix-web"))))]
 pub use adapters::MissingSession;
 pub use body::{RejectionBody, ResponseBody};
-pub use cache::CachedVerdicts;
-pub use credential::{CredentialHeader, MAX_KEY_LEN};
-pub use drain::{DRAIN_IDLE_TIME, DRAIN_TIME, MAX_DRAINING};
-pub use envelope::{ErrorBody, ErrorEnvelope, MAX_GRPC_MESSAGE_BYTES, MAX_REQUEST_ID_BYTES};
 pub use error::Error;
-#[cfg(feature = "redis")]
-pub use fleet::RedisCache;
-pub use future::ResponseFuture;
 pub use layer::{
     ComposioAuthBuilder, ComposioAuthLayer, BASE_URL_ENV, DEFAULT_BASE_URL, DEFAULT_SESSION_PATH,
 };
-pub use rejection::Rejection;
-pub use service::ComposioAuth;
-pub use session::{ApiKey, Org, OrgMember, Project, SessionDocument, SessionInfo, WebhookVersion};
-pub use upstream::MAX_UPSTREAM_BODY_BYTES;
+pub use verifier::cache::CachedVerdicts;
+pub use verifier::credential::CredentialHeader;
+pub use verifier::envelope::{ErrorBody, ErrorEnvelope};
+#[cfg(feature = "redis")]
+pub use verifier::fleet::RedisCache;
+pub use verifier::rejection::Rejection;
+pub use verifier::session::{
+    ApiKey, Org, OrgMember, Project, SessionDocument, SessionInfo, WebhookVersion,
+};
+
+/// The limits the layer enforces on what it reads, keeps and waits for.
+pub mod limits {
+    pub use crate::adapters::tower::drain::{DRAIN_IDLE_TIME, DRAIN_TIME, MAX_DRAINING};
+    pub use crate::verifier::credential::MAX_KEY_LEN;
+    pub use crate::verifier::envelope::{MAX_GRPC_MESSAGE_BYTES, MAX_REQUEST_ID_BYTES};
+    pub use crate::verifier::upstream::MAX_UPSTREAM_BODY_BYTES;
+}
 
 /// Entry points for `cargo fuzz` (`fuzz/`), built only with `--cfg fuzzing`.
 #[cfg(fuzzing)]
@@ -187,11 +188,10 @@ pub mod fuzzing {
             return 503;
         };
         let sent_at = std::time::Instant::now();
-        match crate::upstream::classify(status, None, body, sent_at) {
-            crate::upstream::Verdict::Allowed(_) => 200,
-            crate::upstream::Verdict::Rejected(r) | crate::upstream::Verdict::Undecided(r) => {
-                r.status().as_u16()
-            }
+        match crate::verifier::upstream::classify(status, None, body, sent_at) {
+            crate::verifier::upstream::Verdict::Allowed(_) => 200,
+            crate::verifier::upstream::Verdict::Rejected(r)
+            | crate::verifier::upstream::Verdict::Undecided(r) => r.status().as_u16(),
         }
     }
 }

@@ -54,7 +54,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::credential::CredentialHeader;
+use crate::verifier::credential::CredentialHeader;
 
 /// What the stand-in answers for a key.
 #[derive(Clone)]
@@ -395,7 +395,7 @@ impl StandIn {
     #[must_use]
     pub fn example_document() -> Value {
         // A constant of this crate: it always parses.
-        serde_json::from_str(crate::session::REFERENCE_DOCUMENT).unwrap_or_default()
+        serde_json::from_str(crate::verifier::session::REFERENCE_DOCUMENT).unwrap_or_default()
     }
 
     /// [`StandIn::example_document`] for another member: its email, name and role.

@@ -96,10 +96,10 @@ async fn missing_and_invalid_keys_are_unauthenticated() {
 }
 
 #[tokio::test]
-async fn authorize_refusals_are_permission_denied() {
+async fn require_refusals_are_permission_denied() {
     let composio = composio().await;
     let layer = builder(&composio)
-        .authorize(|s| s.org_member.role == "admin")
+        .require(|s| s.org_member.role == "admin")
         .build()
         .unwrap();
     let (addr, _) = serve(layer).await;

@@ -373,8 +373,8 @@ async fn deleted_keys_and_projects_are_401() {
 }
 
 #[tokio::test]
-async fn authorize_refusals_are_403_on_every_request_with_the_session_cached() {
-    let (composio, _, client) = setup(|b| b.authorize(|s| s.org_member.role == "admin")).await;
+async fn require_refusals_are_403_on_every_request_with_the_session_cached() {
+    let (composio, _, client) = setup(|b| b.require(|s| s.org_member.role == "admin")).await;
     assert_eq!(client.me(ALICE).await.status, 200);
     for _ in 0..3 {
         let answer = client

@@ -66,7 +66,7 @@ async fn every_metric_moves_as_documented() {
             .ttl(ttl)
             .stale_if_error(Duration::from_secs(60))
             .refresh_ahead(false)
-            .authorize(|session| session.org_member.role == "admin")
+            .require(|session| session.org_member.role == "admin")
             .build()
             .unwrap()
     });

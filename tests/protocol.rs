@@ -15,10 +15,9 @@ use axum::http::StatusCode;
 use axum::routing::{get, post};
 use axum::Router;
 use common::{builder, composio, serve, Client, ALICE};
+use composio_auth::limits::{DRAIN_IDLE_TIME, DRAIN_TIME};
 use composio_auth::testing::Reply;
-use composio_auth::{
-    ComposioAuthLayer, CredentialHeader, SessionInfo, DRAIN_IDLE_TIME, DRAIN_TIME,
-};
+use composio_auth::{ComposioAuthLayer, CredentialHeader, SessionInfo};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// An app with a GET and a POST route behind `layer`.
@@ -335,7 +334,7 @@ async fn a_long_composio_message_still_reaches_grpc_clients_as_unauthenticated()
     assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
     assert_eq!(
         status.message().len(),
-        composio_auth::MAX_GRPC_MESSAGE_BYTES
+        composio_auth::limits::MAX_GRPC_MESSAGE_BYTES
     );
 
     // grpcio, an independent implementation.
@@ -350,7 +349,7 @@ async fn a_long_composio_message_still_reaches_grpc_clients_as_unauthenticated()
         out.trim(),
         format!(
             "UNAUTHENTICATED {}",
-            composio_auth::MAX_GRPC_MESSAGE_BYTES / 2
+            composio_auth::limits::MAX_GRPC_MESSAGE_BYTES / 2
         )
     );
 }

@@ -164,7 +164,16 @@ async fn same_as_the_layer(
                 );
             }
             assert_eq!(*rejection.envelope(), served.envelope(), "{pairs:?}");
-            let response = rejection.into_response::<http_body_util::Full<bytes::Bytes>>();
+            // axum's IntoResponse gives the same answer as into_http_response.
+            let axum = axum::response::IntoResponse::into_response(rejection.clone());
+            assert_eq!(axum.status(), served.status, "{pairs:?}");
+            assert_eq!(axum.headers(), rejection.headers(), "{pairs:?}");
+            let axum = http_body_util::BodyExt::collect(axum.into_body())
+                .await
+                .unwrap()
+                .to_bytes();
+            assert_eq!(axum, served.body.as_bytes(), "{pairs:?}");
+            let response = rejection.into_http_response();
             let body = http_body_util::BodyExt::collect(response.into_body())
                 .await
                 .unwrap()

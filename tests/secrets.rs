@@ -88,7 +88,7 @@ async fn debug_of_public_types_redacts_secrets() {
     let session = SessionInfo::new(document.clone());
     let layer = ComposioAuthLayer::builder()
         .base_url("https://backend.composio.dev")
-        .authorize(|_| true)
+        .require(|_| true)
         .build()
         .unwrap();
     let composio = StandIn::start().await.unwrap();

@@ -92,7 +92,7 @@ async fn mixed_traffic_under_chaos_never_gives_a_wrong_verdict() {
         .stale_if_error(Duration::from_secs(2))
         .timeout(BUDGET)
         .max_concurrent_verifications(8)
-        .authorize(|s| s.org_member.role != "viewer")
+        .require(|s| s.org_member.role != "viewer")
         .build()
         .unwrap();
     let client = Client::new(serve(app(layer.clone())).await);

@@ -23,10 +23,11 @@ use actix_web::{FromRequest, HttpMessage, HttpRequest, HttpResponse, ResponseErr
 use bytes::Bytes;
 
 use crate::adapters::MissingSession;
-use crate::decision::{self, Decided};
-use crate::headers::RequestHeaders;
-use crate::session::SessionInfo;
-use crate::{ComposioAuthLayer, Rejection};
+use crate::verifier::decision::{self, Decided};
+use crate::verifier::headers::RequestHeaders;
+use crate::verifier::rejection::Rejection;
+use crate::verifier::session::SessionInfo;
+use crate::ComposioAuthLayer;
 
 /// The layer as actix-web middleware: `App::new().wrap(layer.clone())`,
 /// `web::scope("/admin").wrap(layer.require(is_admin))`.

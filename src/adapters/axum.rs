@@ -1,4 +1,5 @@
-//! `SessionInfo` as an axum extractor (feature `axum`).
+//! `SessionInfo` as an axum extractor, and `Rejection` as an axum response
+//! (feature `axum`).
 //!
 //! `SessionInfo` refuses the request with 401 when the layer did not run (it is
 //! missing from the route); `Option<SessionInfo>` never refuses.
@@ -10,7 +11,8 @@ use axum_core::response::{IntoResponse, Response};
 use http::request::Parts;
 
 use crate::adapters::MissingSession;
-use crate::session::SessionInfo;
+use crate::verifier::rejection::Rejection;
+use crate::verifier::session::SessionInfo;
 
 impl<S: Send + Sync> FromRequestParts<S> for SessionInfo {
     type Rejection = MissingSession;
@@ -35,5 +37,12 @@ impl<S: Send + Sync> OptionalFromRequestParts<S> for SessionInfo {
 impl IntoResponse for MissingSession {
     fn into_response(self) -> Response {
         self.response().map(axum_core::body::Body::from)
+    }
+}
+
+impl IntoResponse for Rejection {
+    /// The layer's answer, byte for byte, in axum's body type.
+    fn into_response(self) -> Response {
+        self.into_bytes_response().map(axum_core::body::Body::from)
     }
 }

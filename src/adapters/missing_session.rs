@@ -4,7 +4,7 @@
 use bytes::Bytes;
 use http::Response;
 
-use crate::envelope::{challenge, Refusal};
+use crate::verifier::envelope::{challenge, Refusal};
 use crate::TRACING_TARGET;
 
 /// The rejection of the `SessionInfo` extractor (axum's and actix-web's) on a

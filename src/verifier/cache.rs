@@ -29,12 +29,12 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use moka::Expiry;
 
-use crate::credential::CredentialHeader;
-use crate::digest::{Digest, DigestHasher, Digester};
-use crate::envelope::Refusal;
-use crate::front;
-use crate::session::{Age, SessionInfo};
-use crate::upstream::Verdict;
+use crate::verifier::credential::CredentialHeader;
+use crate::verifier::digest::{Digest, DigestHasher, Digester};
+use crate::verifier::envelope::Refusal;
+use crate::verifier::front;
+use crate::verifier::session::{Age, SessionInfo};
+use crate::verifier::upstream::Verdict;
 
 /// Fraction of the TTL after which a hit starts one background re-verification.
 const REFRESH_AHEAD_AT: f64 = 0.8;
@@ -457,8 +457,8 @@ pub(crate) fn age_ms(session: &SessionInfo) -> u128 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::digest::Digest;
-    use crate::session::SessionDocument;
+    use crate::verifier::digest::Digest;
+    use crate::verifier::session::SessionDocument;
 
     fn policy() -> CachePolicy {
         CachePolicy {

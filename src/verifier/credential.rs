@@ -11,8 +11,8 @@
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-use crate::envelope::Refusal;
-use crate::headers::RequestHeaders;
+use crate::verifier::envelope::Refusal;
+use crate::verifier::headers::RequestHeaders;
 
 /// Longest key accepted, in bytes. Composio's keys are 23 to 47 bytes long.
 pub const MAX_KEY_LEN: usize = 256;
@@ -37,12 +37,15 @@ pub enum CredentialHeader {
 }
 
 impl CredentialHeader {
-    /// Every credential header Composio knows, in the order they are looked for
-    /// ([`Bearer`](Self::Bearer) is this crate's, not Composio's).
+    /// Every credential header Composio knows, in the order they are looked for.
+    /// [`Bearer`](Self::Bearer) is not in it: it is this crate's, not Composio's,
+    /// and it claims `Authorization`, a header that also carries other schemes, so
+    /// it is never accepted unless named ([`ACCEPTABLE`](Self::ACCEPTABLE) lists it).
     pub const ALL: [Self; 3] = [Self::ApiKey, Self::UserApiKey, Self::OrgApiKey];
 
-    /// Every header a layer can accept.
-    const CARRIERS: [Self; 4] = [
+    /// Every header a layer can accept: [`ALL`](Self::ALL) and
+    /// [`Bearer`](Self::Bearer), in the order they are looked for.
+    pub const ACCEPTABLE: [Self; 4] = [
         Self::ApiKey,
         Self::UserApiKey,
         Self::OrgApiKey,
@@ -125,7 +128,7 @@ impl AcceptedHeaders {
 
     /// The accepted headers, in the order they are looked for.
     pub(crate) fn iter(self) -> impl Iterator<Item = CredentialHeader> {
-        CredentialHeader::CARRIERS
+        CredentialHeader::ACCEPTABLE
             .into_iter()
             .filter(move |h| self.contains(*h))
     }

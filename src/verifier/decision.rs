@@ -10,17 +10,17 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::cache::{age_ms, Known, Lookup, Stale, VerdictCache};
-use crate::credential::{self, AcceptedHeaders, CredentialError, CredentialHeader};
-use crate::digest::Digest;
-use crate::envelope::Refusal;
-use crate::headers::RequestHeaders;
-use crate::instruments::{self, Answer, Instruments};
-use crate::policy::Policy;
-use crate::rejection::{Rejection, RequestId};
-use crate::session::{Age, SessionInfo};
-use crate::upstream::Verdict;
-use crate::verification::{Joined, Verification, Verifications};
+use crate::verifier::cache::{age_ms, Known, Lookup, Stale, VerdictCache};
+use crate::verifier::credential::{self, AcceptedHeaders, CredentialError, CredentialHeader};
+use crate::verifier::digest::Digest;
+use crate::verifier::envelope::Refusal;
+use crate::verifier::headers::RequestHeaders;
+use crate::verifier::instruments::{self, Answer, Instruments};
+use crate::verifier::policy::Policy;
+use crate::verifier::rejection::{Rejection, RequestId};
+use crate::verifier::session::{Age, SessionInfo};
+use crate::verifier::upstream::Verdict;
+use crate::verifier::verification::{Joined, Verification, Verifications};
 use crate::TRACING_TARGET;
 
 /// What every layer made from one builder shares (through `require` too), and

@@ -33,7 +33,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
-use crate::credential::CredentialHeader;
+use crate::verifier::credential::CredentialHeader;
 
 /// SipHash-1-3-128 of (base URL, header, key) under a per-layer secret.
 #[derive(Clone, Copy, PartialEq, Eq)]

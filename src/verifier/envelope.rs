@@ -6,7 +6,7 @@ use http::{HeaderMap, HeaderValue, Response, StatusCode};
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
 use serde::{Deserialize, Serialize};
 
-use crate::headers::RequestHeaders;
+use crate::verifier::headers::RequestHeaders;
 
 /// Composio's error envelope: `{"error": {...}}`.
 ///
@@ -133,7 +133,7 @@ impl Refusal {
         )
     }
 
-    /// The service's `authorize` predicate refused the session.
+    /// The `require` predicate refused the session.
     pub(crate) fn forbidden() -> Self {
         Self::local(
             StatusCode::FORBIDDEN,

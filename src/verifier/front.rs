@@ -23,8 +23,8 @@
 use std::cell::RefCell;
 use std::time::Instant;
 
-use crate::digest::Digest;
-use crate::session::{SessionInfo, WeakSession};
+use crate::verifier::digest::Digest;
+use crate::verifier::session::{SessionInfo, WeakSession};
 
 /// Slots per thread (64 KiB, allocated on first use).
 const SLOTS: usize = 1024;

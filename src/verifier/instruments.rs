@@ -22,8 +22,8 @@
 //!
 //! Without the feature every method here is empty and inlined away.
 
-use crate::cache::CachedVerdicts;
-use crate::upstream::Verdict;
+use crate::verifier::cache::CachedVerdicts;
+use crate::verifier::upstream::Verdict;
 
 /// How a request was answered.
 #[derive(Clone, Copy, Debug)]

@@ -1,5 +1,5 @@
 //! What a layer admits and how it says no: the predicates every valid session must
-//! pass (the builder's `authorize`, then each `require`), checked on every request
+//! pass (the builder's `require`, then each `require`), checked on every request
 //! (cached or not), their 403, the `WWW-Authenticate` challenge of the layer's
 //! 401s, and the count of its answers.
 
@@ -8,19 +8,19 @@ use std::sync::Arc;
 
 use http::HeaderValue;
 
-use crate::credential::AcceptedHeaders;
-use crate::envelope::{challenge, Refusal};
-use crate::instruments::{Answer, Instruments};
-use crate::session::SessionInfo;
+use crate::verifier::credential::AcceptedHeaders;
+use crate::verifier::envelope::{challenge, Refusal};
+use crate::verifier::instruments::{Answer, Instruments};
+use crate::verifier::session::SessionInfo;
 use crate::TRACING_TARGET;
 
-/// The predicate of [`ComposioAuthBuilder::authorize`](crate::ComposioAuthBuilder::authorize).
-pub(crate) type Authorize = Arc<dyn Fn(&SessionInfo) -> bool + Send + Sync>;
+/// The predicate of [`ComposioAuthBuilder::require`](crate::ComposioAuthBuilder::require).
+pub(crate) type Predicate = Arc<dyn Fn(&SessionInfo) -> bool + Send + Sync>;
 
 /// Whether a valid session may use this service, and the challenge of a 401.
 pub(crate) struct Policy {
     /// Every one must hold.
-    authorize: Vec<Authorize>,
+    predicates: Vec<Predicate>,
     /// Rendered per request from this one value.
     forbidden: Refusal,
     /// Names every accepted credential header.
@@ -30,12 +30,12 @@ pub(crate) struct Policy {
 
 impl Policy {
     pub(crate) fn new(
-        authorize: Option<Authorize>,
+        require: Option<Predicate>,
         accepted: AcceptedHeaders,
         instruments: Arc<Instruments>,
     ) -> Self {
         Self {
-            authorize: authorize.into_iter().collect(),
+            predicates: require.into_iter().collect(),
             forbidden: Refusal::forbidden(),
             challenge: challenge(accepted.iter().map(|h| h.as_str())),
             instruments,
@@ -47,7 +47,7 @@ impl Policy {
     /// it is, by [`refused`](Self::refused)).
     #[inline]
     pub(crate) fn admits(&self, session: &SessionInfo, answer: Answer) -> Option<&Refusal> {
-        let admitted = self.authorize.iter().all(|authorize| authorize(session));
+        let admitted = self.predicates.iter().all(|predicate| predicate(session));
         if admitted {
             self.instruments.answered(answer);
             return None;
@@ -69,11 +69,11 @@ impl Policy {
     }
 
     /// This policy and `predicate` too.
-    pub(crate) fn requiring(&self, predicate: Authorize) -> Self {
-        let mut authorize = self.authorize.clone();
-        authorize.push(predicate);
+    pub(crate) fn requiring(&self, predicate: Predicate) -> Self {
+        let mut predicates = self.predicates.clone();
+        predicates.push(predicate);
         Self {
-            authorize,
+            predicates,
             forbidden: self.forbidden.clone(),
             challenge: self.challenge.clone(),
             instruments: Arc::clone(&self.instruments),
@@ -84,7 +84,7 @@ impl Policy {
 impl fmt::Debug for Policy {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Policy")
-            .field("predicates", &self.authorize.len())
+            .field("predicates", &self.predicates.len())
             .finish_non_exhaustive()
     }
 }

@@ -6,10 +6,10 @@ use std::fmt;
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
 
-use crate::body::RejectionBody;
-use crate::envelope::{request_id, ErrorEnvelope, Refusal};
-use crate::headers::RequestHeaders;
+use crate::verifier::envelope::{request_id, ErrorEnvelope, Refusal};
+use crate::verifier::headers::RequestHeaders;
 
 /// Why [`ComposioAuthLayer::verify`](crate::ComposioAuthLayer::verify) refused a
 /// request's headers: 401, 403 or 503, with exactly the status, headers
@@ -17,14 +17,20 @@ use crate::headers::RequestHeaders;
 /// envelope that the layer answers an HTTP request with for the same headers.
 ///
 /// ```no_run
-/// # async fn handle(headers: http::HeaderMap) -> http::Response<axum::body::Body> {
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+///
+/// # async fn handle(headers: http::HeaderMap) -> http::Response<Full<Bytes>> {
 /// let auth = composio_auth::ComposioAuthLayer::new();
 /// match auth.verify(&headers).await {
-///     Ok(session) => http::Response::new(session.org_member.email.clone().into()),
-///     Err(rejection) => rejection.into_response(),
+///     Ok(session) => http::Response::new(Full::from(session.org_member.email.clone())),
+///     Err(rejection) => rejection.into_http_response(),
 /// }
 /// # }
 /// ```
+///
+/// In axum, a `Rejection` is also an `IntoResponse` (feature `axum`), and in
+/// actix-web a `ResponseError` (feature `actix-web`): both give the same answer.
 #[derive(Clone)]
 pub struct Rejection(Box<Rendered>);
 
@@ -63,12 +69,19 @@ impl Rejection {
         self.0.response.headers()
     }
 
-    /// The whole HTTP answer, in any body type the layer can answer in (axum's and,
-    /// with the feature `tonic`, tonic's `Body`, `http_body_util`'s `Full<Bytes>`,
-    /// ...), byte for byte what the layer sends.
+    /// The whole HTTP answer, byte for byte what the layer sends. (axum's
+    /// `IntoResponse` and actix-web's `ResponseError` give the same answer in their
+    /// own types.)
     #[must_use]
-    pub fn into_response<B: RejectionBody>(self) -> Response<B> {
-        self.0.response.map(B::rejection)
+    pub fn into_http_response(self) -> Response<Full<Bytes>> {
+        self.0.response.map(Full::new)
+    }
+
+    /// The whole HTTP answer with its body still as bytes, for an adapter to put in
+    /// its framework's body type.
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    pub(crate) fn into_bytes_response(self) -> Response<Bytes> {
+        self.0.response
     }
 
     /// The whole HTTP answer, for an adapter to copy into its framework's type.
@@ -109,10 +122,3 @@ impl fmt::Display for Rejection {
 }
 
 impl std::error::Error for Rejection {}
-
-#[cfg(feature = "axum")]
-impl axum_core::response::IntoResponse for Rejection {
-    fn into_response(self) -> axum_core::response::Response {
-        Rejection::into_response(self)
-    }
-}

@@ -19,10 +19,10 @@ use std::time::{Duration, Instant};
 use http::header::{ACCEPT, CONTENT_LENGTH, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::credential::CredentialHeader;
-use crate::envelope::{ErrorEnvelope, Refusal};
-use crate::per_runtime::{self, PerRuntime};
-use crate::session::{SessionDocument, SessionInfo};
+use crate::verifier::credential::CredentialHeader;
+use crate::verifier::envelope::{ErrorEnvelope, Refusal};
+use crate::verifier::per_runtime::{self, PerRuntime};
+use crate::verifier::session::{SessionDocument, SessionInfo};
 use crate::TRACING_TARGET;
 
 /// Largest upstream body read, in bytes. Session documents are about 2 KiB; a larger
@@ -407,7 +407,7 @@ mod tests {
         );
         let message = br#"{"message": "Rate limit exceeded..."}"#;
         let r = undecided(classify(StatusCode::TOO_MANY_REQUESTS, Some(7), message));
-        let challenge = crate::envelope::challenge(["x-api-key"]);
+        let challenge = crate::verifier::envelope::challenge(["x-api-key"]);
         assert_eq!(r.render_http(None, &challenge).headers()[RETRY_AFTER], "7");
         for status in [500, 502, 503, 504, 301, 302, 307, 308, 418] {
             let status = StatusCode::from_u16(status).unwrap();

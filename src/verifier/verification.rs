@@ -45,14 +45,14 @@ use tokio::runtime::{self, Handle};
 use tokio::sync::{oneshot, Semaphore};
 use tracing::Instrument;
 
-use crate::cache::{Known, Lookup, VerdictCache};
-use crate::credential::CredentialHeader;
-use crate::digest::Digest;
-use crate::envelope::Refusal;
-use crate::fleet::{Fleet, Invalidation};
-use crate::instruments::Instruments;
-use crate::own_runtime::OwnRuntime;
-use crate::upstream::{Answer, Upstream, Verdict};
+use crate::verifier::cache::{Known, Lookup, VerdictCache};
+use crate::verifier::credential::CredentialHeader;
+use crate::verifier::digest::Digest;
+use crate::verifier::envelope::Refusal;
+use crate::verifier::fleet::{Fleet, Invalidation};
+use crate::verifier::instruments::Instruments;
+use crate::verifier::own_runtime::OwnRuntime;
+use crate::verifier::upstream::{Answer, Upstream, Verdict};
 use crate::TRACING_TARGET;
 
 /// The verdict of a flight, as each waiting request awaits it.

@@ -1,5 +1,5 @@
 //! [`ResponseFuture`]: the future of [`ComposioAuth`](crate::ComposioAuth)'s `call`,
-//! and the request's last steps, as its constructors: admit (the `authorize` policy,
+//! and the request's last steps, as its constructors: admit (the `require` policy,
 //! then the inner service with the session), reject (render the envelope), or wait
 //! for a verification and then do one of those.
 //!
@@ -18,16 +18,16 @@ use http::{HeaderValue, Request, Response};
 use pin_project_lite::pin_project;
 use tower_service::Service;
 
+use crate::adapters::tower::drain::{Drain, Unread};
 use crate::body::RejectionBody;
-use crate::cache::Stale;
-use crate::decision::Outcome;
-use crate::drain::{Drain, Unread};
-use crate::envelope::Refusal;
-use crate::instruments::Answer;
-use crate::policy::Policy;
-use crate::session::SessionInfo;
-use crate::upstream::Verdict;
-use crate::verification::Verification;
+use crate::verifier::cache::Stale;
+use crate::verifier::decision::Outcome;
+use crate::verifier::envelope::Refusal;
+use crate::verifier::instruments::Answer;
+use crate::verifier::policy::Policy;
+use crate::verifier::session::SessionInfo;
+use crate::verifier::upstream::Verdict;
+use crate::verifier::verification::Verification;
 
 pin_project! {
     /// The response future of [`ComposioAuth`](crate::ComposioAuth).

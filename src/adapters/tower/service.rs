@@ -9,11 +9,11 @@ use std::task::{Context, Poll};
 use http::{Request, Response};
 use tower_service::Service;
 
+use crate::adapters::tower::future::ResponseFuture;
 use crate::body::RejectionBody;
-use crate::credential;
-use crate::decision::{LayerState, Step};
-use crate::future::ResponseFuture;
-use crate::policy::Policy;
+use crate::verifier::credential;
+use crate::verifier::decision::{LayerState, Step};
+use crate::verifier::policy::Policy;
 use crate::TRACING_TARGET;
 
 /// The service made by [`ComposioAuthLayer`](crate::ComposioAuthLayer): verifies the

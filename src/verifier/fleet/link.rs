@@ -16,7 +16,7 @@ use redis::{
 };
 
 use super::breaker::Breaker;
-use crate::per_runtime::{self, PerRuntime};
+use crate::verifier::per_runtime::{self, PerRuntime};
 
 /// Where Redis is: one server, or a cluster's seed nodes; and the root certificate
 /// that `rediss://` servers are verified against, when not the platform's.

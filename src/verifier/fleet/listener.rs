@@ -32,7 +32,7 @@ use super::link::Link;
 use super::subscription::Status;
 use super::tier::{Fleet, STREAM_KEPT};
 use super::Invalidation;
-use crate::instruments::Direction;
+use crate::verifier::instruments::Direction;
 use crate::TRACING_TARGET;
 
 /// How long one read blocks waiting for messages.

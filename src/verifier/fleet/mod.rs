@@ -37,7 +37,7 @@ mod tier;
 /// What an invalidation from another replica asks of a layer's verifications.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) enum Invalidation {
-    Keys(Vec<crate::digest::Digest>),
+    Keys(Vec<crate::verifier::digest::Digest>),
     All,
 }
 
@@ -64,7 +64,7 @@ impl Fleet {
         match *self {}
     }
 
-    pub(crate) fn instruments(&self) -> std::sync::Arc<crate::instruments::Instruments> {
+    pub(crate) fn instruments(&self) -> std::sync::Arc<crate::verifier::instruments::Instruments> {
         match *self {}
     }
 
@@ -78,18 +78,22 @@ impl Fleet {
 
     pub(crate) async fn verify<F, Fut>(
         self: &std::sync::Arc<Self>,
-        _: crate::credential::CredentialHeader,
+        _: crate::verifier::credential::CredentialHeader,
         _: http::HeaderValue,
         _: std::time::Duration,
         _: F,
-    ) -> (crate::upstream::Verdict, std::time::Instant, Option<Share>)
+    ) -> (
+        crate::verifier::upstream::Verdict,
+        std::time::Instant,
+        Option<Share>,
+    )
     where
         F: FnOnce(http::HeaderValue) -> Fut,
         Fut: std::future::Future<
             Output = (
-                crate::upstream::Verdict,
+                crate::verifier::upstream::Verdict,
                 std::time::Instant,
-                Option<crate::upstream::Answer>,
+                Option<crate::verifier::upstream::Answer>,
             ),
         >,
     {
@@ -99,7 +103,10 @@ impl Fleet {
     pub(crate) async fn invalidate(
         &self,
         _: &[u8],
-        _: &[(crate::credential::CredentialHeader, crate::digest::Digest)],
+        _: &[(
+            crate::verifier::credential::CredentialHeader,
+            crate::verifier::digest::Digest,
+        )],
     ) -> bool {
         match *self {}
     }

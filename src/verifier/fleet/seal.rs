@@ -23,8 +23,8 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::credential::CredentialHeader;
-use crate::digest::Digest;
+use crate::verifier::credential::CredentialHeader;
+use crate::verifier::digest::Digest;
 
 /// The first byte of every sealed value and message.
 const VERSION: u8 = 1;

@@ -41,12 +41,12 @@ use super::link::{Links, Servers};
 use super::seal::{Sealer, ValueCipher};
 use super::subscription::Subscription;
 use super::Forget;
-use crate::cache::CachePolicy;
-use crate::credential::CredentialHeader;
-use crate::digest::Digest;
-use crate::instruments::{Direction, Instruments, Shared};
-use crate::session::{Age, SessionInfo};
-use crate::upstream::{classify, Answer, Verdict};
+use crate::verifier::cache::CachePolicy;
+use crate::verifier::credential::CredentialHeader;
+use crate::verifier::digest::Digest;
+use crate::verifier::instruments::{Direction, Instruments, Shared};
+use crate::verifier::session::{Age, SessionInfo};
+use crate::verifier::upstream::{classify, Answer, Verdict};
 use crate::TRACING_TARGET;
 
 /// The first pause between two looks at another replica's lease; it doubles up
@@ -773,7 +773,9 @@ mod tests {
 
     #[test]
     fn the_stored_document_drops_the_key_itself() {
-        let body = crate::session::REFERENCE_DOCUMENT.as_bytes().to_vec();
+        let body = crate::verifier::session::REFERENCE_DOCUMENT
+            .as_bytes()
+            .to_vec();
         assert!(String::from_utf8_lossy(&body).contains("\"key\""));
         let stored = stored_body(StatusCode::OK, body);
         let document: serde_json::Value = serde_json::from_slice(&stored).unwrap();
@@ -887,14 +889,14 @@ mod tests {
         let allowed = classify(
             StatusCode::OK,
             None,
-            crate::session::REFERENCE_DOCUMENT.as_bytes(),
+            crate::verifier::session::REFERENCE_DOCUMENT.as_bytes(),
             Instant::now(),
         );
         assert_eq!(lives.fresh_for(&allowed), Duration::from_secs(60));
         assert_eq!(lives.kept_for(&allowed), Duration::from_secs(70));
         // A 200 whose key is deleted is a rejection: kept for `negative_ttl`.
         let mut deleted: serde_json::Value =
-            serde_json::from_str(crate::session::REFERENCE_DOCUMENT).unwrap();
+            serde_json::from_str(crate::verifier::session::REFERENCE_DOCUMENT).unwrap();
         deleted["api_key"]["deleted"] = serde_json::Value::Bool(true);
         let deleted = classify(
             StatusCode::OK,
