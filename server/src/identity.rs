@@ -1,8 +1,9 @@
 //! The identity headers an allowed request carries to the app: who the session
 //! is, never the key, never `webhook_secret`.
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use std::cell::RefCell;
+
+use axum::http::{HeaderMap, HeaderName, HeaderValue};
 
 use composio_auth::SessionInfo;
 use percent_encoding::{utf8_percent_encode, AsciiSet, CONTROLS};
@@ -23,41 +24,6 @@ pub const HEADERS: [&str; 11] = [
     "x-composio-user-id",
 ];
 
-/// What is percent-encoded in a value that is not all visible ASCII: controls,
-/// space, `%` itself, and (always) every non-ASCII byte of its UTF-8.
-const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'"');
-
-/// Sessions whose headers each thread keeps rendered: a hot key's answer is a
-/// copy of a map made once.
-const RENDERED: usize = 64;
-
-thread_local! {
-    /// Slot `address % RENDERED` holds a session (a clone: while it is here its
-    /// address cannot be reused by another session) and its rendered headers.
-    static RENDERED_BY_SESSION: RefCell<Vec<Option<(SessionInfo, HeaderMap)>>> =
-        RefCell::new(vec![None; RENDERED]);
-}
-
-/// The identity headers of `session`: a null field's header is absent.
-pub fn of(session: &SessionInfo) -> HeaderMap {
-    let address = std::ptr::from_ref::<composio_auth::SessionDocument>(session) as usize;
-    let slot = (address / std::mem::align_of::<usize>()) % RENDERED;
-    let same =
-        |kept: &SessionInfo| std::ptr::eq::<composio_auth::SessionDocument>(&**kept, &**session);
-    RENDERED_BY_SESSION.with(|rendered| {
-        let mut rendered = rendered.borrow_mut();
-        match &rendered[slot] {
-            Some((kept, headers)) if same(kept) => headers.clone(),
-            _ => {
-                let mut headers = HeaderMap::with_capacity(NAMES.len());
-                add(session, &mut headers);
-                rendered[slot] = Some((session.clone(), headers.clone()));
-                headers
-            }
-        }
-    })
-}
-
 /// Built at compile time: a rendering pays for the values only.
 const NAMES: [HeaderName; 11] = [
     HeaderName::from_static(HEADERS[0]),
@@ -73,11 +39,86 @@ const NAMES: [HeaderName; 11] = [
     HeaderName::from_static(HEADERS[10]),
 ];
 
-/// The identity headers of `session`, added to `headers`.
-fn add(session: &SessionInfo, headers: &mut HeaderMap) {
+/// What is percent-encoded in a value that is not all visible ASCII: controls,
+/// space, `%` itself, and (always) every non-ASCII byte of its UTF-8.
+const ENCODED: &AsciiSet = &CONTROLS.add(b' ').add(b'%').add(b'"');
+
+/// Renderings each thread keeps: a hot key's answer is a copy of a map made
+/// once (rendering the values is most of the cost of an answer's headers).
+const RENDERED: usize = 64;
+
+/// A session's fields, in the order of [`HEADERS`]; `None` for a null field.
+type Fields<'a> = [Option<&'a str>; 11];
+
+/// The identity headers of some session, kept by a thread: the rendered values
+/// only (who the session is, never the key or `webhook_secret`), never the
+/// `SessionInfo`, so a revoked or expired session is freed as soon as the
+/// library's cache and the requests holding it drop it. Nothing then keeps its
+/// address from being reused, so a rendering is served only to a session whose
+/// fields render to exactly these values, checked on every use.
+struct Rendering {
+    /// Each header's value, in the order of [`HEADERS`] (shared with `headers`).
+    values: [Option<HeaderValue>; 11],
+    headers: HeaderMap,
+}
+
+impl Rendering {
+    fn of(fields: &Fields<'_>) -> Self {
+        let values = fields.map(|field| field.map(value_of));
+        let mut headers = HeaderMap::with_capacity(NAMES.len());
+        for (name, value) in NAMES.into_iter().zip(&values) {
+            if let Some(value) = value {
+                headers.insert(name, value.clone());
+            }
+        }
+        Self { values, headers }
+    }
+
+    /// Whether `fields` render to these headers, whichever session they are from.
+    fn renders(&self, fields: &Fields<'_>) -> bool {
+        self.values
+            .iter()
+            .zip(fields)
+            .all(|(kept, field)| match (kept, field) {
+                (None, None) => true,
+                (Some(kept), Some(field)) => renders_to(field, kept.as_bytes()),
+                _ => false,
+            })
+    }
+}
+
+thread_local! {
+    /// Slot `address % RENDERED`: the rendering last made on this thread for a
+    /// session at that address.
+    static RENDERED_BY_ADDRESS: RefCell<Vec<Option<Rendering>>> =
+        RefCell::new((0..RENDERED).map(|_| None).collect());
+}
+
+/// The identity headers of `session`: a null field's header is absent.
+pub fn of(session: &SessionInfo) -> HeaderMap {
+    let fields = fields(session);
+    // Only picks the slot: what is in it is checked against `fields`.
+    let address = std::ptr::from_ref::<composio_auth::SessionDocument>(session) as usize;
+    let slot = (address / std::mem::align_of::<usize>()) % RENDERED;
+    RENDERED_BY_ADDRESS.with(|rendered| {
+        let mut rendered = rendered.borrow_mut();
+        match &rendered[slot] {
+            Some(kept) if kept.renders(&fields) => kept.headers.clone(),
+            _ => {
+                let rendering = Rendering::of(&fields);
+                let headers = rendering.headers.clone();
+                rendered[slot] = Some(rendering);
+                headers
+            }
+        }
+    })
+}
+
+/// The fields of `session` the identity headers carry.
+fn fields(session: &SessionInfo) -> Fields<'_> {
     let project = session.project.as_ref();
     let member = &session.org_member;
-    let values: [Option<&str>; 11] = [
+    [
         project.map(|p| p.id.as_str()),
         project.map(|p| p.name.as_str()),
         project.map(|p| p.org.id.as_str()),
@@ -89,20 +130,37 @@ fn add(session: &SessionInfo, headers: &mut HeaderMap) {
         Some(member.name.as_str()),
         Some(member.role.as_str()),
         member.user_id.as_deref(),
-    ];
-    headers.reserve(NAMES.len());
-    for (name, value) in NAMES.into_iter().zip(values) {
-        if let Some(value) = value {
-            headers.insert(name, value_of(value));
+    ]
+}
+
+/// Whether all of `text`'s bytes are visible ASCII (sent as they are).
+fn visible(text: &str) -> bool {
+    text.bytes().all(|b| (0x21..=0x7E).contains(&b))
+}
+
+/// Whether [`value_of`]`(text)` is `rendered`, without rendering `text`.
+fn renders_to(text: &str, rendered: &[u8]) -> bool {
+    if text.as_bytes() == rendered {
+        // `rendered` is visible ASCII, so `text` is too: sent as it is.
+        return true;
+    }
+    if visible(text) {
+        return false;
+    }
+    let mut rest = rendered;
+    for part in utf8_percent_encode(text, ENCODED) {
+        match rest.strip_prefix(part.as_bytes()) {
+            Some(after) => rest = after,
+            None => return false,
         }
     }
+    rest.is_empty()
 }
 
 /// `text` as a header value: as it is when all visible ASCII, else
 /// percent-encoded UTF-8 (so `Zoë Smith` is `Zo%C3%AB%20Smith`).
 pub fn value_of(text: &str) -> HeaderValue {
-    let visible = text.bytes().all(|b| (0x21..=0x7E).contains(&b));
-    let value = if visible {
+    let value = if visible(text) {
         HeaderValue::from_str(text)
     } else {
         HeaderValue::from_str(&utf8_percent_encode(text, ENCODED).to_string())
@@ -134,6 +192,62 @@ mod tests {
             assert_eq!(of(&other)["x-composio-member-name"], value_of(&name));
         }
         assert_eq!(of(&ada)["x-composio-member-name"], "Ada");
+    }
+
+    /// This process's resident memory, in bytes.
+    fn resident() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .unwrap();
+        let kib: u64 = line.trim().trim_end_matches("kB").trim().parse().unwrap();
+        kib * 1024
+    }
+
+    #[test]
+    fn a_kept_rendering_never_keeps_its_session_alive() {
+        // 64 MiB: the allocator maps it on its own and unmaps it once freed, so
+        // resident memory shows whether anything still holds the session.
+        const SECRET: usize = 64 << 20;
+        let mut document =
+            composio_auth::testing::StandIn::document_for("a@example.com", "Ada", "admin");
+        document["project"]["webhook_secret"] = "s".repeat(SECRET).into();
+        let session = SessionInfo::new(serde_json::from_value(document).unwrap());
+        assert_eq!(of(&session)["x-composio-member-name"], "Ada");
+        // Served from this thread's slot.
+        assert_eq!(of(&session)["x-composio-member-name"], "Ada");
+        let alive = resident();
+        // Its last handle, as when the library's cache forgets a revoked key.
+        drop(session);
+        let freed = alive.saturating_sub(resident());
+        assert!(
+            freed >= SECRET as u64 * 3 / 4,
+            "{freed} bytes freed: the identity cache still holds the session"
+        );
+    }
+
+    #[test]
+    fn a_rendering_serves_only_fields_that_render_to_it() {
+        assert!(renders_to("Zoë Smith", b"Zo%C3%AB%20Smith"));
+        // Text that is its own rendering: the same header, so the same answer.
+        assert!(renders_to("Zo%C3%AB%20Smith", b"Zo%C3%AB%20Smith"));
+        assert!(!renders_to("Zoe Smith", b"Zo%C3%AB%20Smith"));
+        assert!(!renders_to("Zoë Smit", b"Zo%C3%AB%20Smith"));
+        assert!(!renders_to("Zoë Smithy", b"Zo%C3%AB%20Smith"));
+        assert!(renders_to("ada", b"ada"));
+        assert!(!renders_to("ad", b"ada"));
+
+        let with_project = session("Zoë Smith");
+        let mut document =
+            composio_auth::testing::StandIn::document_for("a@example.com", "Zoë Smith", "admin");
+        document["project"] = serde_json::Value::Null;
+        let without_project = SessionInfo::new(serde_json::from_value(document).unwrap());
+        let kept = Rendering::of(&fields(&with_project));
+        assert!(kept.renders(&fields(&with_project)));
+        assert!(kept.renders(&fields(&session("Zoë Smith"))));
+        assert!(!kept.renders(&fields(&without_project)));
+        assert!(!kept.renders(&fields(&session("Zoe Smith"))));
     }
 
     #[test]

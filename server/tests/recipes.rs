@@ -1,13 +1,72 @@
-//! The README's proxy recipes (`server/recipes/`) with the real proxies (Debian's
-//! nginx 1.22 and Caddy 2.6.2) in front of the real server and an app that shows
-//! what it receives.
+//! The proxy recipes the README links (`server/recipes/`) with the real proxies
+//! (Debian's nginx 1.22 and Caddy 2.6.2) in front of the real server and an app
+//! that shows what it receives.
 
 mod support;
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
 use composio_auth::testing::StandIn;
 use serde_json::Value;
-use support::proxy::{echo_app, Proxy};
+use support::proxy::{alive_in_group, echo_app, recipes, Proxy, CADDY_RECIPE, NGINX_RECIPES};
 use support::{client, composio, Server, ADMIN, MEMBER, NO_PROJECT};
+
+/// Every file under `dir`, as a path relative to `root`.
+fn files_under(root: &Path, dir: &Path) -> Vec<String> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            files.extend(files_under(root, &path));
+        } else {
+            let relative = path.strip_prefix(root).unwrap();
+            files.push(relative.to_str().unwrap().to_owned());
+        }
+    }
+    files
+}
+
+#[test]
+fn the_readme_links_every_recipe_file_and_the_tests_run_those_files() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
+    // Markdown links into recipes/: "](recipes/...)".
+    let linked: BTreeSet<&str> = readme
+        .match_indices("](recipes/")
+        .map(|(at, _)| readme[at + 2..].split(')').next().unwrap())
+        .collect();
+    for link in &linked {
+        assert!(
+            dir.join(link).is_file(),
+            "README links {link}: no such file"
+        );
+    }
+    let shipped = files_under(&dir, &recipes());
+    assert!(shipped.len() >= 6, "{shipped:?}");
+    for file in &shipped {
+        assert!(linked.contains(file.as_str()), "README never links {file}");
+    }
+    // What the proxies of these tests run is what the README links.
+    for file in NGINX_RECIPES.iter().chain([&CADDY_RECIPE]) {
+        assert!(
+            linked.contains(format!("recipes/{file}").as_str()),
+            "{file}"
+        );
+    }
+    // Linked, not copied: no three lines of a recipe in a row appear in the
+    // README (a copy would drift from the file the tests run).
+    for file in &shipped {
+        let text = std::fs::read_to_string(dir.join(file)).unwrap();
+        let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        for window in lines.windows(3) {
+            assert!(
+                !readme.contains(&window.join("\n")),
+                "README copies {file}: {window:?}"
+            );
+        }
+    }
+}
 
 /// GET `path` through the proxy with `headers`.
 async fn through(proxy: &Proxy, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
@@ -164,4 +223,28 @@ async fn one_key_through_nginx_caddy_verify_and_grpc_costs_one_upstream_call() {
         assert_eq!(answer.status(), 200);
     }
     assert_eq!(composio.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_proxy_leaves_no_worker_holding_its_port() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &[]);
+    let app = echo_app().await;
+    for (proxy, at_least) in [
+        (Proxy::nginx(server.addr, app), 2), // the master and its worker
+        (Proxy::caddy(server.addr, app), 1),
+    ] {
+        let answer = through(&proxy, "/orders", &[("x-api-key", ADMIN)]).await;
+        assert_eq!(answer.status(), 200, "{}", proxy.log());
+        drop(answer);
+        let (group, port) = (proxy.group(), proxy.port);
+        support::eventually("the proxy's processes", || {
+            alive_in_group(group).len() >= at_least
+        })
+        .await;
+        drop(proxy);
+        assert_eq!(alive_in_group(group), Vec::<u32>::new());
+        std::net::TcpListener::bind(("127.0.0.1", port))
+            .unwrap_or_else(|error| panic!("port {port} still held: {error}"));
+    }
 }

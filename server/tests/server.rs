@@ -319,23 +319,6 @@ fn help_never_prints_a_redis_url_from_the_environment() {
     assert!(!help.contains("hunter2"), "{help}");
 }
 
-#[test]
-fn the_readme_shows_the_recipes_the_tests_run() {
-    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
-    let readme = std::fs::read_to_string(dir.join("README.md")).unwrap();
-    for recipe in [
-        "recipes/nginx/composio-auth.conf",
-        "recipes/nginx/composio-auth-location.conf",
-        "recipes/caddy/Caddyfile",
-    ] {
-        let text = std::fs::read_to_string(dir.join(recipe)).unwrap();
-        assert!(
-            readme.contains(&text),
-            "server/README.md does not show {recipe} as it is"
-        );
-    }
-}
-
 #[tokio::test]
 async fn a_closed_stdout_never_stops_the_server() {
     let port = support::proxy::free_port();

@@ -1,8 +1,10 @@
 //! Real proxies for the recipe tests: nginx (and Caddy) processes on free
 //! loopback ports, with configurations built from the recipe files the README
-//! shows (`server/recipes/`), killed when dropped. `.ci/run` installs them.
+//! links (`server/recipes/`), stopped as each proxy expects when dropped, which
+//! fails the test if any of its processes survives. `.ci/run` installs them.
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +17,15 @@ use axum::{Json, Router};
 pub fn recipes() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("recipes")
 }
+
+/// The files of `recipes()` that `Proxy::nginx` runs.
+pub const NGINX_RECIPES: [&str; 2] = [
+    "nginx/composio-auth.conf",
+    "nginx/composio-auth-location.conf",
+];
+
+/// The file of `recipes()` that `Proxy::caddy` runs.
+pub const CADDY_RECIPE: &str = "caddy/Caddyfile";
 
 pub fn free_port() -> u16 {
     TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
@@ -74,12 +85,14 @@ impl Proxy {
     /// server at `auth`) and `app`.
     pub fn nginx(auth: SocketAddr, app: SocketAddr) -> Self {
         let nginx = installed("nginx", "nginx");
+        installed("kill", "procps"); // how `Drop` stops it
         let dir = scratch("nginx");
         let port = free_port();
-        for file in ["composio-auth.conf", "composio-auth-location.conf"] {
-            let recipe = std::fs::read_to_string(recipes().join("nginx").join(file)).unwrap();
+        for file in NGINX_RECIPES {
+            let recipe = std::fs::read_to_string(recipes().join(file)).unwrap();
             let recipe = recipe.replace("listen 8000;", &format!("listen 127.0.0.1:{port};"));
-            std::fs::write(dir.join(file), recipe).unwrap();
+            let name = Path::new(file).file_name().unwrap();
+            std::fs::write(dir.join(name), recipe).unwrap();
         }
         let d = dir.display();
         let conf = format!(
@@ -102,6 +115,9 @@ impl Proxy {
             .arg(dir.join("error.log"))
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
+            // Its own process group, which its workers inherit: what `Drop`
+            // waits for to be empty.
+            .process_group(0)
             .spawn()
             .expect("start nginx");
         wait_for_port(port, &mut child, "nginx", &dir.join("error.log"));
@@ -113,9 +129,10 @@ impl Proxy {
     /// state in a directory of its own.
     pub fn caddy(auth: SocketAddr, app: SocketAddr) -> Self {
         let caddy = installed("caddy", "caddy");
+        installed("kill", "procps");
         let dir = scratch("caddy");
         let port = free_port();
-        let recipe = std::fs::read_to_string(recipes().join("caddy").join("Caddyfile")).unwrap();
+        let recipe = std::fs::read_to_string(recipes().join(CADDY_RECIPE)).unwrap();
         let recipe = recipe
             .replace("127.0.0.1:8080", &auth.to_string())
             .replace("127.0.0.1:3000", &app.to_string())
@@ -131,6 +148,7 @@ impl Proxy {
             .env("XDG_CONFIG_HOME", &dir)
             .stdout(Stdio::null())
             .stderr(log)
+            .process_group(0)
             .spawn()
             .expect("start caddy");
         wait_for_port(port, &mut child, "caddy", &dir.join("error.log"));
@@ -147,12 +165,92 @@ impl Proxy {
     }
 }
 
+impl Proxy {
+    /// The proxy's process group: its master (whose pid it is) and every
+    /// process the master started.
+    pub fn group(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Stops the proxy as it expects: SIGTERM to its master (nginx's fast
+    /// shutdown: the master stops its workers, waits for them, then exits;
+    /// Caddy's graceful exit), then waits for the master to exit and for every
+    /// process of its group to be gone. Returns what was still alive after that
+    /// (then killed): a master that ignored SIGTERM for 10 s, workers that
+    /// outlived it by 5 s.
+    fn stop(&mut self) -> Vec<String> {
+        let mut survivors = Vec::new();
+        signal("TERM", &self.group().to_string());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while matches!(self.child.try_wait(), Ok(None)) {
+            if Instant::now() >= deadline {
+                survivors.push(format!("master {} (ignored SIGTERM)", self.group()));
+                signal("KILL", &format!("-{}", self.group()));
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !alive_in_group(self.group()).is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let left = alive_in_group(self.group());
+        if !left.is_empty() {
+            signal("KILL", &format!("-{}", self.group()));
+        }
+        survivors.extend(left.iter().map(|pid| format!("process {pid}")));
+        survivors
+    }
+}
+
 impl Drop for Proxy {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        let survivors = self.stop();
+        let log = self.log();
         let _ = std::fs::remove_dir_all(&self.dir);
+        // Not while a test is already failing: a second panic would abort.
+        if !survivors.is_empty() && !std::thread::panicking() {
+            panic!(
+                "the proxy on port {} left {survivors:?} running\n{log}",
+                self.port
+            );
+        }
     }
+}
+
+/// Sends SIG`name` to `target` (a pid, or `-pgid` for a whole group), with
+/// procps' `kill` (the tests forbid `unsafe`, so no `libc::kill`).
+fn signal(name: &str, target: &str) {
+    let _ = Command::new(installed("kill", "procps"))
+        .args(["-s", name, "--", target])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// The processes of process group `group` still alive (zombies left out: they
+/// hold no port and are their parent's to reap), read from /proc.
+pub fn alive_in_group(group: u32) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+                return false;
+            };
+            // "pid (comm) state ppid pgrp ...": comm may hold spaces and parens.
+            let fields: Vec<&str> = stat
+                .rsplit_once(')')
+                .map_or("", |(_, rest)| rest)
+                .split_whitespace()
+                .collect();
+            matches!(fields.as_slice(), [state, _ppid, pgrp, ..]
+                if *pgrp == group.to_string() && !matches!(*state, "Z" | "X"))
+        })
+        .collect()
 }
 
 /// The app behind the proxy: answers every request with the headers it
