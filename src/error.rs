@@ -5,8 +5,8 @@ use std::fmt;
 
 /// What went wrong: a configuration the layer cannot work with (from
 /// [`ComposioAuthBuilder::build`](crate::ComposioAuthBuilder::build) and the
-/// `RedisCache` constructors), whose message names the setting to fix; or a shared
-/// cache that could not be reached (from
+/// `RedisCache` constructors), whose message names the setting to fix; or a fleet's
+/// Redis that could not be reached (from
 /// [`invalidate`](crate::ComposioAuthLayer::invalidate)). The message never
 /// contains a key or a password.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +32,7 @@ impl Error {
         }
     }
 
-    /// Whether this is a shared cache that could not be reached (rather than a
+    /// Whether this is a fleet's Redis that could not be reached (rather than a
     /// configuration to fix).
     #[must_use]
     pub fn is_unreachable(&self) -> bool {

@@ -11,7 +11,6 @@ use tower_layer::Layer;
 use crate::adapters::tower::service::ComposioAuth;
 use crate::verifier::cache::{CachePolicy, CachedVerdicts, VerdictCache};
 use crate::verifier::credential::{AcceptedHeaders, CredentialHeader};
-use crate::verifier::decision::LayerState;
 use crate::verifier::fleet::Fleet;
 #[cfg(feature = "redis")]
 use crate::verifier::fleet::{FleetSettings, RedisCache};
@@ -19,6 +18,7 @@ use crate::verifier::instruments::Instruments;
 use crate::verifier::policy::{Policy, Predicate};
 use crate::verifier::rejection::Rejection;
 use crate::verifier::session::SessionInfo;
+use crate::verifier::state::LayerState;
 use crate::verifier::upstream::Upstream;
 use crate::verifier::verification::Verifications;
 use crate::{Error, TRACING_TARGET};
@@ -37,8 +37,8 @@ const MAX_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A tower [`Layer`] that lets a request through only with a Composio API key that
 /// Composio vouches for, and hands its [`SessionInfo`] to the inner service.
 ///
-/// Clones share one cache, one HTTP client and one concurrency budget, so build it
-/// once and clone it wherever it is needed.
+/// Clones share one cache, one HTTP client and one set of verification slots, so
+/// build it once and clone it wherever it is needed.
 ///
 /// ```no_run
 /// use axum::{routing::get, Extension, Router};
@@ -97,7 +97,7 @@ impl ComposioAuthLayer {
     /// verification in flight get its answer. Other keys are untouched: their
     /// entries and verifications stay.
     ///
-    /// With a shared cache (`ComposioAuthBuilder::shared_cache`), when it returns
+    /// With a fleet (`ComposioAuthBuilder::shared_cache`), when it returns
     /// `Ok`: the key's verdict is gone from Redis, no verification in flight on any
     /// replica can record it again, and the invalidation is on the fleet's stream.
     /// Every replica that is subscribed drops the key as soon as it reads the
@@ -108,7 +108,7 @@ impl ComposioAuthLayer {
     ///
     /// # Errors
     ///
-    /// Only with a shared cache, when Redis cannot be reached within its budget (or
+    /// Only with a fleet, when Redis cannot be reached within its time limit (or
     /// its circuit breaker is open): the key is then forgotten on this replica only,
     /// as above, and the other replicas keep their verdicts until their TTL. Call
     /// again to reach them.
@@ -134,7 +134,7 @@ impl ComposioAuthLayer {
 
     /// As [`invalidate`](Self::invalidate), for every key: when the returned future
     /// completes, no request is admitted on a verdict obtained before the call, and
-    /// every cached session has been released. With a shared cache, `Ok` means that
+    /// every cached session has been released. With a fleet, `Ok` means that
     /// no replica reads a verdict recorded in Redis before the call, and that every
     /// replica drops its local verdicts when it reads the message (as for
     /// `invalidate`).
@@ -155,7 +155,7 @@ impl ComposioAuthLayer {
 
     /// A layer that shares everything with this one (both cache tiers, the
     /// per-thread fronts, verifications in flight, the HTTP clients and the
-    /// concurrency budget, the shared cache, the metrics) and admits only sessions
+    /// verification slots, the fleet, the metrics) and admits only sessions
     /// that this layer admits **and** for which `predicate` holds; other valid
     /// sessions get 403 with the envelope of [`require`](ComposioAuthBuilder::require)
     /// (code 10403), and stay cached. `a.require(p).require(q)` needs both;
@@ -188,7 +188,7 @@ impl ComposioAuthLayer {
     }
 
     /// The layer's whole path for one request's headers, without a request or a
-    /// tower service: the same credential rules, cache, coalescing, shared cache,
+    /// tower service: the same credential rules, cache, coalescing, fleet,
     /// policy and metrics, and the same verdicts. `Ok` with the session where the
     /// layer would admit the request; else the [`Rejection`] it would answer with
     /// (for HTTP).
@@ -255,24 +255,8 @@ impl fmt::Debug for ComposioAuthLayer {
     }
 }
 
-/// Configures a [`ComposioAuthLayer`].
-///
-/// | setter | default |
-/// |---|---|
-/// | [`base_url`](Self::base_url) | `COMPOSIO_BASE_URL`, else [`DEFAULT_BASE_URL`] |
-/// | [`session_path`](Self::session_path) | [`DEFAULT_SESSION_PATH`] |
-/// | [`session_path_for`](Self::session_path_for) | `session_path`, for every header |
-/// | [`ttl`](Self::ttl) | 60 s |
-/// | [`negative_ttl`](Self::negative_ttl) | 10 s |
-/// | [`stale_if_error`](Self::stale_if_error) | off |
-/// | [`timeout`](Self::timeout) | 5 s |
-/// | [`max_capacity`](Self::max_capacity) | 10,000 sessions |
-/// | [`negative_max_capacity`](Self::negative_max_capacity) | 10,000 rejections |
-/// | [`max_concurrent_verifications`](Self::max_concurrent_verifications) | 64 |
-/// | [`refresh_ahead`](Self::refresh_ahead) | on (at 80% of `ttl`) |
-/// | [`credential_headers`](Self::credential_headers) | `x-api-key` |
-/// | [`hide_credential`](Self::hide_credential) | off |
-/// | [`require`](Self::require) | every valid session |
+/// Configures a [`ComposioAuthLayer`]. Every setting and its default:
+/// [`guide::configuration`](crate::guide::configuration).
 ///
 /// # Runtime
 ///
@@ -314,7 +298,7 @@ impl Default for ComposioAuthBuilder {
 }
 
 impl ComposioAuthBuilder {
-    /// A builder with the defaults in the table above.
+    /// A builder with the defaults of [`guide::configuration`](crate::guide::configuration).
     pub fn new() -> Self {
         Self {
             base_url: None,
@@ -339,7 +323,7 @@ impl ComposioAuthBuilder {
     /// Shares verdicts and invalidations with the other replicas of this service
     /// through Redis (feature `redis`): one upstream call per key per TTL for the
     /// whole fleet, and [`invalidate`](ComposioAuthLayer::invalidate) reaches every
-    /// replica. See [`RedisCache`] and the README, "Running several replicas".
+    /// replica. See [`RedisCache`] and [`guide::replicas`](crate::guide::replicas).
     /// Replicas sharing a Redis should share their TTL settings too.
     #[cfg(feature = "redis")]
     pub fn shared_cache(mut self, cache: RedisCache) -> Self {
@@ -417,7 +401,7 @@ impl ComposioAuthBuilder {
         self
     }
 
-    /// Most rejections cached at once (a budget separate from valid sessions, so a
+    /// Most rejections cached at once (a capacity separate from valid sessions, so a
     /// flood of bad keys never evicts a good one).
     pub fn negative_max_capacity(mut self, rejections: u64) -> Self {
         self.negative_max_capacity = rejections;
@@ -501,7 +485,7 @@ impl ComposioAuthBuilder {
     /// path does not start with `/`; when `ttl` or `timeout` is zero; when a duration
     /// exceeds a year; when a capacity or `max_concurrent_verifications` is zero;
     /// when no credential header is accepted; when the HTTP client cannot be built;
-    /// or, with a shared cache (feature `redis`), when its prefix, budget,
+    /// or, with a fleet (feature `redis`), when its prefix, budget,
     /// `lease_wait` or root certificate is unusable. The message says which setting
     /// to fix.
     pub fn build(self) -> Result<ComposioAuthLayer, Error> {
@@ -608,14 +592,14 @@ impl ComposioAuthBuilder {
     #[cfg(feature = "redis")]
     fn fleet(&self, base_url: &str, lives: CachePolicy) -> Option<Arc<Fleet>> {
         let cache = self.shared_cache.as_ref()?;
-        // The fleet's handles are the layer's, with the shared tier's registered.
+        // The fleet's handles are the layer's, with the fleet's own registered.
         let instruments = Arc::new(Instruments::new(true));
         Some(Arc::new(Fleet::new(FleetSettings {
             instruments,
             servers: cache.servers.clone(),
             pepper: cache.pepper.as_ref().into(),
             prefix: cache.prefix.clone(),
-            budget: cache.budget,
+            time_limit: cache.time_limit,
             wait: cache.wait.unwrap_or(self.timeout / 2).min(self.timeout),
             base_url: base_url.to_owned(),
             lives,

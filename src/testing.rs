@@ -56,6 +56,40 @@ use tokio::task::JoinHandle;
 
 use crate::verifier::credential::CredentialHeader;
 
+/// Pause points: named places in the layer where a test can hold a thread, or count
+/// how often a request got there.
+///
+/// Each is the value of the `pause_point` field of the `tracing` event (target
+/// `composio_auth`) emitted at that place: a test's subscriber matches that field,
+/// never the event's message, which may be reworded.
+///
+/// ```
+/// use composio_auth::testing::pause_point;
+/// use tracing::field::{Field, Visit};
+///
+/// /// An event's pause point: in a `tracing_subscriber::Layer`'s `on_event`,
+/// /// `event.record(&mut point)`, then compare it with a constant.
+/// #[derive(Default)]
+/// struct Point(Option<String>);
+///
+/// impl Visit for Point {
+///     fn record_str(&mut self, field: &Field, value: &str) {
+///         if field.name() == "pause_point" {
+///             self.0 = Some(value.to_owned());
+///         }
+///     }
+///     fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+/// }
+///
+/// fn is_cache_miss(point: &Point) -> bool {
+///     point.0.as_deref() == Some(pause_point::CACHE_MISS)
+/// }
+/// assert!(!is_cache_miss(&Point::default()));
+/// ```
+pub mod pause_point {
+    pub use crate::verifier::pause_point::*;
+}
+
 /// What the stand-in answers for a key.
 #[derive(Clone)]
 #[non_exhaustive]

@@ -34,7 +34,7 @@ use crate::ComposioAuthLayer;
 ///
 /// Build the layer once, outside `HttpServer::new`'s closure, and clone it in:
 /// the closure runs once per worker, and a layer built inside it is one cache,
-/// one upstream budget and one verification thread per worker.
+/// one set of verification slots and one verification thread per worker.
 #[cfg_attr(docsrs, doc(cfg(feature = "actix-web")))]
 impl<S, B> Transform<S, ServiceRequest> for ComposioAuthLayer
 where
@@ -96,17 +96,17 @@ where
             request.extensions_mut().insert(session);
             request
         };
-        let state = match decided {
+        let stage = match decided {
             // A hit: the inner service is called now, nothing is boxed.
-            Decided::Now(Ok(session)) => State::Called {
+            Decided::Now(Ok(session)) => ActixStage::Called {
                 inner: self.service.call(admit(request, session)),
             },
-            Decided::Now(Err(rejection)) => State::Answered {
+            Decided::Now(Err(rejection)) => ActixStage::Answered {
                 response: Some(reject(request, &rejection)),
             },
             Decided::Later(verdict) => {
                 let service = Rc::clone(&self.service);
-                State::Waiting {
+                ActixStage::Waiting {
                     verdict: Box::pin(async move {
                         match verdict.await {
                             Ok(session) => {
@@ -119,7 +119,7 @@ where
                 }
             }
         };
-        ActixResponseFuture { state }
+        ActixResponseFuture { stage }
     }
 }
 
@@ -128,13 +128,14 @@ pin_project_lite::pin_project! {
     /// hit), the rejection, or the wait for a verification.
     pub struct ActixResponseFuture<S: Service<ServiceRequest>, B> {
         #[pin]
-        state: State<S, B>,
+        stage: ActixStage<S, B>,
     }
 }
 
 pin_project_lite::pin_project! {
-    #[project = StateProjection]
-    enum State<S: Service<ServiceRequest>, B> {
+    /// Where the actix response future stands.
+    #[project = ActixStageProjection]
+    enum ActixStage<S: Service<ServiceRequest>, B> {
         Called { #[pin] inner: S::Future },
         Answered { response: Option<ServiceResponse<EitherBody<B>>> },
         Waiting { verdict: LocalBoxFuture<Result<ServiceResponse<EitherBody<B>>, actix_web::Error>> },
@@ -151,15 +152,15 @@ where
     type Output = Result<ServiceResponse<EitherBody<B>>, actix_web::Error>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().state.project() {
-            StateProjection::Called { inner } => inner
+        match self.project().stage.project() {
+            ActixStageProjection::Called { inner } => inner
                 .poll(cx)
                 .map(|answer| answer.map(ServiceResponse::map_into_left_body)),
-            StateProjection::Answered { response } => match response.take() {
+            ActixStageProjection::Answered { response } => match response.take() {
                 Some(response) => Poll::Ready(Ok(response)),
                 None => panic!("ActixResponseFuture polled after it completed"),
             },
-            StateProjection::Waiting { verdict } => verdict.as_mut().poll(cx),
+            ActixStageProjection::Waiting { verdict } => verdict.as_mut().poll(cx),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The verdict cache: what the layer remembers about keys it has seen.
 //!
-//! - Two moka tiers with budgets of their own: valid sessions (`ttl`, plus the
+//! - Two moka tiers with capacities of their own: valid sessions (`ttl`, plus the
 //!   `stale_if_error` window) and rejections (`negative_ttl`), so a flood of bad keys
 //!   can never evict a valid session.
 //! - Keyed by a keyed 128-bit digest of the base URL, the credential header and the
@@ -96,11 +96,11 @@ pub struct CachedVerdicts {
     pub rejections: u64,
 }
 
-/// What the cache knows about a digest.
+/// What the cache finds for a digest.
 #[derive(Debug)]
 pub(crate) enum Lookup {
     /// A verdict to answer with.
-    Known(Known),
+    Hit(Cached),
     /// Nothing usable: verify. `stale` is a session past `ttl` but inside the
     /// `stale_if_error` window, to serve if the verification is undecided.
     Miss { stale: Option<Stale> },
@@ -108,7 +108,7 @@ pub(crate) enum Lookup {
 
 /// A cached verdict.
 #[derive(Debug)]
-pub(crate) enum Known {
+pub(crate) enum Cached {
     /// A valid session younger than `ttl`. `refresh` is set for the one request that
     /// should start a refresh-ahead.
     Fresh { session: SessionInfo, refresh: bool },
@@ -177,10 +177,10 @@ impl Revocations {
     }
 }
 
-/// A rejection and when the call that produced it was sent.
+/// A rejected verdict's refusal, and when the call that produced it was sent.
 #[derive(Clone)]
 struct CachedRejection {
-    rejection: Arc<Refusal>,
+    refusal: Arc<Refusal>,
     sent_at: Instant,
 }
 
@@ -260,7 +260,7 @@ impl VerdictCache {
         let mark = self.revocations.mark(digest);
         let now = Instant::now();
         match front::get(self.id, digest, mark, now) {
-            Some(session) => Lookup::Known(Known::Fresh {
+            Some(session) => Lookup::Hit(Cached::Fresh {
                 session,
                 refresh: false,
             }),
@@ -276,14 +276,14 @@ impl VerdictCache {
                 Age::Fresh => {
                     let fresh_until = session.verified() + self.fresh_for;
                     front::offer(self.id, *digest, mark, now, fresh_until, &session);
-                    Lookup::Known(Known::Fresh {
+                    Lookup::Hit(Cached::Fresh {
                         session,
                         refresh: false,
                     })
                 }
                 Age::RefreshDue => {
                     let refresh = session.claim_refresh();
-                    Lookup::Known(Known::Fresh { session, refresh })
+                    Lookup::Hit(Cached::Fresh { session, refresh })
                 }
                 // moka keeps sessions `ttl + stale_if_error`: this one is usable stale.
                 Age::Expired => {
@@ -300,7 +300,7 @@ impl VerdictCache {
             };
         }
         if let Some(cached) = self.rejections.get(digest) {
-            return Lookup::Known(Known::Rejected(cached.rejection));
+            return Lookup::Hit(Cached::Rejected(cached.refusal));
         }
         Lookup::Miss { stale: None }
     }
@@ -314,11 +314,11 @@ impl VerdictCache {
                 self.rejections.invalidate(digest);
                 self.sessions.insert(*digest, session.clone());
             }
-            Verdict::Rejected(rejection) => {
+            Verdict::Rejected(refusal) => {
                 self.remove_session(digest);
                 if !self.policy.negative_ttl.is_zero() {
                     let cached = CachedRejection {
-                        rejection: Arc::clone(rejection),
+                        refusal: Arc::clone(refusal),
                         sent_at,
                     };
                     self.rejections.insert(*digest, cached);
@@ -492,7 +492,7 @@ mod tests {
     }
 
     fn is_fresh(lookup: Lookup, session: &SessionInfo) -> bool {
-        matches!(lookup, Lookup::Known(Known::Fresh { session: s, .. }) if s.same_entry(session))
+        matches!(lookup, Lookup::Hit(Cached::Fresh { session: s, .. }) if s.same_entry(session))
     }
 
     fn is_miss(lookup: Lookup) -> bool {
@@ -510,7 +510,7 @@ mod tests {
         assert!(is_fresh(cache.lookup(&digest(1)), &session));
         assert!(matches!(
             cache.lookup(&digest(2)),
-            Lookup::Known(Known::Rejected(_))
+            Lookup::Hit(Cached::Rejected(_))
         ));
         assert!(is_miss(cache.lookup(&digest(3))));
     }
@@ -525,7 +525,7 @@ mod tests {
         assert!(cache.revocations.mark(&digest(1)) > mark);
         assert!(matches!(
             cache.lookup(&digest(1)),
-            Lookup::Known(Known::Rejected(_))
+            Lookup::Hit(Cached::Rejected(_))
         ));
         let next = SessionInfo::new(document());
         cache.settle(&digest(1), &allowed(&next), Instant::now());
@@ -568,11 +568,11 @@ mod tests {
         session.grow_to(Age::RefreshDue);
         assert!(matches!(
             cache.lookup(&digest(1)),
-            Lookup::Known(Known::Fresh { refresh: true, .. })
+            Lookup::Hit(Cached::Fresh { refresh: true, .. })
         ));
         assert!(matches!(
             cache.lookup(&digest(1)),
-            Lookup::Known(Known::Fresh { refresh: false, .. })
+            Lookup::Hit(Cached::Fresh { refresh: false, .. })
         ));
         session.grow_to(Age::Expired);
         let Lookup::Miss { stale: Some(stale) } = cache.lookup(&digest(1)) else {
@@ -629,7 +629,7 @@ mod tests {
         cache.settle(&digest(2), &allowed(&aged), Instant::now());
         assert!(matches!(
             cache.lookup(&digest(2)),
-            Lookup::Known(Known::Fresh { refresh: true, .. })
+            Lookup::Hit(Cached::Fresh { refresh: true, .. })
         ));
         // A rejection from a call sent `negative_ttl` ago is not kept either.
         cache.settle(

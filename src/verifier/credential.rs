@@ -163,7 +163,8 @@ pub(crate) enum CredentialError {
 }
 
 impl CredentialError {
-    pub(crate) fn rejection(self, accepted: AcceptedHeaders) -> Refusal {
+    /// The refusal of a request whose credential is in error.
+    pub(crate) fn refusal(self, accepted: AcceptedHeaders) -> Refusal {
         match self {
             Self::Missing => Refusal::no_credential(&accepted.names()),
             Self::NotAccepted(header) => {

@@ -10,30 +10,19 @@ use std::sync::Arc;
 
 use http::HeaderMap;
 
-use crate::verifier::cache::{age_ms, Known, Lookup, Stale, VerdictCache};
-use crate::verifier::credential::{self, AcceptedHeaders, CredentialError, CredentialHeader};
+use crate::verifier::cache::{age_ms, Cached, Lookup, Stale};
+use crate::verifier::credential::{self, CredentialError, CredentialHeader};
 use crate::verifier::digest::Digest;
 use crate::verifier::envelope::Refusal;
 use crate::verifier::headers::RequestHeaders;
-use crate::verifier::instruments::{self, Answer, Instruments};
+use crate::verifier::instruments::{CacheResult, Outcome};
 use crate::verifier::policy::Policy;
 use crate::verifier::rejection::{Rejection, RequestId};
 use crate::verifier::session::{Age, SessionInfo};
+use crate::verifier::state::LayerState;
 use crate::verifier::upstream::Verdict;
-use crate::verifier::verification::{Joined, Verification, Verifications};
+use crate::verifier::verification::{Joined, Verification};
 use crate::TRACING_TARGET;
-
-/// What every layer made from one builder shares (through `require` too), and
-/// every service and `verify` call of those layers.
-pub(crate) struct LayerState {
-    pub(crate) accepted: AcceptedHeaders,
-    /// Remove the credential header before the inner service sees the request.
-    pub(crate) hide_credential: bool,
-    pub(crate) base_url: String,
-    pub(crate) cache: Arc<VerdictCache>,
-    pub(crate) verifications: Verifications,
-    pub(crate) instruments: Arc<Instruments>,
-}
 
 /// A refusal made for this request, or one shared from the cache or a flight.
 pub(crate) enum Refused {
@@ -65,9 +54,10 @@ pub(crate) enum Step {
     },
 }
 
-/// What a verification's verdict makes of a waiting request.
-pub(crate) enum Outcome {
-    Admit(SessionInfo, Answer),
+/// What the cache or a verification's verdict makes of a request, before the
+/// policy: admit it (counted as `Outcome`), or refuse it.
+pub(crate) enum Resolution {
+    Admit(SessionInfo, Outcome),
     Refuse(Refused),
 }
 
@@ -83,19 +73,19 @@ impl LayerState {
         digest: Digest,
         headers: &impl RequestHeaders,
     ) -> Step {
-        let known = match self.cache.lookup(&digest) {
-            Lookup::Known(known) => {
-                self.instruments.looked_up(match known {
-                    Known::Fresh { .. } => instruments::Lookup::Hit,
-                    Known::Rejected(_) => instruments::Lookup::NegativeHit,
+        let cached = match self.cache.lookup(&digest) {
+            Lookup::Hit(cached) => {
+                self.instruments.looked_up(match cached {
+                    Cached::Fresh { .. } => CacheResult::Hit,
+                    Cached::Rejected(_) => CacheResult::NegativeHit,
                 });
-                known
+                cached
             }
             Lookup::Miss { stale } => {
-                tracing::debug!(target: TRACING_TARGET, stale = stale.is_some(), "cache miss");
-                self.instruments.looked_up(instruments::Lookup::Miss);
+                tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::CACHE_MISS, stale = stale.is_some(), "cache miss");
+                self.instruments.looked_up(CacheResult::Miss);
                 let Some(key) = credential::key_in(headers, header) else {
-                    let missing = CredentialError::Missing.rejection(self.accepted);
+                    let missing = CredentialError::Missing.refusal(self.accepted);
                     return Step::Refuse(Refused::Made(missing));
                 };
                 let verified_as = header.verified_as();
@@ -106,13 +96,13 @@ impl LayerState {
                             stale,
                         }
                     }
-                    Joined::Known(known) => known,
+                    Joined::Cached(cached) => cached,
                     Joined::CannotRun(refusal) => return Step::Refuse(Refused::Made(refusal)),
                 }
             }
         };
-        match known {
-            Known::Fresh { session, refresh } => {
+        match cached {
+            Cached::Fresh { session, refresh } => {
                 tracing::trace!(target: TRACING_TARGET, "cache hit");
                 if refresh {
                     if let Some(key) = credential::key_in(headers, header) {
@@ -123,7 +113,7 @@ impl LayerState {
                 }
                 Step::Admit(session)
             }
-            Known::Rejected(refusal) => {
+            Cached::Rejected(refusal) => {
                 tracing::trace!(target: TRACING_TARGET, status = refusal.status().as_u16(), "cached rejection");
                 Step::Refuse(Refused::Shared(refusal))
             }
@@ -131,22 +121,22 @@ impl LayerState {
     }
 }
 
-impl Outcome {
+impl Resolution {
     /// What `verdict` makes of a request that waited for it with `stale` as its
     /// fallback.
     pub(crate) fn of(verdict: Verdict, stale: Option<Stale>) -> Self {
         match verdict {
-            // A session past its TTL that a flight hands out: the shared tier's
+            // A session past its TTL that a flight hands out: the fleet's
             // fallback while Composio is undecided, served as a stale one.
             Verdict::Allowed(session) if session.age() == Age::Expired => {
                 tracing::warn!(
                     target: TRACING_TARGET,
                     age_ms = age_ms(&session),
-                    "Composio undecided; serving a stale session from the shared cache"
+                    "Composio undecided; serving a stale session from the fleet"
                 );
-                Self::Admit(session, Answer::Stale)
+                Self::Admit(session, Outcome::Stale)
             }
-            Verdict::Allowed(session) => Self::Admit(session, Answer::Allowed),
+            Verdict::Allowed(session) => Self::Admit(session, Outcome::Allowed),
             Verdict::Rejected(refusal) => Self::Refuse(Refused::Shared(refusal)),
             Verdict::Undecided(refusal) => match stale.and_then(Stale::usable) {
                 Some(session) => {
@@ -156,7 +146,7 @@ impl Outcome {
                         reason = ?refusal.body().errors,
                         "Composio undecided; serving a stale session"
                     );
-                    Self::Admit(session, Answer::Stale)
+                    Self::Admit(session, Outcome::Stale)
                 }
                 None => Self::Refuse(Refused::Shared(refusal)),
             },
@@ -208,13 +198,13 @@ pub(crate) fn decide(
             tracing::debug!(target: TRACING_TARGET, ?error, "no usable credential");
             (
                 None,
-                Step::Refuse(Refused::Made(error.rejection(state.accepted))),
+                Step::Refuse(Refused::Made(error.refusal(state.accepted))),
             )
         }
     };
-    let outcome = match step {
-        Step::Admit(session) => Outcome::Admit(session, Answer::Allowed),
-        Step::Refuse(refused) => Outcome::Refuse(refused),
+    let resolution = match step {
+        Step::Admit(session) => Resolution::Admit(session, Outcome::Allowed),
+        Step::Refuse(refused) => Resolution::Refuse(refused),
         Step::Wait {
             verification,
             stale,
@@ -223,29 +213,29 @@ pub(crate) fn decide(
             let request_id = RequestId::of(headers);
             let policy = Arc::clone(policy);
             let verdict = async move {
-                let outcome = Outcome::of(verification.await, stale);
-                judge(&policy, outcome, || request_id)
+                let resolution = Resolution::of(verification.await, stale);
+                judge(&policy, resolution, || request_id)
             };
             return (carrier, Decided::Later(verdict));
         }
     };
-    let verdict = judge(policy, outcome, || RequestId::of(headers));
+    let verdict = judge(policy, resolution, || RequestId::of(headers));
     (carrier, Decided::Now(verdict))
 }
 
-/// What the policy makes of `outcome`, counted and, when refused, rendered (with
-/// the request's id, read only then).
+/// What the policy makes of `resolution`, counted and, when refused, rendered
+/// (with the request's id, read only then).
 fn judge(
     policy: &Policy,
-    outcome: Outcome,
+    resolution: Resolution,
     request_id: impl FnOnce() -> RequestId,
 ) -> Result<SessionInfo, Rejection> {
-    let refused = match outcome {
-        Outcome::Admit(session, answer) => match policy.admits(&session, answer) {
+    let refused = match resolution {
+        Resolution::Admit(session, outcome) => match policy.admits(&session, outcome) {
             None => return Ok(session),
             Some(forbidden) => Refused::Made(forbidden.clone()),
         },
-        Outcome::Refuse(refused) => refused,
+        Resolution::Refuse(refused) => refused,
     };
     policy.refused(&refused);
     Err(Rejection::new(&refused, &request_id(), policy.challenge()))

@@ -21,7 +21,7 @@
 //! which no guessing reaches (and such a reader sees the sessions anyway). What the
 //! cache never holds is the key itself.
 //!
-//! With a shared Redis tier (feature `redis`), `k` is derived from the fleet's
+//! With a fleet (feature `redis`), `k` is derived from the fleet's
 //! pepper with HKDF instead (`fleet/seal.rs`): every replica then computes the same
 //! digest for a key, so an invalidation message can name the local entry to drop.
 //! Such a digest still never reaches Redis in the clear (messages carry it sealed),

@@ -1,33 +1,20 @@
-//! The layer's metrics (feature `metrics`), through the [`metrics`](::metrics) facade:
+//! The layer's metrics (feature `metrics`), through the [`metrics`] facade:
 //! whatever recorder the application installed (e.g. `metrics-exporter-prometheus`)
 //! receives them. Handles are registered once, when the layer is built, so a request
 //! only bumps atomics: install the recorder before building the layer.
 //!
-//! | name | type | labels | meaning |
-//! |---|---|---|---|
-//! | `composio_auth_requests_total` | counter | `result`: `allowed`, `stale`, `unauthorized`, `forbidden`, `unavailable` | every request through the layer, by its answer |
-//! | `composio_auth_cache_total` | counter | `result`: `hit`, `negative_hit`, `miss` | lookups of requests that carried a usable key |
-//! | `composio_auth_upstream_calls_total` | counter | `outcome`: `allowed`, `rejected`, `undecided` | verifications by their verdict |
-//! | `composio_auth_upstream_duration_seconds` | histogram | | from sending the upstream request to its verdict |
-//! | `composio_auth_upstream_in_flight` | gauge | | upstream calls in progress |
-//! | `composio_auth_cache_entries` | gauge | `tier`: `sessions`, `rejections` | entries held, updated as verdicts are cached or invalidated |
-//!
-//! With a shared cache (feature `redis`), also:
-//!
-//! | name | type | labels | meaning |
-//! |---|---|---|---|
-//! | `composio_auth_shared_total` | counter | `result`: `adopted`, `verified`, `alone` | local misses, by what the fleet gave: a verdict another replica recorded; the lease (this replica asked Composio for the fleet); nothing (Redis unusable, or another replica's lease held too long) |
-//! | `composio_auth_shared_invalidations_total` | counter | `direction`: `sent`, `received` | invalidations published by this replica, and read from the stream (its own included) |
-//! | `composio_auth_shared_subscribed` | gauge | | 1 while the replica is subscribed to the fleet's invalidations (it shares only then), else 0 |
-//!
-//! Without the feature every method here is empty and inlined away.
+//! The metrics and their labels: the crate's `guide::metrics`. Without the feature
+//! every method here is empty and inlined away.
+
+use std::time::Instant;
 
 use crate::verifier::cache::CachedVerdicts;
 use crate::verifier::upstream::Verdict;
 
-/// How a request was answered.
+/// How a request was answered: the `result` label of
+/// `composio_auth_requests_total`.
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Answer {
+pub(crate) enum Outcome {
     Allowed,
     Stale,
     Unauthorized,
@@ -35,8 +22,8 @@ pub(crate) enum Answer {
     Unavailable,
 }
 
-impl Answer {
-    /// The answer a rejection with this status is.
+impl Outcome {
+    /// The outcome of a rejection with this status.
     pub(crate) fn of_status(status: http::StatusCode) -> Self {
         match status {
             http::StatusCode::UNAUTHORIZED => Self::Unauthorized,
@@ -46,16 +33,26 @@ impl Answer {
     }
 }
 
-/// What consulting the shared tier gave a local miss.
+/// What a request's lookup found: the `result` label of `composio_auth_cache_total`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum CacheResult {
+    Hit,
+    NegativeHit,
+    Miss,
+}
+
+/// What the fleet gave a local miss: the `result` label of
+/// `composio_auth_shared_total`.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 #[derive(Clone, Copy, Debug)]
-pub(crate) enum Shared {
+pub(crate) enum FleetResult {
     Adopted,
     Verified,
     Alone,
 }
 
-/// Which way an invalidation went through the fleet's stream.
+/// Which way an invalidation went through the fleet's stream: the `direction`
+/// label of `composio_auth_shared_invalidations_total`.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 #[derive(Clone, Copy, Debug)]
 pub(crate) enum Direction {
@@ -63,54 +60,140 @@ pub(crate) enum Direction {
     Received,
 }
 
-/// What a request's lookup found.
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Lookup {
-    Hit,
-    NegativeHit,
-    Miss,
+/// The layer's metric handles (none without the feature `metrics`).
+pub(crate) struct Instruments {
+    #[cfg(feature = "metrics")]
+    handles: handles::LayerHandles,
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
+impl Instruments {
+    /// The handles of a layer; `fleet`: with a fleet.
+    pub(crate) fn new(fleet: bool) -> Self {
+        #[cfg(not(feature = "metrics"))]
+        let _ = fleet;
+        Self {
+            #[cfg(feature = "metrics")]
+            handles: handles::LayerHandles::new(fleet),
+        }
+    }
+
+    #[inline]
+    pub(crate) fn fleet_result(&self, result: FleetResult) {
+        #[cfg(feature = "metrics")]
+        if let Some(fleet) = &self.handles.fleet {
+            fleet.results[result as usize].increment(1);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = result;
+    }
+
+    #[inline]
+    pub(crate) fn invalidation(&self, direction: Direction) {
+        #[cfg(feature = "metrics")]
+        if let Some(fleet) = &self.handles.fleet {
+            fleet.invalidations[direction as usize].increment(1);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = direction;
+    }
+
+    #[inline]
+    pub(crate) fn subscribed(&self, subscribed: bool) {
+        #[cfg(feature = "metrics")]
+        if let Some(fleet) = &self.handles.fleet {
+            fleet.subscribed.set(f64::from(u8::from(subscribed)));
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = subscribed;
+    }
+
+    #[inline]
+    pub(crate) fn answered(&self, outcome: Outcome) {
+        #[cfg(feature = "metrics")]
+        self.handles.requests[outcome as usize].increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = outcome;
+    }
+
+    #[inline]
+    pub(crate) fn looked_up(&self, result: CacheResult) {
+        #[cfg(feature = "metrics")]
+        self.handles.cache[result as usize].increment(1);
+        #[cfg(not(feature = "metrics"))]
+        let _ = result;
+    }
+
+    #[inline]
+    pub(crate) fn call_started(&self) {
+        #[cfg(feature = "metrics")]
+        self.handles.in_flight.increment(1.0);
+    }
+
+    #[inline]
+    pub(crate) fn call_ended(&self, verdict: &Verdict, sent_at: Instant) {
+        #[cfg(feature = "metrics")]
+        {
+            self.handles.in_flight.decrement(1.0);
+            let kind = match verdict {
+                Verdict::Allowed(_) => 0,
+                Verdict::Rejected(_) => 1,
+                Verdict::Undecided(_) => 2,
+            };
+            self.handles.upstream[kind].increment(1);
+            self.handles
+                .duration
+                .record(sent_at.elapsed().as_secs_f64());
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (verdict, sent_at);
+    }
+
+    /// Sets the entry gauges from `counts` (called only with the feature on: it
+    /// runs the cache's pending maintenance).
+    #[inline]
+    pub(crate) fn entries(&self, counts: impl FnOnce() -> CachedVerdicts) {
+        #[cfg(feature = "metrics")]
+        {
+            let counts = counts();
+            self.handles.entries[0].set(counts.sessions as f64);
+            self.handles.entries[1].set(counts.rejections as f64);
+        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = counts;
+    }
+}
+
+/// The handles themselves, registered with the application's recorder.
 #[cfg(feature = "metrics")]
-pub(crate) use enabled::Instruments;
-
-#[cfg(not(feature = "metrics"))]
-pub(crate) use disabled::Instruments;
-
-#[cfg(feature = "metrics")]
-mod enabled {
-    use std::time::Instant;
-
+mod handles {
     use metrics::{counter, gauge, histogram, Counter, Gauge, Histogram};
 
-    use super::{Answer, CachedVerdicts, Direction, Lookup, Shared, Verdict};
-
-    /// The layer's metric handles.
-    pub(crate) struct Instruments {
-        requests: [Counter; 5],
-        cache: [Counter; 3],
-        upstream: [Counter; 3],
-        duration: Histogram,
-        in_flight: Gauge,
-        entries: [Gauge; 2],
+    /// Every handle of a layer, indexed by label (the enums' order).
+    pub(super) struct LayerHandles {
+        pub(super) requests: [Counter; 5],
+        pub(super) cache: [Counter; 3],
+        pub(super) upstream: [Counter; 3],
+        pub(super) duration: Histogram,
+        pub(super) in_flight: Gauge,
+        pub(super) entries: [Gauge; 2],
         #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-        fleet: Option<Fleet>,
+        pub(super) fleet: Option<FleetHandles>,
     }
 
-    /// The shared tier's handles, registered only for a layer with one.
+    /// The fleet's handles, registered only for a layer with one.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    struct Fleet {
-        shared: [Counter; 3],
-        invalidations: [Counter; 2],
-        subscribed: Gauge,
+    pub(super) struct FleetHandles {
+        pub(super) results: [Counter; 3],
+        pub(super) invalidations: [Counter; 2],
+        pub(super) subscribed: Gauge,
     }
 
-    impl Instruments {
-        /// The handles of a layer; `shared`: with a shared cache.
-        pub(crate) fn new(shared: bool) -> Self {
-            let fleet = shared.then(|| {
-                Fleet {
-                shared: ["adopted", "verified", "alone"]
+    impl LayerHandles {
+        pub(super) fn new(fleet: bool) -> Self {
+            let fleet = fleet.then(|| {
+                FleetHandles {
+                results: ["adopted", "verified", "alone"]
                     .map(|result| counter!("composio_auth_shared_total", "result" => result)),
                 invalidations: ["sent", "received"].map(|direction| {
                     counter!("composio_auth_shared_invalidations_total", "direction" => direction)
@@ -143,98 +226,5 @@ mod enabled {
                 fleet,
             }
         }
-
-        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-        pub(crate) fn shared(&self, result: Shared) {
-            if let Some(fleet) = &self.fleet {
-                fleet.shared[result as usize].increment(1);
-            }
-        }
-
-        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-        pub(crate) fn invalidation(&self, direction: Direction) {
-            if let Some(fleet) = &self.fleet {
-                fleet.invalidations[direction as usize].increment(1);
-            }
-        }
-
-        #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-        pub(crate) fn subscribed(&self, subscribed: bool) {
-            if let Some(fleet) = &self.fleet {
-                fleet.subscribed.set(f64::from(u8::from(subscribed)));
-            }
-        }
-
-        pub(crate) fn answered(&self, answer: Answer) {
-            self.requests[answer as usize].increment(1);
-        }
-
-        pub(crate) fn looked_up(&self, lookup: Lookup) {
-            self.cache[lookup as usize].increment(1);
-        }
-
-        pub(crate) fn call_started(&self) {
-            self.in_flight.increment(1.0);
-        }
-
-        pub(crate) fn call_ended(&self, verdict: &Verdict, sent_at: Instant) {
-            self.in_flight.decrement(1.0);
-            let outcome = match verdict {
-                Verdict::Allowed(_) => 0,
-                Verdict::Rejected(_) => 1,
-                Verdict::Undecided(_) => 2,
-            };
-            self.upstream[outcome].increment(1);
-            self.duration.record(sent_at.elapsed().as_secs_f64());
-        }
-
-        /// Sets the entry gauges from `counts` (called only with the feature on: it
-        /// runs the cache's pending maintenance).
-        pub(crate) fn entries(&self, counts: impl FnOnce() -> CachedVerdicts) {
-            let counts = counts();
-            self.entries[0].set(counts.sessions as f64);
-            self.entries[1].set(counts.rejections as f64);
-        }
-    }
-}
-
-#[cfg(not(feature = "metrics"))]
-mod disabled {
-    use std::time::Instant;
-
-    use super::{Answer, CachedVerdicts, Direction, Lookup, Shared, Verdict};
-
-    /// No metrics: every method is empty.
-    pub(crate) struct Instruments;
-
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-    impl Instruments {
-        pub(crate) fn new(_: bool) -> Self {
-            Self
-        }
-
-        #[inline(always)]
-        pub(crate) fn shared(&self, _: Shared) {}
-
-        #[inline(always)]
-        pub(crate) fn invalidation(&self, _: Direction) {}
-
-        #[inline(always)]
-        pub(crate) fn subscribed(&self, _: bool) {}
-
-        #[inline(always)]
-        pub(crate) fn answered(&self, _: Answer) {}
-
-        #[inline(always)]
-        pub(crate) fn looked_up(&self, _: Lookup) {}
-
-        #[inline(always)]
-        pub(crate) fn call_started(&self) {}
-
-        #[inline(always)]
-        pub(crate) fn call_ended(&self, _: &Verdict, _: Instant) {}
-
-        #[inline(always)]
-        pub(crate) fn entries(&self, _: impl FnOnce() -> CachedVerdicts) {}
     }
 }

@@ -1,7 +1,7 @@
 //! What a layer admits and how it says no: the predicates every valid session must
 //! pass (the builder's `require`, then each `require`), checked on every request
 //! (cached or not), their 403, the `WWW-Authenticate` challenge of the layer's
-//! 401s, and the count of its answers.
+//! 401s, and the count of each request's outcome.
 
 use std::fmt;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use http::HeaderValue;
 
 use crate::verifier::credential::AcceptedHeaders;
 use crate::verifier::envelope::{challenge, Refusal};
-use crate::verifier::instruments::{Answer, Instruments};
+use crate::verifier::instruments::{Instruments, Outcome};
 use crate::verifier::session::SessionInfo;
 use crate::TRACING_TARGET;
 
@@ -43,13 +43,13 @@ impl Policy {
     }
 
     /// Whether `session` may go on: `None` if every predicate holds (and the
-    /// request is counted as `answer`), else the 403 to answer with (counted when
+    /// request is counted as `outcome`), else the 403 to answer with (counted when
     /// it is, by [`refused`](Self::refused)).
     #[inline]
-    pub(crate) fn admits(&self, session: &SessionInfo, answer: Answer) -> Option<&Refusal> {
+    pub(crate) fn admits(&self, session: &SessionInfo, outcome: Outcome) -> Option<&Refusal> {
         let admitted = self.predicates.iter().all(|predicate| predicate(session));
         if admitted {
-            self.instruments.answered(answer);
+            self.instruments.answered(outcome);
             return None;
         }
         tracing::debug!(target: TRACING_TARGET, "a predicate refused the session");
@@ -60,7 +60,7 @@ impl Policy {
     pub(crate) fn refused(&self, refusal: &Refusal) {
         tracing::debug!(target: TRACING_TARGET, status = refusal.status().as_u16(), slug = ?refusal.body().slug, "rejected");
         self.instruments
-            .answered(Answer::of_status(refusal.status()));
+            .answered(Outcome::of_status(refusal.status()));
     }
 
     /// The `WWW-Authenticate` value of this layer's 401s.

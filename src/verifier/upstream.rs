@@ -58,11 +58,32 @@ impl Verdict {
     }
 }
 
-/// Composio's decided answer, as it came: what the shared tier records.
+/// Composio's reply to a verification that decided, as it came: what the fleet
+/// records.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
-pub(crate) struct Answer {
+pub(crate) struct UpstreamReply {
     pub(crate) status: StatusCode,
     pub(crate) body: Vec<u8>,
+}
+
+/// One upstream call, ended: its verdict, when its request was sent (a session's
+/// TTL counts from then), and Composio's reply when it decided.
+pub(crate) struct Called {
+    pub(crate) verdict: Verdict,
+    pub(crate) sent_at: Instant,
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) reply: Option<UpstreamReply>,
+}
+
+impl Called {
+    /// A call that decided nothing, for `reason`: no reply to record.
+    pub(crate) fn undecided(reason: impl Into<String>, sent_at: Instant) -> Self {
+        Self {
+            verdict: Verdict::undecided(reason, None),
+            sent_at,
+            reply: None,
+        }
+    }
 }
 
 /// The endpoint and its HTTP clients, or why there are none.
@@ -154,20 +175,20 @@ impl Upstream {
         header: CredentialHeader,
         key: HeaderValue,
         sent_at: Instant,
-    ) -> (Verdict, Option<Answer>) {
+    ) -> Called {
         let (urls, clients) = match self {
             Self::Ready { urls, clients } => (urls, clients),
             Self::Misconfigured(reason) => {
                 tracing::error!(target: TRACING_TARGET, %reason, "composio-auth is misconfigured; answering 503");
                 let reason = "this service's Composio authentication is misconfigured";
-                return (Verdict::undecided(reason, None), None);
+                return Called::undecided(reason, sent_at);
             }
         };
         let client = match clients.current() {
             Ok(client) => client,
             Err(reason) => {
                 tracing::error!(target: TRACING_TARGET, %reason, "no HTTP client for Composio");
-                return (Verdict::undecided(reason, None), None);
+                return Called::undecided(reason, sent_at);
             }
         };
         let response = client
@@ -182,28 +203,33 @@ impl Upstream {
                 let error = error.without_url();
                 tracing::warn!(target: TRACING_TARGET, %error, latency_ms = elapsed_ms(sent_at), "Composio unreachable");
                 let reason = format!("Composio could not be reached: {}", describe(&error));
-                return (Verdict::undecided(reason, None), None);
+                return Called::undecided(reason, sent_at);
             }
         };
         let status = response.status();
         tracing::Span::current().record("upstream_status", status.as_u16());
         let retry_after = retry_after_secs(response.headers());
         let body = read_capped(response, MAX_UPSTREAM_BODY_BYTES).await;
-        let (verdict, answer) = match body {
+        let (verdict, reply) = match body {
             Ok(body) => match classify(status, retry_after, &body, sent_at) {
                 verdict @ Verdict::Undecided(_) => (verdict, None),
-                verdict => (verdict, Some(Answer { status, body })),
+                verdict => (verdict, Some(UpstreamReply { status, body })),
             },
             Err(reason) => (Verdict::undecided(reason, retry_after), None),
         };
         tracing::debug!(
             target: TRACING_TARGET,
+            pause_point = crate::verifier::pause_point::UPSTREAM_REPLIED,
             status = status.as_u16(),
             latency_ms = elapsed_ms(sent_at),
             verdict = verdict.kind(),
             "Composio answered"
         );
-        (verdict, answer)
+        Called {
+            verdict,
+            sent_at,
+            reply,
+        }
     }
 }
 

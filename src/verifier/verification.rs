@@ -22,10 +22,10 @@
 //!   task's future from the moment it is spawned: if the runtime drops the task
 //!   unpolled, the guard takes the flight out of the map. A flight of another
 //!   runtime is never joined (that runtime may be idle): it is replaced.
-//! - **The fleet first, when there is one.** With a shared tier (feature `redis`),
-//!   a flight asks Redis before Composio: it adopts a verdict another replica
+//! - **The fleet first, when there is one.** With a fleet (feature `redis`), a
+//!   flight asks Redis before Composio: it adopts a verdict another replica
 //!   recorded, or takes the fleet's lease, verifies, settles, and records its
-//!   verdict for the others after handing it out (`fleet/tier.rs`). Invalidations
+//!   verdict for the others after handing it out (`fleet/protocol.rs`). Invalidations
 //!   from other replicas arrive as an [`Invalidation`] and take the same path, under
 //!   the same lock, as local ones.
 //! - **A budget for every call.** Waiting for one of `max_concurrent_verifications`
@@ -45,14 +45,14 @@ use tokio::runtime::{self, Handle};
 use tokio::sync::{oneshot, Semaphore};
 use tracing::Instrument;
 
-use crate::verifier::cache::{Known, Lookup, VerdictCache};
+use crate::verifier::cache::{Cached, Lookup, VerdictCache};
 use crate::verifier::credential::CredentialHeader;
 use crate::verifier::digest::Digest;
 use crate::verifier::envelope::Refusal;
-use crate::verifier::fleet::{Fleet, Invalidation};
+use crate::verifier::fleet::{Fleet, FleetVerdict, Invalidation};
 use crate::verifier::instruments::Instruments;
 use crate::verifier::own_runtime::OwnRuntime;
-use crate::verifier::upstream::{Answer, Upstream, Verdict};
+use crate::verifier::upstream::{Called, Upstream, Verdict};
 use crate::TRACING_TARGET;
 
 /// The verdict of a flight, as each waiting request awaits it.
@@ -66,31 +66,32 @@ pub(crate) enum Joined {
     /// A flight to wait for (joined, or just started).
     Waiting(Verification),
     /// A verdict that landed since the request's own lookup.
-    Known(Known),
+    Cached(Cached),
     /// No verification can run here (not on a Tokio runtime).
     CannotRun(Refusal),
 }
 
-/// The verifications of one layer: what they need (cache, upstream, slots, budget)
-/// and the flights in progress.
+/// The verifications of one layer: what they need (cache, upstream, slots, time
+/// budget) and the flights in progress.
 pub(crate) struct Verifications {
-    state: Arc<State>,
+    flights: Arc<Flights>,
     /// The runtime this layer's flights run on once it has one of its own; kept
     /// here, where no flight holds it, so it goes with the last layer.
     own_runtime: OnceLock<Option<OwnRuntime>>,
 }
 
-/// What every verification of one layer shares.
-struct State {
+/// One layer's flights in progress, and what every one of them needs.
+struct Flights {
     cache: Arc<VerdictCache>,
     upstream: Upstream,
     budget: Duration,
     permits: Semaphore,
     max_concurrent: usize,
-    flights: Mutex<HashMap<Digest, Flight>>,
+    /// The in-flight map: each key's current flight.
+    in_flight: Mutex<HashMap<Digest, Flight>>,
     next_flight: AtomicU64,
     instruments: Arc<Instruments>,
-    /// The shared tier, when replicas share verdicts through Redis.
+    /// The fleet, when replicas share verdicts through Redis.
     fleet: Option<Arc<Fleet>>,
     /// Where flights run, when not on the caller's runtime.
     runtime: OnceLock<Handle>,
@@ -112,33 +113,33 @@ impl Verifications {
         instruments: Arc<Instruments>,
         fleet: Option<Arc<Fleet>>,
     ) -> Self {
-        let state = Arc::new(State {
+        let flights = Arc::new(Flights {
             cache,
             upstream,
             budget,
             permits: Semaphore::new(max_concurrent),
             max_concurrent,
-            flights: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(HashMap::new()),
             next_flight: AtomicU64::new(0),
             instruments,
             fleet,
             runtime: OnceLock::new(),
         });
-        if let Some(fleet) = &state.fleet {
-            let layer = Arc::downgrade(&state);
+        if let Some(fleet) = &flights.fleet {
+            let layer = Arc::downgrade(&flights);
             fleet.bind(Box::new(move |invalidation| {
-                let Some(state) = layer.upgrade() else {
+                let Some(flights) = layer.upgrade() else {
                     return false;
                 };
                 match invalidation {
-                    Invalidation::Keys(digests) => state.forget(digests),
-                    Invalidation::All => state.forget_all(),
+                    Invalidation::Keys(digests) => flights.forget(digests),
+                    Invalidation::All => flights.forget_all(),
                 }
                 true
             }));
         }
         Self {
-            state,
+            flights,
             own_runtime: OnceLock::new(),
         }
     }
@@ -152,7 +153,7 @@ impl Verifications {
     pub(crate) fn run_on_own_runtime(&self) {
         self.own_runtime.get_or_init(|| match OwnRuntime::start() {
             Ok(own) => {
-                let _ = self.state.runtime.set(own.handle().clone());
+                let _ = self.flights.runtime.set(own.handle().clone());
                 Some(own)
             }
             Err(error) => {
@@ -170,32 +171,38 @@ impl Verifications {
         header: CredentialHeader,
         key: &HeaderValue,
     ) -> Joined {
-        let Some(runtime) = self.state.runtime() else {
+        let Some(runtime) = self.flights.runtime() else {
             tracing::error!(target: TRACING_TARGET, "composio-auth needs a Tokio runtime to verify keys");
             return Joined::CannotRun(Refusal::unavailable(
                 "composio-auth needs a Tokio runtime",
                 None,
             ));
         };
-        let mut flights = self.state.flights();
-        if let Some(flight) = flights.get(&digest).filter(|f| f.runtime == runtime.id()) {
-            tracing::debug!(target: TRACING_TARGET, "joining the verification in flight");
+        let mut in_flight = self.flights.in_flight();
+        if let Some(flight) = in_flight.get(&digest).filter(|f| f.runtime == runtime.id()) {
+            tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::JOINED_VERIFICATION, "joining the verification in flight");
             return Joined::Waiting(flight.verification.clone());
         }
         // A flight that ended since the caller's lookup settled under this lock.
-        if let Lookup::Known(known) = self.state.cache.lookup(&digest) {
-            return Joined::Known(known);
+        if let Lookup::Hit(cached) = self.flights.cache.lookup(&digest) {
+            return Joined::Cached(cached);
         }
-        let (verification, task) =
-            self.flight(&mut flights, &runtime, digest, header, key, Duration::ZERO);
-        drop(flights);
+        let (verification, task) = self.flight(
+            &mut in_flight,
+            &runtime,
+            digest,
+            header,
+            key,
+            Duration::ZERO,
+        );
+        drop(in_flight);
         runtime.spawn(task);
         Joined::Waiting(verification)
     }
 
     /// Starts one background re-verification of a key whose session (verified at
     /// `verified`) nears its TTL, unless the key already has a flight on this
-    /// runtime. Nobody waits for it. With a shared tier, a fresher verdict another
+    /// runtime. Nobody waits for it. With a fleet, a fresher verdict another
     /// replica recorded is taken instead of asking Composio.
     pub(crate) fn refresh(
         &self,
@@ -204,24 +211,24 @@ impl Verifications {
         key: &HeaderValue,
         verified: Instant,
     ) {
-        let Some(runtime) = self.state.runtime() else {
+        let Some(runtime) = self.flights.runtime() else {
             return;
         };
-        let mut flights = self.state.flights();
-        if flights
+        let mut in_flight = self.flights.in_flight();
+        if in_flight
             .get(&digest)
             .is_some_and(|f| f.runtime == runtime.id())
         {
             return;
         }
         tracing::debug!(target: TRACING_TARGET, "refreshing a session ahead of its expiry");
-        // What the cached session has left: a shared verdict must outlive it by a
+        // What the cached session has left: a fleet's verdict must outlive it by a
         // twentieth of a session's life to count as fresher (and not be the same
         // verdict again, read a few milliseconds later).
-        let life = self.state.cache.session_life();
+        let life = self.flights.cache.session_life();
         let floor = life.saturating_sub(verified.elapsed()) + life / 20;
-        let (_, task) = self.flight(&mut flights, &runtime, digest, header, key, floor);
-        drop(flights);
+        let (_, task) = self.flight(&mut in_flight, &runtime, digest, header, key, floor);
+        drop(in_flight);
         runtime.spawn(task);
     }
 
@@ -230,14 +237,14 @@ impl Verifications {
     /// task dropped unspawned takes its flight out of the map, which needs the lock.
     fn flight(
         &self,
-        flights: &mut HashMap<Digest, Flight>,
+        in_flight: &mut HashMap<Digest, Flight>,
         runtime: &Handle,
         digest: Digest,
         header: CredentialHeader,
         key: &HeaderValue,
         floor: Duration,
     ) -> (Verification, impl Future<Output = ()> + Send + 'static) {
-        let id = self.state.next_flight.fetch_add(1, Ordering::Relaxed);
+        let id = self.flights.next_flight.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         let verdict: VerdictFuture = Box::pin(async move {
             receiver
@@ -245,7 +252,7 @@ impl Verifications {
                 .unwrap_or_else(|_| Verdict::undecided("the verification task failed", None))
         });
         let verification = verdict.shared();
-        flights.insert(
+        in_flight.insert(
             digest,
             Flight {
                 id,
@@ -255,7 +262,7 @@ impl Verifications {
         );
         // Created outside the task's body: it is dropped with the task, polled or not.
         let guard = FlightGuard {
-            state: Arc::clone(&self.state),
+            flights: Arc::clone(&self.flights),
             digest,
             id,
         };
@@ -271,16 +278,24 @@ impl Verifications {
             latency_ms = tracing::field::Empty,
         );
         let task = async move {
-            let state = &guard.state;
-            let (verdict, sent_at, share) = match &state.fleet {
+            let flights = &guard.flights;
+            let FleetVerdict {
+                verdict,
+                sent_at,
+                share,
+            } = match &flights.fleet {
                 Some(fleet) => {
                     fleet.listen();
-                    let call = |key| state.call_within_budget(header, key);
+                    let call = |key| flights.call_within_budget(header, key);
                     fleet.verify(header, key, floor, call).await
                 }
                 None => {
-                    let (verdict, sent_at, _) = state.call_within_budget(header, key).await;
-                    (verdict, sent_at, None)
+                    let called = flights.call_within_budget(header, key).await;
+                    FleetVerdict {
+                        verdict: called.verdict,
+                        sent_at: called.sent_at,
+                        share: None,
+                    }
                 }
             };
             let span = tracing::Span::current();
@@ -302,12 +317,12 @@ impl Verifications {
     /// Forgets `digests`: their flights stop being joinable and will settle nothing,
     /// and their cached verdicts are gone (and revoked) before this returns.
     pub(crate) fn invalidate(&self, digests: impl IntoIterator<Item = Digest>) {
-        self.state.forget(digests);
+        self.flights.forget(digests);
     }
 
     /// As [`invalidate`](Self::invalidate), for every key.
     pub(crate) fn invalidate_all(&self) {
-        self.state.forget_all();
+        self.flights.forget_all();
     }
 
     /// [`invalidate`](Self::invalidate) here at once, then on every replica sharing
@@ -319,10 +334,10 @@ impl Verifications {
     ) -> bool {
         let here = || self.invalidate(digests.iter().map(|(_, digest)| *digest));
         here();
-        let Some(fleet) = &self.state.fleet else {
+        let Some(fleet) = &self.flights.fleet else {
             return true;
         };
-        tracing::debug!(target: TRACING_TARGET, "invalidated on this replica; now on the fleet");
+        tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::INVALIDATED_HERE, "invalidated on this replica; now on the fleet");
         let reached = fleet.invalidate(key, digests).await;
         // A verification that began since `here()` may have read the key's verdict
         // from Redis before it left: it settles nothing either.
@@ -333,10 +348,10 @@ impl Verifications {
     /// As [`invalidate_everywhere`](Self::invalidate_everywhere), for every key.
     pub(crate) async fn invalidate_all_everywhere(&self) -> bool {
         self.invalidate_all();
-        let Some(fleet) = &self.state.fleet else {
+        let Some(fleet) = &self.flights.fleet else {
             return true;
         };
-        tracing::debug!(target: TRACING_TARGET, "invalidated on this replica; now on the fleet");
+        tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::INVALIDATED_HERE, "invalidated on this replica; now on the fleet");
         // The new epoch applies here as soon as Redis has it...
         let reached = fleet.invalidate_all().await;
         // ...and a verification that began meanwhile, in the old epoch, settles
@@ -346,7 +361,7 @@ impl Verifications {
     }
 }
 
-impl State {
+impl Flights {
     /// The runtime a flight starting now runs on: the layer's own if it has one,
     /// else the caller's (none outside a runtime).
     fn runtime(&self) -> Option<Handle> {
@@ -357,40 +372,38 @@ impl State {
     }
 
     fn forget(&self, digests: impl IntoIterator<Item = Digest>) {
-        let mut flights = self.flights();
+        let mut in_flight = self.in_flight();
         for digest in digests {
-            flights.remove(&digest);
+            in_flight.remove(&digest);
             self.cache.remove(&digest);
         }
-        drop(flights);
+        drop(in_flight);
         self.instruments.entries(|| self.cache.entry_counts());
     }
 
     fn forget_all(&self) {
-        let mut flights = self.flights();
-        flights.clear();
+        let mut in_flight = self.in_flight();
+        in_flight.clear();
         self.cache.clear();
-        drop(flights);
+        drop(in_flight);
         self.instruments.entries(|| self.cache.entry_counts());
     }
 
-    fn flights(&self) -> MutexGuard<'_, HashMap<Digest, Flight>> {
-        self.flights.lock().unwrap_or_else(PoisonError::into_inner)
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<Digest, Flight>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Waits for a verification slot, then asks Composio, all within the budget.
     /// Returns the verdict, when the upstream request was sent, and Composio's
-    /// answer when it decided.
+    /// reply when it decided.
     ///
     /// A slot obtained with less than a tenth of the budget left is given back
     /// unused: under overload, queued verifications would otherwise each start an
     /// upstream call (spending the key owner's rate limit) only to abandon it a
     /// moment later.
-    async fn call_within_budget(
-        &self,
-        header: CredentialHeader,
-        key: HeaderValue,
-    ) -> (Verdict, Instant, Option<Answer>) {
+    async fn call_within_budget(&self, header: CredentialHeader, key: HeaderValue) -> Called {
         let budget = self.budget;
         let deadline = tokio::time::Instant::now() + budget;
         let no_slot = || {
@@ -399,17 +412,11 @@ impl State {
                 "no verification slot free in time ({} upstream calls in flight)",
                 self.max_concurrent
             );
-            (Verdict::undecided(reason, None), Instant::now(), None)
+            Called::undecided(reason, Instant::now())
         };
         let permit = match tokio::time::timeout_at(deadline, self.permits.acquire()).await {
             Ok(Ok(permit)) => permit,
-            Ok(Err(_)) => {
-                return (
-                    Verdict::undecided("verification slots closed", None),
-                    Instant::now(),
-                    None,
-                )
-            }
+            Ok(Err(_)) => return Called::undecided("verification slots closed", Instant::now()),
             Err(_) => return no_slot(),
         };
         if deadline.saturating_duration_since(tokio::time::Instant::now()) < budget / 10 {
@@ -418,24 +425,24 @@ impl State {
         let sent_at = Instant::now();
         self.instruments.call_started();
         let call = self.upstream.verify(header, key, sent_at);
-        let (verdict, answer) = match tokio::time::timeout_at(deadline, call).await {
-            Ok(decided) => decided,
+        let called = match tokio::time::timeout_at(deadline, call).await {
+            Ok(called) => called,
             Err(_) => {
                 tracing::warn!(target: TRACING_TARGET, ?budget, "verification timed out");
                 let reason = format!("verification timed out after {budget:?}");
-                (Verdict::undecided(reason, None), None)
+                Called::undecided(reason, sent_at)
             }
         };
-        self.instruments.call_ended(&verdict, sent_at);
+        self.instruments.call_ended(&called.verdict, sent_at);
         drop(permit);
-        (verdict, sent_at, answer)
+        called
     }
 }
 
 /// Owned by a flight's task: settles the flight, and takes it out of the in-flight
 /// map however the task ends (verdict, panic, or a runtime that drops it unpolled).
 struct FlightGuard {
-    state: Arc<State>,
+    flights: Arc<Flights>,
     digest: Digest,
     id: u64,
 }
@@ -444,26 +451,26 @@ impl FlightGuard {
     /// Caches `verdict` and leaves the map, in one critical section, if this is still
     /// the key's flight (no invalidation and no replacement since it started).
     fn settle(&self, verdict: &Verdict, sent_at: Instant) {
-        let mut flights = self.state.flights();
-        if flights.get(&self.digest).is_some_and(|f| f.id == self.id) {
-            self.state.cache.settle(&self.digest, verdict, sent_at);
-            flights.remove(&self.digest);
-            drop(flights);
-            self.state
+        let mut in_flight = self.flights.in_flight();
+        if in_flight.get(&self.digest).is_some_and(|f| f.id == self.id) {
+            self.flights.cache.settle(&self.digest, verdict, sent_at);
+            in_flight.remove(&self.digest);
+            drop(in_flight);
+            self.flights
                 .instruments
-                .entries(|| self.state.cache.entry_counts());
+                .entries(|| self.flights.cache.entry_counts());
             tracing::trace!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict settled");
         } else {
-            tracing::debug!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict not cached: invalidated or replaced while in flight");
+            tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::VERDICT_NOT_CACHED, verdict = verdict.kind(), "verdict not cached: invalidated or replaced while in flight");
         }
     }
 }
 
 impl Drop for FlightGuard {
     fn drop(&mut self) {
-        let mut flights = self.state.flights();
-        if flights.get(&self.digest).is_some_and(|f| f.id == self.id) {
-            flights.remove(&self.digest);
+        let mut in_flight = self.flights.in_flight();
+        if in_flight.get(&self.digest).is_some_and(|f| f.id == self.id) {
+            in_flight.remove(&self.digest);
         }
     }
 }

@@ -184,6 +184,8 @@ impl Client {
 #[derive(Clone)]
 pub struct Capture {
     events: Arc<Mutex<Vec<String>>>,
+    /// The pause point of each event that carries one, in order.
+    points: Arc<Mutex<Vec<String>>>,
     spans: Arc<Mutex<Vec<CapturedSpan>>>,
     count: watch::Sender<usize>,
 }
@@ -195,6 +197,22 @@ pub struct CapturedSpan {
     pub name: String,
     pub parent: Option<String>,
     pub fields: String,
+}
+
+/// The pause point an event carries (its `pause_point` field), if any.
+pub fn pause_point_of(event: &tracing::Event<'_>) -> Option<String> {
+    struct Point(Option<String>);
+    impl Visit for Point {
+        fn record_debug(&mut self, _: &Field, _: &dyn std::fmt::Debug) {}
+        fn record_str(&mut self, field: &Field, value: &str) {
+            if field.name() == "pause_point" {
+                self.0 = Some(value.to_owned());
+            }
+        }
+    }
+    let mut point = Point(None);
+    event.record(&mut point);
+    point.0
 }
 
 struct Fields(String);
@@ -252,6 +270,9 @@ where
         let meta = event.metadata();
         let mut fields = Fields(format!("{} {}", meta.level(), meta.target()));
         event.record(&mut fields);
+        if let Some(point) = pause_point_of(event) {
+            self.0.points.lock().unwrap().push(point);
+        }
         self.0.events.lock().unwrap().push(fields.0);
         self.0.count.send_modify(|n| *n += 1);
     }
@@ -263,6 +284,7 @@ impl Capture {
     pub fn install() -> (Self, tracing::subscriber::DefaultGuard) {
         let capture = Self {
             events: Arc::default(),
+            points: Arc::default(),
             spans: Arc::default(),
             count: watch::Sender::new(0),
         };
@@ -310,10 +332,29 @@ impl Capture {
             .count()
     }
 
-    /// Waits until `n` events contain `needle`.
+    /// Waits until `n` events contain `needle`: for other crates' events (this
+    /// crate's are waited on by pause point, [`wait_for_point`](Self::wait_for_point)).
     pub async fn wait_for(&self, needle: &str, n: usize) {
         let mut changes = self.count.subscribe();
         while self.count_containing(needle) < n {
+            changes.changed().await.unwrap();
+        }
+    }
+
+    /// How many events carried this pause point (`composio_auth::testing::pause_point`).
+    pub fn count_point(&self, point: &str) -> usize {
+        self.points
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|p| *p == point)
+            .count()
+    }
+
+    /// Waits until `n` events carried this pause point.
+    pub async fn wait_for_point(&self, point: &str, n: usize) {
+        let mut changes = self.count.subscribe();
+        while self.count_point(point) < n {
             changes.changed().await.unwrap();
         }
     }

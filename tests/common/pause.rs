@@ -1,6 +1,7 @@
-//! Pausing the layer at a known point: a global `tracing` layer that, when an armed
-//! event (by its message) is emitted, blocks the emitting thread until the test
-//! resumes it. This forces an interleaving instead of hoping a race finds it: the
+//! Pausing the layer at a known point: a global `tracing` layer that, when an event
+//! carrying the armed pause point (its `pause_point` field, one of
+//! `composio_auth::testing::pause_point`) is emitted, blocks the emitting thread
+//! until the test resumes it. This forces an interleaving instead of hoping a race finds it: the
 //! test knows the layer is exactly there, does what must not slip in, then resumes.
 //!
 //! One process-wide subscriber: tests that use it take [`Points::serial`] so that
@@ -9,16 +10,15 @@
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use tracing::field::{Field, Visit};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 
 #[derive(Default)]
 struct State {
-    /// The message to pause at (once), if armed.
+    /// The pause point to pause at (once), if armed.
     armed: Option<&'static str>,
     /// A thread is paused at the armed point.
     paused: bool,
-    /// Every message seen, for waits on counts.
+    /// Every pause point passed, for waits on counts.
     seen: Vec<String>,
 }
 
@@ -32,20 +32,13 @@ struct PauseLayer(&'static Points);
 
 impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for PauseLayer {
     fn on_event(&self, event: &tracing::Event<'_>, _ctx: Context<'_, S>) {
-        struct Message(String);
-        impl Visit for Message {
-            fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-                if field.name() == "message" {
-                    self.0 = format!("{value:?}");
-                }
-            }
-        }
-        let mut message = Message(String::new());
-        event.record(&mut message);
+        let Some(point) = super::pause_point_of(event) else {
+            return;
+        };
         let points = self.0;
         let mut state = points.lock();
-        let pause = state.armed == Some(message.0.as_str());
-        state.seen.push(message.0);
+        let pause = state.armed == Some(point.as_str());
+        state.seen.push(point);
         if pause {
             state.armed = None;
             state.paused = true;
@@ -91,9 +84,9 @@ impl Points {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The next event with exactly this message blocks its thread until [`resume`].
-    pub fn arm(&self, message: &'static str) {
-        self.lock().armed = Some(message);
+    /// The next event at this pause point blocks its thread until [`resume`].
+    pub fn arm(&self, point: &'static str) {
+        self.lock().armed = Some(point);
     }
 
     /// Blocks until a thread is paused at the armed point (panics after `limit`).
@@ -107,15 +100,15 @@ impl Points {
         self.changed.notify_all();
     }
 
-    /// How many events with this message were seen.
-    pub fn count(&self, message: &str) -> usize {
-        self.lock().seen.iter().filter(|m| *m == message).count()
+    /// How many events at this pause point were seen.
+    pub fn count(&self, point: &str) -> usize {
+        self.lock().seen.iter().filter(|p| *p == point).count()
     }
 
-    /// Blocks until `n` events with this message were seen (panics after `limit`).
-    pub fn wait_count(&self, message: &str, n: usize, limit: Duration) {
-        self.wait_until(limit, message, |s| {
-            s.seen.iter().filter(|m| *m == message).count() >= n
+    /// Blocks until `n` events at this pause point were seen (panics after `limit`).
+    pub fn wait_count(&self, point: &str, n: usize, limit: Duration) {
+        self.wait_until(limit, point, |s| {
+            s.seen.iter().filter(|p| *p == point).count() >= n
         });
     }
 

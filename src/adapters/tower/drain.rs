@@ -51,14 +51,14 @@ pub const MAX_DRAINING: usize = 256;
 static DRAINING: AtomicUsize = AtomicUsize::new(0);
 
 /// Most frames read in one poll before yielding, so a body that is always ready
-/// cannot hold its task past the time budget.
+/// cannot hold its task past the drain limits.
 const FRAMES_PER_POLL: usize = 64;
 
 /// What a rejection does with its request's body.
 pub(crate) enum Unread<B> {
     /// Nothing left to read: answer, and the connection carries on.
     Nothing,
-    /// Read the rest within the budget, then answer.
+    /// Read the rest within the drain limits, then answer.
     Drain(Drain<B>),
     /// Answer at once; the connection will close.
     Close,
@@ -124,7 +124,8 @@ struct Timers {
 }
 
 pin_project! {
-    /// The rest of a rejected request's body, read and discarded within the budget.
+    /// The rest of a rejected request's body, read and discarded within the drain
+    /// limits.
     pub(crate) struct Drain<B> {
         #[pin]
         body: B,
@@ -134,8 +135,8 @@ pin_project! {
 }
 
 impl<B: Body> Drain<B> {
-    /// `Ready(true)` once the body has ended within the budget, `Ready(false)` when
-    /// either budget ran out (or the body failed): answer then with `Connection:
+    /// `Ready(true)` once the body has ended within the drain limits, `Ready(false)`
+    /// when either ran out (or the body failed): answer then with `Connection:
     /// close`.
     pub(crate) fn poll_drain(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<bool> {
         let mut this = self.project();

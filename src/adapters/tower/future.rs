@@ -21,9 +21,9 @@ use tower_service::Service;
 use crate::adapters::tower::drain::{Drain, Unread};
 use crate::body::RejectionBody;
 use crate::verifier::cache::Stale;
-use crate::verifier::decision::Outcome;
+use crate::verifier::decision::Resolution;
 use crate::verifier::envelope::Refusal;
-use crate::verifier::instruments::Answer;
+use crate::verifier::instruments::Outcome;
 use crate::verifier::policy::Policy;
 use crate::verifier::session::SessionInfo;
 use crate::verifier::upstream::Verdict;
@@ -36,13 +36,14 @@ pin_project! {
         S: Service<Request<ReqBody>>,
     {
         #[pin]
-        state: State<S, ReqBody>,
+        stage: Stage<S, ReqBody>,
     }
 }
 
 pin_project! {
-    #[project = StateProj]
-    enum State<S, ReqBody>
+    /// Where the response future stands.
+    #[project = StageProj]
+    enum Stage<S, ReqBody>
     where
         S: Service<Request<ReqBody>>,
     {
@@ -80,32 +81,32 @@ where
         request: Request<ReqBody>,
         session: SessionInfo,
     ) -> Self {
-        Self::admit_as(Answer::Allowed, policy, inner, request, session)
+        Self::admit_as(Outcome::Allowed, policy, inner, request, session)
     }
 
     fn admit_as(
-        answer: Answer,
+        outcome: Outcome,
         policy: &Policy,
         inner: &mut S,
         mut request: Request<ReqBody>,
         session: SessionInfo,
     ) -> Self {
-        if let Some(refusal) = policy.admits(&session, answer) {
+        if let Some(refusal) = policy.admits(&session, outcome) {
             return Self::reject(policy, refusal, request);
         }
         request.extensions_mut().insert(session);
         Self {
-            state: State::Called {
+            stage: Stage::Called {
                 future: inner.call(request),
             },
         }
     }
 
-    /// Answers `request` with `rejection`, rendered for it (HTTP or gRPC), after
-    /// draining what is left of an HTTP/1.x request body within a budget.
-    pub(crate) fn reject(policy: &Policy, rejection: &Refusal, request: Request<ReqBody>) -> Self {
-        policy.refused(rejection);
-        let mut response = rejection.render_for(request.headers(), policy.challenge());
+    /// Answers `request` with `refusal`, rendered for it (HTTP or gRPC), after
+    /// draining what is left of an HTTP/1.x request body within the drain limits.
+    pub(crate) fn reject(policy: &Policy, refusal: &Refusal, request: Request<ReqBody>) -> Self {
+        policy.refused(refusal);
+        let mut response = refusal.render_for(request.headers(), policy.challenge());
         let drain = match Unread::of(request) {
             Unread::Nothing => None,
             Unread::Drain(drain) => Some(drain),
@@ -115,7 +116,7 @@ where
             }
         };
         Self {
-            state: State::Rejected {
+            stage: Stage::Rejected {
                 response: Some(response),
                 drain,
             },
@@ -138,7 +139,7 @@ where
             stale,
         };
         Self {
-            state: State::Verifying {
+            stage: Stage::Verifying {
                 verification,
                 pending: Some(Box::new(pending)),
             },
@@ -153,11 +154,11 @@ where
             policy,
             stale,
         } = pending;
-        match Outcome::of(verdict, stale) {
-            Outcome::Admit(session, answer) => {
-                Self::admit_as(answer, &policy, &mut inner, request, session)
+        match Resolution::of(verdict, stale) {
+            Resolution::Admit(session, outcome) => {
+                Self::admit_as(outcome, &policy, &mut inner, request, session)
             }
-            Outcome::Refuse(refused) => Self::reject(&policy, &refused, request),
+            Resolution::Refuse(refused) => Self::reject(&policy, &refused, request),
         }
     }
 }
@@ -172,10 +173,10 @@ where
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         loop {
-            let next = match self.as_mut().project().state.project() {
+            let next = match self.as_mut().project().stage.project() {
                 // The inner response as it is: nothing to wrap or copy.
-                StateProj::Called { future } => return future.poll(cx),
-                StateProj::Rejected { response, drain } => {
+                StageProj::Called { future } => return future.poll(cx),
+                StageProj::Rejected { response, drain } => {
                     let drained = match drain.as_pin_mut() {
                         Some(drain) => ready!(drain.poll_drain(cx)),
                         None => true,
@@ -188,7 +189,7 @@ where
                     }
                     return Poll::Ready(Ok(response.map(ResBody::rejection)));
                 }
-                StateProj::Verifying {
+                StageProj::Verifying {
                     verification,
                     pending,
                 } => {
@@ -199,7 +200,7 @@ where
                     Self::resume(*pending, verdict)
                 }
             };
-            self.as_mut().project().state.set(next.state);
+            self.as_mut().project().stage.set(next.stage);
         }
     }
 }

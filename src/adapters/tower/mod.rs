@@ -1,7 +1,6 @@
 //! The tower adapter: [`ComposioAuth`](crate::ComposioAuth), the service the layer
-//! makes (`service.rs`), its [`ResponseFuture`](crate::ResponseFuture)
-//! (`future.rs`), and what a rejection does with an HTTP/1.x body still arriving
-//! (`drain.rs`). The body types it answers in are `crate::body`'s.
+//! makes, and its [`ResponseFuture`](crate::ResponseFuture), which admits or
+//! rejects (draining what is left of a rejected request's body).
 
 pub(crate) mod drain;
 pub(crate) mod future;

@@ -12,15 +12,16 @@ use tower_service::Service;
 use crate::adapters::tower::future::ResponseFuture;
 use crate::body::RejectionBody;
 use crate::verifier::credential;
-use crate::verifier::decision::{LayerState, Step};
+use crate::verifier::decision::Step;
 use crate::verifier::policy::Policy;
+use crate::verifier::state::LayerState;
 use crate::TRACING_TARGET;
 
 /// The service made by [`ComposioAuthLayer`](crate::ComposioAuthLayer): verifies the
 /// request's key, then calls the inner service with
 /// [`SessionInfo`](crate::SessionInfo) in the request's extensions, or answers with a
 /// rejection (never an error of its own). It answers in the inner service's body type
-/// (a [`RejectionBody`](crate::RejectionBody)): an admitted request gets the inner
+/// (a [`RejectionBody`]): an admitted request gets the inner
 /// response as it is.
 #[derive(Clone)]
 pub struct ComposioAuth<S> {
@@ -84,7 +85,7 @@ where
             Ok((header, key)) => (header, state.cache.digest(header.verified_as(), key)),
             Err(error) => {
                 tracing::debug!(target: TRACING_TARGET, ?error, "no usable credential");
-                return ResponseFuture::reject(policy, &error.rejection(state.accepted), request);
+                return ResponseFuture::reject(policy, &error.refusal(state.accepted), request);
             }
         };
         match state.step(header, digest, request.headers()) {

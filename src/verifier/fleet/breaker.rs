@@ -61,7 +61,7 @@ impl Breaker {
     pub(crate) fn succeeded(&self) {
         self.failures.store(0, Ordering::Release);
         if self.open_until.swap(0, Ordering::AcqRel) != 0 {
-            tracing::info!(target: TRACING_TARGET, "Redis answers again; sharing verdicts resumes");
+            tracing::info!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::BREAKER_CLOSED, "Redis answers again; sharing verdicts resumes");
         }
         self.probing.store(false, Ordering::Release);
     }
@@ -72,7 +72,7 @@ impl Breaker {
         if failures >= FAILURES_TO_OPEN || probing {
             let until = self.now_ms() + COOL_DOWN.as_millis() as u64;
             if self.open_until.swap(until, Ordering::AcqRel) == 0 {
-                tracing::warn!(target: TRACING_TARGET, %error, "Redis fails; verdicts are not shared until it answers again");
+                tracing::warn!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::BREAKER_OPENED, %error, "Redis fails; verdicts are not shared until it answers again");
             }
         } else {
             tracing::debug!(target: TRACING_TARGET, %error, "a Redis operation failed");

@@ -1,5 +1,5 @@
 //! The connections to Redis: one multiplexed connection (or cluster connection) per
-//! Tokio runtime, opened on first use; every operation bounded by the Redis budget
+//! Tokio runtime, opened on first use; every operation bounded by Redis's time limit
 //! and guarded by the circuit breaker. A connection that fails is dropped and the
 //! next operation opens another; that is all the reconnecting there is.
 
@@ -111,19 +111,20 @@ impl Servers {
     }
 }
 
-/// The connections of one fleet, their budget and their breaker.
+/// The connections of one fleet, their time limit and their breaker.
 pub(crate) struct Links {
     servers: Servers,
-    budget: Duration,
+    /// The longest one operation may take, connecting included.
+    time_limit: Duration,
     by_runtime: PerRuntime<Link>,
     pub(crate) breaker: Breaker,
 }
 
 impl Links {
-    pub(crate) fn new(servers: Servers, budget: Duration) -> Self {
+    pub(crate) fn new(servers: Servers, time_limit: Duration) -> Self {
         Self {
             servers,
-            budget,
+            time_limit,
             by_runtime: PerRuntime::new(),
             breaker: Breaker::new(),
         }
@@ -133,11 +134,11 @@ impl Links {
         &self.servers
     }
 
-    pub(crate) fn budget(&self) -> Duration {
-        self.budget
+    pub(crate) fn time_limit(&self) -> Duration {
+        self.time_limit
     }
 
-    /// Runs `operation` on this runtime's connection within the budget, unless the
+    /// Runs `operation` on this runtime's connection within the time limit, unless the
     /// breaker keeps requests off Redis. `None` when it was not run or failed (the
     /// breaker counts it, and a broken connection is dropped).
     pub(crate) async fn run<T, F, Fut>(&self, operation: F) -> Option<T>
@@ -151,7 +152,10 @@ impl Links {
         }
         let attempt = async {
             let connect = || async {
-                let link = self.servers.connect(self.budget, Some(self.budget)).await?;
+                let link = self
+                    .servers
+                    .connect(self.time_limit, Some(self.time_limit))
+                    .await?;
                 self.by_runtime.set(runtime, link.clone());
                 Ok::<_, redis::RedisError>(link)
             };
@@ -160,7 +164,7 @@ impl Links {
             };
             // A kept connection may have broken since its last use (Redis
             // restarted): that is found out only now, and worth one new connection.
-            // Every operation of the tier may run twice (they are idempotent, or
+            // Every operation of the fleet may run twice (they are idempotent, or
             // at worst publish a message twice).
             match operation.clone()(kept).await {
                 Err(error) if error.is_connection_dropped() || error.is_connection_refusal() => {
@@ -170,7 +174,7 @@ impl Links {
                 done => done,
             }
         };
-        match tokio::time::timeout(self.budget, attempt).await {
+        match tokio::time::timeout(self.time_limit, attempt).await {
             Ok(Ok(value)) => {
                 self.breaker.succeeded();
                 Some(value)
@@ -186,7 +190,7 @@ impl Links {
             Err(_) => {
                 self.by_runtime.forget(runtime);
                 self.breaker
-                    .failed(&format_args!("no answer within {:?}", self.budget));
+                    .failed(&format_args!("no answer within {:?}", self.time_limit));
                 None
             }
         }

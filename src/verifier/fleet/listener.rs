@@ -29,9 +29,9 @@ use redis::streams::{StreamId, StreamRangeReply, StreamReadOptions, StreamReadRe
 use redis::{AsyncCommands, RedisResult};
 
 use super::link::Link;
+use super::publish::STREAM_KEPT;
 use super::subscription::Status;
-use super::tier::{Fleet, STREAM_KEPT};
-use super::Invalidation;
+use super::{Fleet, Invalidation};
 use crate::verifier::instruments::Direction;
 use crate::TRACING_TARGET;
 
@@ -83,12 +83,12 @@ impl Running {
 
     async fn listen(&self) {
         let fleet = &self.0;
-        let budget = fleet.links.budget();
+        let limit = fleet.links.time_limit();
         let mut pause = Duration::from_millis(20);
         loop {
             let connected = tokio::time::timeout(
-                budget * 4,
-                fleet.links.servers().connect(budget, Some(BLOCK + budget)),
+                limit * 4,
+                fleet.links.servers().connect(limit, Some(BLOCK + limit)),
             )
             .await;
             let outcome = match connected {
@@ -99,7 +99,7 @@ impl Running {
                 Ok(Err(error)) => Err(error),
                 Err(_) => Err(redis::RedisError::from((
                     redis::ErrorKind::Io,
-                    "no connection within the budget",
+                    "no connection within the time limit",
                 ))),
             };
             match outcome {
@@ -107,7 +107,7 @@ impl Running {
                 Err(error) => {
                     let was = self.set(Status::Down);
                     if was != Status::Down {
-                        tracing::warn!(target: TRACING_TARGET, error = ?error.kind(), "no subscription to the fleet's invalidations (Redis unreachable or refusing); verdicts are not shared until it is back");
+                        tracing::warn!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::SUBSCRIPTION_LOST, error = ?error.kind(), "no subscription to the fleet's invalidations (Redis unreachable or refusing); verdicts are not shared until it is back");
                     }
                 }
             }
@@ -126,7 +126,7 @@ impl Running {
         let was = *subscription.status.borrow();
         let mut last = self.catch_up(&mut link).await?;
         if was == Status::Down {
-            tracing::info!(target: TRACING_TARGET, "subscribed to the fleet's invalidations again; sharing verdicts resumes");
+            tracing::info!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::SUBSCRIPTION_RESTORED, "subscribed to the fleet's invalidations again; sharing verdicts resumes");
         }
         tracing::debug!(target: TRACING_TARGET, "subscribed to the fleet's invalidations");
         let options = StreamReadOptions::default()
@@ -262,7 +262,7 @@ impl Running {
             // A replica marking where it starts reading: no invalidation.
             return true;
         }
-        tracing::debug!(target: TRACING_TARGET, "invalidation received from the fleet");
+        tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::INVALIDATION_RECEIVED, "invalidation received from the fleet");
         fleet.instruments.invalidation(Direction::Received);
         if let Some(sealed) = message.get::<Vec<u8>>("all") {
             let Some(epoch) = fleet.sealer.open_epoch(&fleet.stream, &sealed) else {

@@ -1,4 +1,4 @@
-//! [`RedisCache`]: where the fleet's shared tier lives, and its settings.
+//! [`RedisCache`]: the Redis the fleet shares, and its settings.
 
 use std::fmt;
 use std::sync::Arc;
@@ -13,8 +13,8 @@ use crate::Error;
 const MIN_PEPPER_LEN: usize = 32;
 /// Longest key prefix accepted, in bytes.
 const MAX_PREFIX_LEN: usize = 128;
-/// Longest Redis budget accepted.
-const MAX_BUDGET: Duration = Duration::from_secs(10);
+/// Longest time limit per Redis operation accepted.
+const MAX_TIME_LIMIT: Duration = Duration::from_secs(10);
 
 /// A Redis (or Valkey) shared by the replicas of a service: they share verdicts
 /// (one upstream call per key per TTL for the whole fleet) and invalidations
@@ -27,7 +27,7 @@ const MAX_BUDGET: Duration = Duration::from_secs(10);
 /// The pepper is a fleet secret of at least 32 bytes, the same on every replica
 /// (e.g. from an environment variable): Redis keys are HMACs under it, so a Redis
 /// reader cannot test guessed API keys. Replicas with different peppers share
-/// nothing. What Redis sees is described in the README, "Running several replicas".
+/// nothing. What Redis sees: [`guide::replicas`](crate::guide::replicas).
 ///
 /// ```
 /// use composio_auth::{ComposioAuthLayer, RedisCache};
@@ -45,7 +45,8 @@ pub struct RedisCache {
     pub(crate) servers: Servers,
     pub(crate) pepper: Arc<[u8]>,
     pub(crate) prefix: String,
-    pub(crate) budget: Duration,
+    /// The longest one Redis operation may take (set by [`budget`](Self::budget)).
+    pub(crate) time_limit: Duration,
     pub(crate) wait: Option<Duration>,
 }
 
@@ -59,7 +60,7 @@ impl RedisCache {
     /// most `ttl` + this allowance (+ how far the writing replica's clock is ahead
     /// of the reader's) whatever Redis's clock says. Replica clocks further apart
     /// cost sharing (more upstream calls), never a longer life.
-    pub const CLOCK_ALLOWANCE: Duration = super::tier::CLOCK_ALLOWANCE;
+    pub const CLOCK_ALLOWANCE: Duration = super::stored::CLOCK_ALLOWANCE;
 
     /// One Redis server: `redis://[user:password@]host[:port][/db]`, or `rediss://`
     /// for TLS.
@@ -109,7 +110,7 @@ impl RedisCache {
             },
             pepper: pepper.into(),
             prefix: "composio-auth:".to_owned(),
-            budget: Duration::from_millis(100),
+            time_limit: Duration::from_millis(100),
             wait: None,
         })
     }
@@ -127,8 +128,8 @@ impl RedisCache {
     /// connecting included. Past it the request goes on without Redis; after three
     /// failures in a row no request waits for Redis until it answers again.
     #[must_use]
-    pub fn budget(mut self, budget: Duration) -> Self {
-        self.budget = budget;
+    pub fn budget(mut self, limit: Duration) -> Self {
+        self.time_limit = limit;
         self
     }
 
@@ -176,13 +177,13 @@ impl RedisCache {
                 "the Redis key prefix must be at most {MAX_PREFIX_LEN} bytes, without '{{' or '}}'"
             )));
         }
-        if self.budget.is_zero() || self.budget > MAX_BUDGET {
+        if self.time_limit.is_zero() || self.time_limit > MAX_TIME_LIMIT {
             return Err(Error::new(format!(
-                "the Redis budget is {:?}; it must be more than zero and at most {MAX_BUDGET:?}",
-                self.budget
+                "the Redis budget is {:?}; it must be more than zero and at most {MAX_TIME_LIMIT:?}",
+                self.time_limit
             )));
         }
-        if self.wait.is_some_and(|wait| wait > MAX_BUDGET * 6) {
+        if self.wait.is_some_and(|wait| wait > MAX_TIME_LIMIT * 6) {
             return Err(Error::new("lease_wait must be at most a minute"));
         }
         Ok(())
@@ -230,7 +231,7 @@ impl fmt::Debug for RedisCache {
             )
             .field("pepper", &"<redacted>")
             .field("prefix", &self.prefix)
-            .field("budget", &self.budget)
+            .field("budget", &self.time_limit)
             .field("lease_wait", &self.wait)
             .finish()
     }

@@ -14,7 +14,7 @@ use super::{Forget, Invalidation};
 /// Where the subscription stands.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub(crate) enum Status {
-    /// Never connected yet: verifications wait (up to the Redis budget) for it.
+    /// Never connected yet: verifications wait (up to Redis's time limit) for it.
     Starting,
     /// Subscribed; the epoch is known.
     Listening,
@@ -64,11 +64,11 @@ impl Subscription {
     }
 
     /// The epoch to read and record under, once subscribed; `None` while not (after
-    /// waiting up to `budget` for a first connection).
-    pub(crate) async fn epoch(&self, budget: Duration) -> Option<u64> {
+    /// waiting up to `limit` for a first connection).
+    pub(crate) async fn epoch(&self, limit: Duration) -> Option<u64> {
         let mut status = self.status.subscribe();
         if *status.borrow() == Status::Starting {
-            let _ = tokio::time::timeout(budget, status.wait_for(|s| *s != Status::Starting)).await;
+            let _ = tokio::time::timeout(limit, status.wait_for(|s| *s != Status::Starting)).await;
         }
         let listening = *status.borrow() == Status::Listening;
         if !listening {

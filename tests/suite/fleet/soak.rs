@@ -4,9 +4,8 @@
 //! never causes a 503), a refused key never is, and a key invalidated is refused
 //! everywhere once the invalidation has had a second to travel. About 4 s; set
 //! `COMPOSIO_AUTH_SOAK_SECS` to run longer.
-#![cfg(feature = "redis")]
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

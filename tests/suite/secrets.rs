@@ -3,7 +3,7 @@
 //! may contain a key or a secret of the session document; `Debug` of every public
 //! type redacts them.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

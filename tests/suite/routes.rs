@@ -3,7 +3,7 @@
 //! headers, without a request or a tower service. Over real TCP, against the
 //! stand-in.
 
-mod common;
+use crate::common;
 
 use axum::http::{HeaderMap, HeaderName, HeaderValue};
 use axum::routing::get;

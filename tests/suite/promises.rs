@@ -5,7 +5,7 @@
 //!
 //! The interleavings that need the layer itself paused are in `interleavings.rs`.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -5,7 +5,7 @@
 //! own, requests run on others (plain threads with current-thread runtimes), so that
 //! a thread paused inside the layer blocks nothing the test needs.
 
-mod common;
+use crate::common;
 
 use std::thread;
 use std::time::Duration;
@@ -16,7 +16,7 @@ use axum::routing::get;
 use axum::{Extension, Router};
 use common::pause::Points;
 use common::{composio, within, ALICE, BOB};
-use composio_auth::testing::{Reply, StandIn};
+use composio_auth::testing::{pause_point, Reply, StandIn};
 use composio_auth::{ComposioAuthBuilder, ComposioAuthLayer, SessionInfo};
 use futures_util::FutureExt;
 use tokio::runtime::{Builder, Runtime};
@@ -131,13 +131,13 @@ fn a_verdict_invalidated_in_flight_reaches_no_thread_while_it_settles() {
 
         // The held verification settles and is paused right there, in its critical
         // section, having decided not to cache its (pre-invalidation) verdict.
-        points.arm("verdict not cached: invalidated or replaced while in flight");
+        points.arm(pause_point::VERDICT_NOT_CACHED);
         composio.release();
         points.wait_paused(WAIT);
         // Meanwhile another thread asks for the key (it misses and waits its turn).
-        let misses = points.count("cache miss");
+        let misses = points.count(pause_point::CACHE_MISS);
         let other = call_on_thread(&app, &key);
-        points.wait_count("cache miss", misses + 1, WAIT);
+        points.wait_count(pause_point::CACHE_MISS, misses + 1, WAIT);
         points.resume();
 
         assert_eq!(
@@ -192,7 +192,7 @@ fn a_stale_session_is_never_served_once_composio_has_refused_the_key() {
         ));
         // A second request also finds the stale session in its lookup, and is
         // paused right after it, before joining anything.
-        points.arm("cache miss");
+        points.arm(pause_point::CACHE_MISS);
         let second = call_on_thread(&app, &key);
         points.wait_paused(WAIT);
         // The refusal lands; then Composio starts failing.
@@ -214,6 +214,8 @@ fn a_stale_session_is_never_served_once_composio_has_refused_the_key() {
 
 #[test]
 fn a_verification_dropped_with_its_runtime_is_replaced_at_once() {
+    // Not paused, but it passes pause points: not while another test has one armed.
+    let _serial = Points::get().serial();
     let (_upstream_rt, composio) = upstream();
     let layer = layer(&composio, |b| b.timeout(Duration::from_secs(5)));
     let app = app(&layer);
@@ -231,6 +233,8 @@ fn a_verification_dropped_with_its_runtime_is_replaced_at_once() {
 
 #[test]
 fn a_runtime_left_idle_does_not_stall_another_runtimes_verifications() {
+    // Not paused, but it passes pause points: not while another test has one armed.
+    let _serial = Points::get().serial();
     let (_upstream_rt, composio) = upstream();
     let layer = layer(&composio, |b| b.timeout(Duration::from_secs(5)));
     let app = app(&layer);
@@ -247,6 +251,8 @@ fn a_runtime_left_idle_does_not_stall_another_runtimes_verifications() {
 
 #[test]
 fn requests_on_another_runtime_do_not_join_a_flight_they_cannot_drive() {
+    // Not paused, but it passes pause points: not while another test has one armed.
+    let _serial = Points::get().serial();
     let (_upstream_rt, composio) = upstream();
     let layer = layer(&composio, |b| b.timeout(Duration::from_secs(5)));
     let app = app(&layer);

@@ -1,14 +1,13 @@
 //! Replicas sharing verdicts and invalidations through a real `redis-server` (feature
 //! `redis`): each test starts its own server on a free loopback port.
-#![cfg(feature = "redis")]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 
 use common::redis::{RedisServer, PEPPER, VERDICTS};
 use common::{app, builder, composio, eventually, serve, within, Capture, Client, ALICE, BOB};
-use composio_auth::testing::{Reply, StandIn};
+use composio_auth::testing::{pause_point, Reply, StandIn};
 use composio_auth::{ComposioAuthBuilder, ComposioAuthLayer, RedisCache};
 
 /// A Redis budget generous enough that a loaded machine never makes these tests
@@ -82,7 +81,7 @@ async fn concurrent_first_requests_on_every_replica_make_one_upstream_call() {
     // The three other replicas found the lease taken and wait for its verdict.
     within(
         "three replicas waiting on the lease",
-        capture.wait_for("another replica holds the lease", 3),
+        capture.wait_for_point(pause_point::LEASE_HELD_ELSEWHERE, 3),
     )
     .await;
     composio.release();
@@ -508,13 +507,13 @@ async fn two_processes_share_verdicts_and_invalidations_through_one_redis() {
 
     let redis = RedisServer::start();
     let composio = composio().await;
+    // The test's name as libtest knows it: its module path without the crate.
+    let name = match module_path!().split_once("::") {
+        Some((_, module)) => format!("{module}::replica_process"),
+        None => "replica_process".to_owned(),
+    };
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "replica_process",
-            "--nocapture",
-            "--test-threads=1",
-        ])
+        .args(["--exact", name.as_str(), "--nocapture", "--test-threads=1"])
         .env(
             REPLICA_ENV,
             format!("{} {}", redis.url(), composio.base_url()),
@@ -676,7 +675,7 @@ async fn a_verification_in_flight_during_an_invalidation_never_refills_redis() {
     // hears it while its call is held.
     within(
         "replica 1 to hear the invalidation",
-        capture.wait_for("invalidation received from the fleet", 1),
+        capture.wait_for_point(pause_point::INVALIDATION_RECEIVED, 1),
     )
     .await;
     composio.release();

@@ -1,7 +1,7 @@
 //! The verdict table over real TCP: an axum app behind the layer, called by a real
 //! HTTP client, verifying keys against the loopback stand-in.
 
-mod common;
+use crate::common;
 
 use axum::http::StatusCode;
 use common::{serve, setup, Client, ALICE, BOB};

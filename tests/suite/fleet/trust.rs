@@ -4,9 +4,8 @@
 //! replaying `invalidate_all` messages, lowering the epoch, emptying Redis behind
 //! a replica's back) against real `redis-server` processes, with Composio refusing
 //! the key after it was revoked.
-#![cfg(feature = "redis")]
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

@@ -3,7 +3,7 @@
 //! timeout budget, nothing cached; or the stale session where `stale_if_error`
 //! applies), with every `tracing` event audited for keys.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

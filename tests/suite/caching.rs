@@ -2,7 +2,7 @@
 //! expiry, invalidation, the stale window, the concurrency bound, cancellation, and
 //! the service contract (`poll_ready`, clone-and-swap).
 
-mod common;
+use crate::common;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -13,7 +13,7 @@ use std::time::Duration;
 use axum::body::Body;
 use axum::http::{Request, Response, StatusCode};
 use common::{app, builder, composio, serve, setup, Capture, Client, ALICE, BOB};
-use composio_auth::testing::Reply;
+use composio_auth::testing::{pause_point, Reply};
 use composio_auth::ComposioAuthLayer;
 use futures_util::FutureExt;
 use tower::{Layer, Service, ServiceExt};
@@ -48,7 +48,7 @@ async fn concurrent_first_requests_share_one_call() {
         .collect();
     // All twenty are waiting: one started the verification, nineteen joined it.
     capture
-        .wait_for("joining the verification in flight", 19)
+        .wait_for_point(pause_point::JOINED_VERIFICATION, 19)
         .await;
     composio.wait_for_calls(1).await;
     assert_eq!(composio.calls(), 1);
@@ -265,7 +265,7 @@ async fn a_client_that_goes_away_does_not_cancel_the_verification() {
     // A second request joins the same verification instead of starting another.
     let second = tokio::spawn(app.clone().oneshot(request(ALICE)));
     capture
-        .wait_for("joining the verification in flight", 1)
+        .wait_for_point(pause_point::JOINED_VERIFICATION, 1)
         .await;
     composio.release();
     assert_eq!(second.await.unwrap().unwrap().status(), StatusCode::OK);
@@ -278,7 +278,9 @@ async fn a_client_that_goes_away_does_not_cancel_the_verification() {
     composio.wait_for_calls(2).await;
     drop(lone);
     composio.release();
-    capture.wait_for("Composio answered", 2).await;
+    capture
+        .wait_for_point(pause_point::UPSTREAM_REPLIED, 2)
+        .await;
     assert_eq!(
         app.oneshot(request(BOB)).await.unwrap().status(),
         StatusCode::OK
@@ -288,14 +290,14 @@ async fn a_client_that_goes_away_does_not_cancel_the_verification() {
 
 /// Requests every 20 ms for `run`; returns how many found no fresh session.
 async fn steady_use(capture: &Capture, client: &Client, run: Duration) -> usize {
-    let misses_before = capture.count_containing("cache miss");
+    let misses_before = capture.count_point(pause_point::CACHE_MISS);
     let mut tick = tokio::time::interval(Duration::from_millis(20));
     let until = tokio::time::Instant::now() + run;
     while tokio::time::Instant::now() < until {
         tick.tick().await;
         assert_eq!(client.me(ALICE).await.status, StatusCode::OK);
     }
-    capture.count_containing("cache miss") - misses_before
+    capture.count_point(pause_point::CACHE_MISS) - misses_before
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -328,7 +330,9 @@ async fn a_refresh_that_finds_the_key_revoked_refuses_it_before_the_ttl_ends() {
     tokio::time::sleep(ttl.mul_f64(0.85)).await; // into the refresh-ahead window
                                                  // Served from the cache, and starts the refresh...
     assert_eq!(client.me(ALICE).await.status, StatusCode::OK);
-    capture.wait_for("Composio answered", 2).await;
+    capture
+        .wait_for_point(pause_point::UPSTREAM_REPLIED, 2)
+        .await;
     // ...whose verdict applies at once, before the entry's TTL is over.
     assert_eq!(client.me(ALICE).await.status, StatusCode::UNAUTHORIZED);
     assert_eq!(composio.calls_for(ALICE), 2);

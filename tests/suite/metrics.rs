@@ -1,8 +1,7 @@
 //! Every metric of the `metrics` feature moves as the README's table says, read from
 //! `metrics-util`'s debugging recorder.
-#![cfg(feature = "metrics")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -6,7 +6,7 @@
 //! is installed; `.ci/run` installs them. Outside CI a missing one skips that check
 //! with a note; in CI (`CI` set) it fails.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::process::Command;

@@ -2,7 +2,7 @@
 //! become gRPC status codes, and handlers find `SessionInfo` in the request's
 //! extensions.
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -1,7 +1,7 @@
 //! The layer among the tower-http layers an axum app already stacks, each claim of
 //! the README's composition guide checked with the real layers over real TCP.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,13 +1,13 @@
 //! The fleet on a Redis Cluster of three masters started by the test: the same
 //! promises as on one server, with every Redis key of one API key in one slot.
-#![cfg(feature = "redis")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
 use common::redis::{RedisCluster, PEPPER, VERDICTS};
 use common::{app, builder, composio, eventually, serve, within, Capture, Client, ALICE, BOB};
+use composio_auth::testing::pause_point;
 use composio_auth::{ComposioAuthLayer, RedisCache};
 
 async fn replicas(
@@ -47,7 +47,7 @@ async fn on_a_cluster_replicas_share_verdicts_leases_rejections_and_invalidation
 
     // Concurrent first requests on every replica: one call.
     composio.hold();
-    let waiting = capture.count_containing("another replica holds the lease");
+    let waiting = capture.count_point(pause_point::LEASE_HELD_ELSEWHERE);
     let requests: Vec<_> = fleet
         .iter()
         .flat_map(|(_, client)| (0..4).map(move |_| client.clone()))
@@ -56,7 +56,7 @@ async fn on_a_cluster_replicas_share_verdicts_leases_rejections_and_invalidation
     within("BOB's call", composio.wait_for_calls(3)).await;
     within(
         "two replicas waiting on the lease",
-        capture.wait_for("another replica holds the lease", waiting + 2),
+        capture.wait_for_point(pause_point::LEASE_HELD_ELSEWHERE, waiting + 2),
     )
     .await;
     composio.release();

@@ -39,6 +39,17 @@ fn rust_files(dir: &Path, found: &mut Vec<PathBuf>) {
     }
 }
 
+/// `code` names `name` as a path of its own: not inside a longer identifier or path
+/// (`crate::adapters::tower::service` names `crate::adapters`, not `tower::`).
+fn names(code: &str, name: &str) -> bool {
+    code.match_indices(name).any(|(at, _)| {
+        !code[..at]
+            .chars()
+            .next_back()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == ':')
+    })
+}
+
 /// Every line of the framework-free folders that names something forbidden
 /// (comments and `cfg` attributes aside: they may mention a feature's name).
 fn violations(root: &Path) -> Vec<String> {
@@ -55,7 +66,7 @@ fn violations(root: &Path) -> Vec<String> {
                 continue;
             }
             for name in FORBIDDEN {
-                if code.contains(name) {
+                if names(code, name) {
                     found.push(format!("{}:{}: {name}", file.display(), number + 1));
                 }
             }

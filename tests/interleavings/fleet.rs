@@ -1,10 +1,9 @@
 //! The fleet's interleavings, forced by pausing the layer at a known point
-//! (`common::pause`, a process-wide subscriber: this file is a test binary of its
-//! own). Requests and invalidations run on runtimes of their own, so a paused
+//! (`common::pause`, a process-wide subscriber: the `interleavings` test binary
+//! holds only tests that may share it). Requests and invalidations run on runtimes of their own, so a paused
 //! thread blocks nothing the test needs.
-#![cfg(feature = "redis")]
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use axum::Router;
 use common::pause::Points;
 use common::redis::RedisServer;
 use common::{composio, within};
-use composio_auth::testing::StandIn;
+use composio_auth::testing::{pause_point, StandIn};
 use composio_auth::ComposioAuthLayer;
 use tokio::runtime::{Builder, Runtime};
 use tower::ServiceExt;
@@ -76,7 +75,7 @@ fn a_verdict_read_from_redis_while_invalidate_runs_is_gone_when_it_returns() {
         composio.revoke(&key);
 
         // This replica's invalidate pauses right after forgetting the key here.
-        points.arm("invalidated on this replica; now on the fleet");
+        points.arm(pause_point::INVALIDATED_HERE);
         let invalidating = {
             let (layer, key) = (layer.clone(), key.clone());
             std::thread::spawn(move || runtime().block_on(layer.invalidate(&key)))
@@ -124,7 +123,7 @@ fn a_verdict_of_the_old_epoch_read_while_invalidate_all_runs_is_gone_when_it_ret
     let (layer, app) = replica(&composio, &redis);
     let requests = runtime();
 
-    points.arm("invalidated on this replica; now on the fleet");
+    points.arm(pause_point::INVALIDATED_HERE);
     let invalidating = {
         let layer = layer.clone();
         std::thread::spawn(move || runtime().block_on(layer.invalidate_all()))
@@ -133,7 +132,7 @@ fn a_verdict_of_the_old_epoch_read_while_invalidate_all_runs_is_gone_when_it_ret
     // Arriving during the call, a request adopts the verdict of the old epoch.
     assert_eq!(call(&requests, &app, key), StatusCode::OK);
     // This replica's subscription will be held as it receives the new epoch.
-    points.arm("invalidation received from the fleet");
+    points.arm(pause_point::INVALIDATION_RECEIVED);
     points.resume();
     invalidating.join().unwrap().expect("Redis reachable");
     points.wait_paused(WAIT);

@@ -3,7 +3,7 @@
 //! sharing each key's one verification across its workers (each worker is a Tokio
 //! runtime of its own).
 
-mod common;
+use crate::common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

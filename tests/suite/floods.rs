@@ -1,6 +1,6 @@
 //! Floods: bad keys never push good ones out, and upstream calls stay bounded.
 
-mod common;
+use crate::common;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +22,12 @@ fn request(key: &str) -> Request<Body> {
 async fn a_flood_of_invalid_keys_never_evicts_a_valid_session() {
     const FLOOD: usize = 100_000;
     let composio = composio().await;
-    let layer = builder(&composio).build().unwrap(); // default budgets: 10,000 + 10,000
+    // Default capacities (10,000 + 10,000); a TTL longer than any flood, so that only
+    // an eviction could cost ALICE a second call (a loaded machine may take a minute).
+    let layer = builder(&composio)
+        .ttl(Duration::from_secs(3600))
+        .build()
+        .unwrap();
     let app = app(layer.clone());
     assert_eq!(
         app.clone().oneshot(request(ALICE)).await.unwrap().status(),

@@ -1,0 +1,8 @@
+//! The fleet (feature `redis`): replicas sharing verdicts and invalidations through
+//! real `redis-server` processes, each test starting its own on free loopback ports.
+
+mod cluster;
+mod faults;
+mod sharing;
+mod soak;
+mod trust;
