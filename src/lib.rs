@@ -35,79 +35,26 @@
 //! # }
 //! ```
 //!
-//! In a server: `axum::serve(listener, app).await`.
-//!
-//! The same layer protects a tonic server (feature `tonic`):
-//! `tonic::transport::Server::builder().layer(ComposioAuthLayer::new())`; handlers
-//! read `request.extensions().get::<SessionInfo>()`. And an actix-web app (feature
-//! `actix-web`): `App::new().wrap(layer.clone())`, with `SessionInfo` as an
-//! extractor; build the layer outside `HttpServer::new`'s closure, so every worker
-//! shares it.
-//!
-//! The layer answers in the inner service's own response body type (a
-//! [`RejectionBody`]: axum's, tonic's, hyper's usual ones), so a request it lets
-//! through gets the inner response untouched. Between this layer and a body type it
-//! does not know (another layer's, e.g. `CompressionLayer` inside it in one
-//! `ServiceBuilder`), put `MapResponseBodyLayer::new(ResponseBody::new)`; the
-//! compiler's message says so.
-//!
+//! In a server: `axum::serve(listener, app).await`. The same layer protects tonic
+//! servers and actix-web apps (see the features below), and
+//! [`ComposioAuthLayer::verify`] checks a request's headers without any framework.
 //! Configuration lives on [`ComposioAuthBuilder`]; the [`testing`] module (feature
 //! `test-util`) has a loopback stand-in of Composio for tests.
 //!
-//! # Composition with tower-http
+//! # Guides
 //!
-//! In axum a layer added later wraps the ones added before it. Where this layer goes
-//! among the layers an app already has (each point is a test in
-//! `tests/composition.rs`):
-//!
-//! - **`CorsLayer` outside.** Browsers send CORS preflights without credentials: with
-//!   CORS inside this layer every preflight is refused with 401. Outside, preflights
-//!   are answered by CORS, and this layer's rejections still get the CORS headers the
-//!   page needs to read them.
-//! - **`SetRequestIdLayer` outside**, so the envelopes this layer makes carry the
-//!   generated `x-request-id` as `request_id`; `PropagateRequestIdLayer` returns it
-//!   to the client.
-//! - **`TraceLayer` outside.** Each upstream verification runs in a
-//!   `composio_auth.verification` span, a child of the request's span, and rejections
-//!   are traced like any response.
-//! - **`CompressionLayer` outside** compresses rejections too.
-//! - **`TimeoutLayer` outside, longer than [`ComposioAuthBuilder::timeout`]**: the
-//!   layer answers 503 within its own budget, and the outer timeout stays a backstop
-//!   for the handlers. (The layer answers in the inner body type, axum's `Body`,
-//!   which is `Default`: the empty body `TimeoutLayer` answers 408 with.)
-//! - **`Router::route_layer`** protects only the routes added before it and leaves
-//!   unknown paths 404; **`Router::layer`** protects every path, unknown ones
-//!   included (401 without a key).
-//! - **HTTP/2** (h2c with prior knowledge through `axum::serve`) is answered exactly
-//!   as HTTP/1.1.
-//! - **A per-client rate limiter outside** (e.g. `tower_governor`'s `GovernorLayer`,
-//!   keyed by peer IP): a client spraying random keys is stopped after its burst
-//!   before it spends the upstream budget everyone shares.
-//! - **tonic-web: `GrpcWebLayer` outside** (with `accept_http1(true)`), so this layer
-//!   sees plain gRPC and tonic-web encodes the status for the browser; inside,
-//!   gRPC-web requests still get a trailers-only answer in their own content type.
-//! - [`ComposioAuthBuilder::hide_credential`] removes the key's header before
-//!   anything inside the layer sees the request.
-//!
-//! ```
-//! use axum::{routing::get, Router};
-//! use composio_auth::ComposioAuthLayer;
-//! use tower_http::cors::CorsLayer;
-//! use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
-//! use tower_http::trace::TraceLayer;
-//!
-//! # fn build() -> Result<Router, composio_auth::Error> {
-//! let app: Router = Router::new()
-//!     .route("/me", get(|| async { "me" }))
-//!     .route_layer(ComposioAuthLayer::builder().build()?)
-//!     .route("/health", get(|| async { "ok" }))
-//!     .layer(CorsLayer::permissive())
-//!     .layer(PropagateRequestIdLayer::x_request_id())
-//!     .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
-//!     .layer(TraceLayer::new_for_http());
-//! # Ok(app)
-//! # }
-//! ```
+//! - [`guide::composition`]: where the layer goes among tower-http's layers, in
+//!   tonic and in actix-web.
+//! - [`guide::configuration`]: every setting and its default, in one table.
+//! - [`guide::verdicts`]: what each request gets: statuses, envelopes, headers,
+//!   gRPC codes.
+//! - [`guide::promises`]: what the layer guarantees about revocation, upstream calls
+//!   and memory, and how it behaves when Composio fails.
+//! - [`guide::replicas`]: a fleet of replicas sharing verdicts through Redis, what
+//!   Redis sees, the threat model, the ACL.
+//! - [`guide::metrics`]: the metrics and their labels.
+//! - [`guide::logs`]: the `tracing` events and span.
+//! - [`guide::security`]: what is kept secret, what goes where.
 //!
 //! # Features
 //!
@@ -116,24 +63,12 @@
 //!   servers (see [`RejectionBody`]).
 //! - `actix-web`: the same [`ComposioAuthLayer`] as actix-web middleware
 //!   (`App::new().wrap(layer.clone())`), and [`SessionInfo`] and
-//!   `Option<SessionInfo>` as actix-web extractors (see the README's actix-web
-//!   section).
+//!   `Option<SessionInfo>` as actix-web extractors.
+//! - `metrics`: counters, gauges and a histogram through the `metrics` facade
+//!   ([`guide::metrics`]).
+//! - `redis`: `RedisCache`, for a fleet of replicas that share verdicts and
+//!   invalidations through Redis or Valkey ([`guide::replicas`]).
 //! - `test-util`: the [`testing`] module.
-//! - `metrics`: counters, gauges and a histogram through the `metrics` facade (see
-//!   the README's Metrics section); install the recorder before building the layer.
-//! - `redis`: `RedisCache`, for `ComposioAuthBuilder::shared_cache`: the replicas of
-//!   a service share verdicts (one upstream call per key per TTL for the fleet) and
-//!   invalidations (`invalidate` on one replica reaches all of them) through Redis or
-//!   Valkey. See the README's "Running several replicas".
-//!
-//! # Logs
-//!
-//! Events go to the `composio_auth` target: cache hits (`trace`), misses, upstream
-//! status and latency, and verdicts (`debug`), upstream failures (`warn`). Each
-//! upstream verification runs in a `composio_auth.verification` span (`debug`) with
-//! the fields `header`, `outcome`, `upstream_status` and `latency_ms`, a child of
-//! the span of the request that started it (e.g. tower-http's `TraceLayer`). No
-//! event or span ever contains a key.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -175,6 +110,26 @@ pub mod limits {
     pub use crate::verifier::credential::MAX_KEY_LEN;
     pub use crate::verifier::envelope::{MAX_GRPC_MESSAGE_BYTES, MAX_REQUEST_ID_BYTES};
     pub use crate::verifier::upstream::MAX_UPSTREAM_BODY_BYTES;
+}
+
+/// Guides and reference, one topic each (the crate-level docs list them).
+pub mod guide {
+    #[doc = include_str!("docs/composition.md")]
+    pub mod composition {}
+    #[doc = include_str!("docs/configuration.md")]
+    pub mod configuration {}
+    #[doc = include_str!("docs/verdicts.md")]
+    pub mod verdicts {}
+    #[doc = include_str!("docs/promises.md")]
+    pub mod promises {}
+    #[doc = include_str!("docs/replicas.md")]
+    pub mod replicas {}
+    #[doc = include_str!("docs/metrics.md")]
+    pub mod metrics {}
+    #[doc = include_str!("docs/logs.md")]
+    pub mod logs {}
+    #[doc = include_str!("docs/security.md")]
+    pub mod security {}
 }
 
 /// Entry points for `cargo fuzz` (`fuzz/`), built only with `--cfg fuzzing`.
