@@ -132,6 +132,12 @@ pub mod guide {
     pub mod security {}
 }
 
+/// The README's complete program, compiled with the doctests; its fragments are
+/// marked `ignore` (each is a whole example in `examples/` or a guide).
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
+
 /// Entry points for `cargo fuzz` (`fuzz/`), built only with `--cfg fuzzing`.
 #[cfg(fuzzing)]
 #[doc(hidden)]

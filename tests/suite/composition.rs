@@ -1,5 +1,5 @@
 //! The layer among the tower-http layers an axum app already stacks, each claim of
-//! the README's composition guide checked with the real layers over real TCP.
+//! the composition guide (guide::composition) checked with the real layers over real TCP.
 
 use crate::common;
 
@@ -125,7 +125,7 @@ async fn rejections_are_compressed_and_verifications_end_within_the_layers_budge
 #[tokio::test]
 async fn inside_a_stack_that_changes_the_body_type_responsebody_carries_the_envelope() {
     // The layer outside `CompressionLayer` in one `ServiceBuilder`: the inner body is
-    // tower-http's `CompressionBody`, which this crate cannot write in; the README's
+    // tower-http's `CompressionBody`, which this crate cannot write in; the composition guide's
     // one extra line wraps it.
     let composio = composio().await;
     let app = me().layer(

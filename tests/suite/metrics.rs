@@ -1,4 +1,4 @@
-//! Every metric of the `metrics` feature moves as the README's table says, read from
+//! Every metric of the `metrics` feature moves as guide::metrics's table says, read from
 //! `metrics-util`'s debugging recorder.
 
 use crate::common;

@@ -556,7 +556,7 @@ async fn two_processes_share_verdicts_and_invalidations_through_one_redis() {
     assert!(child.wait().unwrap().success());
 }
 
-/// The ACL the README recommends: the layer's prefix and the commands it uses.
+/// The ACL guide::replicas recommends: the layer's prefix and the commands it uses.
 pub const ACL: &[&str] = &[
     "resetkeys",
     "~orders-api:auth:*",
