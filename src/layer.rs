@@ -286,7 +286,8 @@ pub struct ComposioAuthBuilder {
     refresh_ahead: bool,
     hide_credential: bool,
     accepted: AcceptedHeaders,
-    require: Option<Predicate>,
+    /// Every predicate given to `require`, in order; all must hold.
+    require: Vec<Predicate>,
     #[cfg(feature = "redis")]
     shared_cache: Option<RedisCache>,
 }
@@ -314,7 +315,7 @@ impl ComposioAuthBuilder {
             refresh_ahead: true,
             hide_credential: false,
             accepted: AcceptedHeaders::DEFAULT,
-            require: None,
+            require: Vec::new(),
             #[cfg(feature = "redis")]
             shared_cache: None,
         }
@@ -459,7 +460,8 @@ impl ComposioAuthBuilder {
     }
 
     /// A predicate every valid session must pass, checked on every request (cached
-    /// or not); a session it refuses gets 403.
+    /// or not); a session it refuses gets 403. Predicates add up, as with
+    /// [`ComposioAuthLayer::require`]: `require(p).require(q)` needs both.
     ///
     /// ```
     /// # use composio_auth::ComposioAuthLayer;
@@ -472,7 +474,7 @@ impl ComposioAuthBuilder {
     where
         F: Fn(&SessionInfo) -> bool + Send + Sync + 'static,
     {
-        self.require = Some(Arc::new(predicate));
+        self.require.push(Arc::new(predicate));
         self
     }
 
@@ -635,7 +637,7 @@ impl fmt::Debug for ComposioAuthBuilder {
             .field("hide_credential", &self.hide_credential)
             .field(
                 "require",
-                &self.require.as_ref().map(|_| "Fn(&SessionInfo) -> bool"),
+                &format_args!("[Fn(&SessionInfo) -> bool; {}]", self.require.len()),
             );
         #[cfg(feature = "redis")]
         debug.field("shared_cache", &self.shared_cache);

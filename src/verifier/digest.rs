@@ -35,7 +35,8 @@ use siphasher::sip128::{Hasher128, SipHasher13};
 
 use crate::verifier::credential::CredentialHeader;
 
-/// SipHash-1-3-128 of (base URL, header, key) under a per-layer secret.
+/// SipHash-1-3-128 of (base URL, header, key) under a per-layer secret (with a
+/// fleet, one derived from the pepper).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Digest([u8; 16]);
 

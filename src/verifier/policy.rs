@@ -30,12 +30,12 @@ pub(crate) struct Policy {
 
 impl Policy {
     pub(crate) fn new(
-        require: Option<Predicate>,
+        predicates: Vec<Predicate>,
         accepted: AcceptedHeaders,
         instruments: Arc<Instruments>,
     ) -> Self {
         Self {
-            predicates: require.into_iter().collect(),
+            predicates,
             forbidden: Refusal::forbidden(),
             challenge: challenge(accepted.iter().map(|h| h.as_str())),
             instruments,

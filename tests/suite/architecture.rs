@@ -51,6 +51,68 @@ fn names(code: &str, name: &str) -> bool {
     })
 }
 
+/// The crate's own modules and items a framework-free file must not reach by any
+/// path: `crate::{adapters, ..}` groups and `super::super::layer` chains included.
+const FORBIDDEN_IN_CRATE: &[&str] = &[
+    "adapters",
+    "layer",
+    "body",
+    "testing",
+    "ComposioAuth",
+    "ResponseFuture",
+    "MissingSession",
+];
+
+/// The identifier at the start of `text`.
+fn first_identifier(text: &str) -> &str {
+    let text = text.trim_start();
+    let end = text
+        .find(|c: char| !(c.is_alphanumeric() || c == '_'))
+        .unwrap_or(text.len());
+    &text[..end]
+}
+
+/// The forbidden crate modules `text` (a whole file, comments removed) reaches
+/// through a `crate::{..}` group or a `super::` chain, with their line numbers.
+fn reached_indirectly(text: &str) -> Vec<(usize, &'static str)> {
+    let line_of = |at: usize| text[..at].matches('\n').count() + 1;
+    let mut found = Vec::new();
+    for (at, _) in text.match_indices("crate::{") {
+        // The group's items at its own depth: `crate::{a::b, c::{d, e}}` is `a`, `c`.
+        let group = &text[at + "crate::{".len()..];
+        let mut depth = 0;
+        let mut items = vec![group];
+        for (i, c) in group.char_indices() {
+            match c {
+                '{' => depth += 1,
+                '}' if depth == 0 => break,
+                '}' => depth -= 1,
+                ',' if depth == 0 => items.push(&group[i + 1..]),
+                _ => {}
+            }
+        }
+        for item in items {
+            let name = first_identifier(item);
+            if let Some(forbidden) = FORBIDDEN_IN_CRATE.iter().find(|f| **f == name) {
+                found.push((line_of(at), *forbidden));
+            }
+        }
+    }
+    for (at, _) in text.match_indices("super::") {
+        let mut rest = &text[at..];
+        while let Some(next) = rest.strip_prefix("super::") {
+            rest = next;
+        }
+        let name = first_identifier(rest);
+        if let Some(forbidden) = FORBIDDEN_IN_CRATE.iter().find(|f| **f == name) {
+            found.push((line_of(at), *forbidden));
+        }
+    }
+    found.sort_unstable();
+    found.dedup();
+    found
+}
+
 /// Every line of the framework-free folders that names something forbidden
 /// (comments and `cfg` attributes aside: they may mention a feature's name).
 fn violations(root: &Path) -> Vec<String> {
@@ -61,16 +123,27 @@ fn violations(root: &Path) -> Vec<String> {
     let mut found = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).expect("a readable source file");
-        for (number, line) in text.lines().enumerate() {
-            let code = line.trim_start();
-            if code.starts_with("//") || code.starts_with("#[cfg") {
-                continue;
-            }
+        // Comments and `cfg` attributes blanked, lines kept in place.
+        let code: Vec<&str> = text
+            .lines()
+            .map(|line| {
+                let code = line.trim_start();
+                if code.starts_with("//") || code.starts_with("#[cfg") {
+                    ""
+                } else {
+                    code
+                }
+            })
+            .collect();
+        for (number, line) in code.iter().enumerate() {
             for name in FORBIDDEN {
-                if names(code, name) {
+                if names(line, name) {
                     found.push(format!("{}:{}: {name}", file.display(), number + 1));
                 }
             }
+        }
+        for (number, name) in reached_indirectly(&code.join("\n")) {
+            found.push(format!("{}:{number}: {name}", file.display()));
         }
     }
     found
@@ -97,13 +170,22 @@ fn the_check_sees_a_forbidden_import() {
     std::fs::create_dir_all(&verifier).unwrap();
     std::fs::write(
         verifier.join("bad.rs"),
-        "// crate::adapters in a comment is fine\n#[cfg(feature = \"axum\")]\nuse crate::adapters::tower::service;\n",
+        "// crate::adapters in a comment is fine\n#[cfg(feature = \"axum\")]\nuse crate::adapters::tower::service;\n\
+         use crate::{\n    verifier::cache,\n    layer::ComposioAuthLayer,\n};\n\
+         use super::super::body::ResponseBody;\nuse crate::{verifier::{a, b}, Error};\n",
     )
     .unwrap();
     let found = violations(&root);
     std::fs::remove_dir_all(&root).unwrap();
-    assert_eq!(found.len(), 1, "{found:?}");
-    assert!(found[0].ends_with("bad.rs:3: crate::adapters"), "{found:?}");
+    let lines: Vec<_> = found
+        .iter()
+        .map(|f| f.rsplit("bad.rs:").next().unwrap())
+        .collect();
+    assert_eq!(
+        lines,
+        ["3: crate::adapters", "4: layer", "8: body"],
+        "{found:?}"
+    );
 }
 
 /// The type names `src/` defines (`struct`, `enum`, `union`, `trait` and `type`

@@ -394,6 +394,19 @@ async fn require_refusals_are_403_on_every_request_with_the_session_cached() {
     assert_eq!(composio.calls_for(ALICE), 1);
 }
 
+#[tokio::test]
+async fn the_builders_require_adds_up_like_the_layers() {
+    // Each key passes one predicate and fails the other: both must hold.
+    let (composio, _, client) = setup(|b| {
+        b.require(|s| s.org_member.role == "admin")
+            .require(|s| s.org_member.email.starts_with("bob"))
+    })
+    .await;
+    assert_eq!(client.me(ALICE).await.status, 403);
+    assert_eq!(client.me(BOB).await.status, 403);
+    assert_eq!((composio.calls_for(ALICE), composio.calls_for(BOB)), (1, 1));
+}
+
 /// Asserts the documented 503: envelope, `Retry-After`, and nothing cached (a second
 /// request asks Composio again). The other faults are in `faults.rs`.
 async fn assert_undecided(composio: &StandIn, client: &Client, key: &str, reason: &str) {

@@ -135,7 +135,8 @@ impl RedisCache {
 
     /// The longest a replica waits for the verdict of another replica that is
     /// verifying the same key, before asking Composio itself (default: half the
-    /// layer's [`timeout`](crate::ComposioAuthBuilder::timeout)).
+    /// layer's [`timeout`](crate::ComposioAuthBuilder::timeout); a wait longer than
+    /// the `timeout` is lowered to it).
     #[must_use]
     pub fn lease_wait(mut self, wait: Duration) -> Self {
         self.wait = Some(wait);

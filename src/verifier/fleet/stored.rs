@@ -79,7 +79,9 @@ pub(super) fn wall_ms(instant: Instant) -> u64 {
 }
 
 /// What a value's plaintext holds: Composio's status, the [`Stamp`], the body.
-#[derive(Debug, PartialEq, Eq)]
+/// (`Debug` only in tests: the body holds the project's webhook secret.)
+#[cfg_attr(test, derive(Debug))]
+#[derive(PartialEq, Eq)]
 pub(super) struct StoredVerdict<'a> {
     pub(super) status: StatusCode,
     pub(super) stamp: Stamp,
