@@ -3,7 +3,7 @@
 //! holds only tests that may share it). Requests and invalidations run on runtimes of their own, so a paused
 //! thread blocks nothing the test needs.
 
-use crate::common;
+use crate::{common, multi_thread, WAIT};
 
 use std::time::Duration;
 
@@ -16,19 +16,10 @@ use common::redis::RedisServer;
 use common::{composio, within};
 use composio_auth::testing::{pause_point, StandIn};
 use composio_auth::ComposioAuthLayer;
-use tokio::runtime::{Builder, Runtime};
+use tokio::runtime::Runtime;
 use tower::ServiceExt;
 
-const WAIT: Duration = Duration::from_secs(10);
 const ROUNDS: usize = 5;
-
-fn runtime() -> Runtime {
-    Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn replica(composio: &StandIn, redis: &RedisServer) -> (ComposioAuthLayer, Router) {
     let layer = ComposioAuthLayer::builder()
@@ -60,12 +51,12 @@ fn call(runtime: &Runtime, app: &Router, key: &str) -> StatusCode {
 fn a_verdict_read_from_redis_while_invalidate_runs_is_gone_when_it_returns() {
     let points = Points::get();
     let _serial = points.serial();
-    let upstream = runtime();
+    let upstream = multi_thread();
     let composio = upstream.block_on(composio());
     let redis = RedisServer::start();
     let (_, other_app) = replica(&composio, &redis);
     let (layer, app) = replica(&composio, &redis);
-    let requests = runtime();
+    let requests = multi_thread();
     for round in 0..ROUNDS {
         let key = format!("ak_between_{round}_0123456789abcdef");
         composio.add_session(&key, StandIn::example_document());
@@ -78,7 +69,7 @@ fn a_verdict_read_from_redis_while_invalidate_runs_is_gone_when_it_returns() {
         points.arm(pause_point::INVALIDATED_HERE);
         let invalidating = {
             let (layer, key) = (layer.clone(), key.clone());
-            std::thread::spawn(move || runtime().block_on(layer.invalidate(&key)))
+            std::thread::spawn(move || multi_thread().block_on(layer.invalidate(&key)))
         };
         points.wait_paused(WAIT);
         // A request arriving now (during the call) adopts the recorded verdict.
@@ -106,7 +97,7 @@ fn a_verdict_read_from_redis_while_invalidate_runs_is_gone_when_it_returns() {
 fn a_verdict_of_the_old_epoch_read_while_invalidate_all_runs_is_gone_when_it_returns() {
     let points = Points::get();
     let _serial = points.serial();
-    let upstream = runtime();
+    let upstream = multi_thread();
     let composio = upstream.block_on(composio());
     let redis = RedisServer::start();
     let key = "ak_epoch_0123456789abcdef";
@@ -115,18 +106,18 @@ fn a_verdict_of_the_old_epoch_read_while_invalidate_all_runs_is_gone_when_it_ret
         // Another replica records the verdict, then goes away with its runtime (and
         // its subscription): only the replica under test hears the stream.
         let (_, other_app) = replica(&composio, &redis);
-        let other_runtime = runtime();
+        let other_runtime = multi_thread();
         assert_eq!(call(&other_runtime, &other_app, key), StatusCode::OK);
         upstream.block_on(redis.wait_for_verdicts(1));
     }
     composio.revoke(key);
     let (layer, app) = replica(&composio, &redis);
-    let requests = runtime();
+    let requests = multi_thread();
 
     points.arm(pause_point::INVALIDATED_HERE);
     let invalidating = {
         let layer = layer.clone();
-        std::thread::spawn(move || runtime().block_on(layer.invalidate_all()))
+        std::thread::spawn(move || multi_thread().block_on(layer.invalidate_all()))
     };
     points.wait_paused(WAIT);
     // Arriving during the call, a request adopts the verdict of the old epoch.

@@ -11,3 +11,20 @@ mod common;
 #[cfg(feature = "redis")]
 mod fleet;
 mod replica;
+
+use std::time::Duration;
+
+use tokio::runtime::{Builder, Runtime};
+
+/// Generous bound on waits that are expected to take milliseconds.
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A runtime of its own for one side of an interleaving (requests, the upstream,
+/// an invalidation), so that a thread paused in one blocks nothing of the others.
+fn multi_thread() -> Runtime {
+    Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}

@@ -5,7 +5,7 @@
 //! own, requests run on others (plain threads with current-thread runtimes), so that
 //! a thread paused inside the layer blocks nothing the test needs.
 
-use crate::common;
+use crate::{common, multi_thread, WAIT};
 
 use std::thread;
 use std::time::Duration;
@@ -22,17 +22,7 @@ use futures_util::FutureExt;
 use tokio::runtime::{Builder, Runtime};
 use tower::ServiceExt;
 
-/// Generous bound on waits that are expected to take milliseconds.
-const WAIT: Duration = Duration::from_secs(10);
 const ROUNDS: usize = 10;
-
-fn multi_thread() -> Runtime {
-    Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap()
-}
 
 fn current_thread() -> Runtime {
     Builder::new_current_thread().enable_all().build().unwrap()
