@@ -107,8 +107,9 @@ pub use verifier::session::{
 /// The limits the layer enforces on what it reads, keeps and waits for.
 pub mod limits {
     pub use crate::adapters::tower::drain::{DRAIN_IDLE_TIME, DRAIN_TIME, MAX_DRAINING};
-    pub use crate::verifier::credential::MAX_KEY_LEN;
+    pub use crate::verifier::credential::{MAX_KEY_LEN, MAX_SELECTOR_LEN};
     pub use crate::verifier::envelope::{MAX_GRPC_MESSAGE_BYTES, MAX_REQUEST_ID_BYTES};
+    pub use crate::verifier::scopes::MAX_SCOPES_PER_KEY;
     pub use crate::verifier::upstream::MAX_UPSTREAM_BODY_BYTES;
 }
 

@@ -5,7 +5,10 @@
 //! It is a real HTTP server on `127.0.0.1`, serving the documented shapes: the
 //! reference's session document for keys you add, Composio's 401 envelopes for the
 //! rest, and whatever [`Reply`] you set to rehearse failures. It counts calls, so
-//! tests can prove what the cache saves.
+//! tests can prove what the cache saves. A user key (`x-user-api-key`) may also
+//! have scopes, sessions chosen by its `x-org-id` and `x-project-id` selectors
+//! ([`StandIn::add_scoped_session`]), answered with Composio's 400 and 404 envelopes
+//! when the selectors are malformed or name no scope of the key.
 //!
 //! ```
 //! use axum::{body::Body, http::Request, routing::get, Router};
@@ -55,6 +58,11 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::verifier::credential::CredentialHeader;
+
+/// The selector header choosing a user key's organization.
+const ORG_ID: &str = "x-org-id";
+/// The selector header choosing a user key's project.
+const PROJECT_ID: &str = "x-project-id";
 
 /// Pause points: named places in the layer where a test can hold a thread, or count
 /// how often a request got there.
@@ -231,6 +239,51 @@ impl fmt::Debug for Reply {
     }
 }
 
+/// A key and the selectors of one of its scopes: `(key, org id, project id)`.
+fn scope_of(key: &str, org_id: &str, project_id: &str) -> (String, String, String) {
+    (key.to_owned(), org_id.to_owned(), project_id.to_owned())
+}
+
+/// Whether `id` is a UUID (8-4-4-4-12 hex digits), not the nano id Composio wants.
+fn is_uuid(id: &str) -> bool {
+    let groups: Vec<&str> = id.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(group, len)| group.len() == len && group.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The value of a selector header, if the request has one (the first if several).
+fn selector(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get(name)
+        .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+}
+
+/// The request's one credential and its header, or Composio's 401 when it has none
+/// or several.
+fn credential(headers: &HeaderMap) -> Result<(CredentialHeader, String), Reply> {
+    let mut keys = CredentialHeader::ALL.into_iter().flat_map(|header| {
+        headers
+            .get_all(header.header_name())
+            .iter()
+            .map(move |value| (header, value))
+    });
+    match (keys.next(), keys.next()) {
+        (None, _) => Err(Reply::envelope(401, 906, "Auth_NoAuthProvided", "No API key provided")),
+        (Some(_), Some(_)) => Err(Reply::envelope(
+            401,
+            10401,
+            "HTTP_Unauthorized",
+            "Multiple authentication modes were provided. Provide exactly one authentication mode per request.",
+        )),
+        (Some((header, key)), None) => {
+            Ok((header, String::from_utf8_lossy(key.as_bytes()).into_owned()))
+        }
+    }
+}
+
 /// Composio's way of naming a key in messages: `ak_**ESjq`.
 fn mask(key: &str) -> String {
     let tail: String = key
@@ -259,12 +312,94 @@ struct Script {
     /// Answers keys without a reply of their own.
     default_reply: Option<Reply>,
     latency: Duration,
+    /// Sessions of a user key's scopes, by `(key, org id, project id)`.
+    scoped_sessions: HashMap<(String, String, String), Value>,
+    /// Answers of a user key's scopes, before their sessions.
+    scoped_replies: HashMap<(String, String, String), Reply>,
     calls_by_key: HashMap<String, u64>,
+    calls_by_scope: HashMap<(String, String, String), u64>,
     calls_by_path: HashMap<String, u64>,
+    /// Requests that carried `x-org-id` or `x-project-id`.
+    calls_with_selectors: u64,
     last_headers: Option<HeaderMap>,
     /// Calls being answered now, and the most there ever were at once.
     in_progress: u64,
     peak: u64,
+}
+
+impl Script {
+    /// The answer by the key alone, as for a key without selectors: its reply, else
+    /// the default reply (unless revoked), else Composio's invalid-key 401.
+    fn key_reply(&self, key: &str) -> Reply {
+        self.replies
+            .get(key)
+            .cloned()
+            .or_else(|| {
+                (!self.revoked.contains(key))
+                    .then(|| self.default_reply.clone())
+                    .flatten()
+            })
+            .unwrap_or_else(|| Reply::invalid_key(key))
+    }
+
+    /// Whether `key` has a scope of its own (a scoped session or reply).
+    fn has_scopes(&self, key: &str) -> bool {
+        self.scoped_sessions
+            .keys()
+            .chain(self.scoped_replies.keys())
+            .any(|(scoped, _, _)| scoped == key)
+    }
+
+    /// The answer for a user key and its selectors: the selectors' shape first, then
+    /// the key (a refusal of the key comes before its scope), then the scope.
+    fn user_reply(&self, key: &str, org_id: Option<&str>, project_id: Option<&str>) -> Reply {
+        let (org_id, project_id) = match (org_id, project_id) {
+            (None, None) => return self.key_reply(key),
+            (Some(org_id), Some(project_id)) => (org_id, project_id),
+            _ => {
+                return Reply::envelope(
+                    400,
+                    10400,
+                    "HTTP_BadRequest",
+                    "x-org-id and x-project-id must be sent together",
+                )
+            }
+        };
+        let uuid = [(ORG_ID, org_id), (PROJECT_ID, project_id)]
+            .into_iter()
+            .find(|(_, id)| is_uuid(id));
+        if let Some((name, _)) = uuid {
+            let message =
+                format!("{name} must be a nano id (such as org_... or pr_...), not a UUID");
+            return Reply::envelope(400, 10400, "HTTP_BadRequest", &message);
+        }
+        match self.replies.get(key) {
+            _ if self.revoked.contains(key) => return Reply::invalid_key(key),
+            // The key's default session: the selectors choose another one.
+            Some(Reply::Session(_)) => {}
+            Some(reply) => return reply.clone(),
+            None if !self.has_scopes(key) => return self.key_reply(key),
+            None => {}
+        }
+        let scope = scope_of(key, org_id, project_id);
+        self.scoped_replies
+            .get(&scope)
+            .cloned()
+            .or_else(|| {
+                self.scoped_sessions
+                    .get(&scope)
+                    .cloned()
+                    .map(Reply::Session)
+            })
+            .unwrap_or_else(|| {
+                Reply::envelope(
+                    404,
+                    10404,
+                    "HTTP_NotFound",
+                    "Organization or project not found or not accessible",
+                )
+            })
+    }
 }
 
 struct Shared {
@@ -334,12 +469,49 @@ impl StandIn {
         script.replies.insert(key.to_owned(), reply);
     }
 
+    /// Answers the user key `key` sent (in `x-user-api-key`) with the selectors
+    /// `x-org-id: org_id` and `x-project-id: project_id` with `200` and `document`.
+    ///
+    /// A key with scoped sessions is a known key even without a session of its own
+    /// ([`StandIn::add_session`], the one its calls without selectors get, and they
+    /// still do): its calls with selectors that name none of its scopes are answered
+    /// `404` (code 10404, `HTTP_NotFound`, "Organization or project not found or not
+    /// accessible"). Selectors are checked before the key: only one of them, or a
+    /// UUID instead of a nano id, is answered `400` (code 10400, `HTTP_BadRequest`).
+    /// The key's own refusals come before its scopes: a revoked key, or a key whose
+    /// [`StandIn::set_reply`] is not a session, is answered so whatever the scope.
+    /// Adding a scoped session adds a revoked key again.
+    pub fn add_scoped_session(&self, key: &str, org_id: &str, project_id: &str, document: Value) {
+        let mut script = self.shared.script();
+        script.revoked.remove(key);
+        script
+            .scoped_sessions
+            .insert(scope_of(key, org_id, project_id), document);
+    }
+
+    /// Answers the user key `key` with the selectors `org_id` and `project_id` with
+    /// `reply` (e.g. a 403 envelope), before any session of that scope (see
+    /// [`StandIn::add_scoped_session`]). A revoked key stays revoked.
+    pub fn set_scoped_reply(&self, key: &str, org_id: &str, project_id: &str, reply: Reply) {
+        self.shared
+            .script()
+            .scoped_replies
+            .insert(scope_of(key, org_id, project_id), reply);
+    }
+
     /// Revokes `key`: it is answered as an invalid key (401, code 801) from now on,
-    /// whatever [`StandIn::set_default_reply`] says, until it is added again. (An
-    /// outage set by [`StandIn::fail_with`] still answers every key.)
+    /// whatever [`StandIn::set_default_reply`] says and whatever the selectors, until
+    /// it is added again; its scoped sessions and replies are forgotten. (An outage
+    /// set by [`StandIn::fail_with`] still answers every key.)
     pub fn revoke(&self, key: &str) {
         let mut script = self.shared.script();
         script.replies.remove(key);
+        script
+            .scoped_sessions
+            .retain(|(scoped, _, _), _| scoped != key);
+        script
+            .scoped_replies
+            .retain(|(scoped, _, _), _| scoped != key);
         script.revoked.insert(key.to_owned());
     }
 
@@ -383,7 +555,7 @@ impl StandIn {
         *self.shared.calls.borrow()
     }
 
-    /// Calls received so far for `key`.
+    /// Calls received so far for `key`, with selectors or without.
     #[must_use]
     pub fn calls_for(&self, key: &str) -> u64 {
         self.shared
@@ -392,6 +564,27 @@ impl StandIn {
             .get(key)
             .copied()
             .unwrap_or(0)
+    }
+
+    /// Calls received so far for `key` with exactly the selectors `x-org-id: org_id`
+    /// and `x-project-id: project_id` (whatever the credential header).
+    #[must_use]
+    pub fn calls_for_scope(&self, key: &str, org_id: &str, project_id: &str) -> u64 {
+        self.shared
+            .script()
+            .calls_by_scope
+            .get(&scope_of(key, org_id, project_id))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Requests received so far that carried `x-org-id` or `x-project-id`, whatever
+    /// their credentials (unlike [`StandIn::calls`], also those with none or
+    /// several), path or method: to prove that selectors are never sent beside a
+    /// project or org key.
+    #[must_use]
+    pub fn calls_with_selectors(&self) -> u64 {
+        self.shared.script().calls_with_selectors
     }
 
     /// Calls received so far on `path` (`/api/v3/auth/session/info` or
@@ -478,6 +671,11 @@ async fn answer(
     shared: Arc<Shared>,
     request: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    let org_id = selector(request.headers(), ORG_ID);
+    let project_id = selector(request.headers(), PROJECT_ID);
+    if org_id.is_some() || project_id.is_some() {
+        shared.script().calls_with_selectors += 1;
+    }
     let path = request.uri().path();
     if path != crate::DEFAULT_SESSION_PATH && path != "/api/v3.1/auth/session/info" {
         return Ok(Reply::envelope(404, 404, "HTTP_NotFound", "Not found").into_response());
@@ -488,27 +686,17 @@ async fn answer(
                 .into_response(),
         );
     }
-    let mut keys = CredentialHeader::ALL
-        .into_iter()
-        .flat_map(|h| request.headers().get_all(h.header_name()).iter());
-    let key = match (keys.next(), keys.next()) {
-        (None, _) => {
-            return Ok(Reply::envelope(401, 906, "Auth_NoAuthProvided", "No API key provided").into_response())
-        }
-        (Some(_), Some(_)) => {
-            return Ok(Reply::envelope(
-                401,
-                10401,
-                "HTTP_Unauthorized",
-                "Multiple authentication modes were provided. Provide exactly one authentication mode per request.",
-            )
-            .into_response())
-        }
-        (Some(key), None) => String::from_utf8_lossy(key.as_bytes()).into_owned(),
+    let (header, key) = match credential(request.headers()) {
+        Ok(credential) => credential,
+        Err(reply) => return Ok(reply.into_response()),
     };
     let latency = {
         let mut script = shared.script();
         *script.calls_by_key.entry(key.clone()).or_default() += 1;
+        if let (Some(org_id), Some(project_id)) = (&org_id, &project_id) {
+            let scope = scope_of(&key, org_id, project_id);
+            *script.calls_by_scope.entry(scope).or_default() += 1;
+        }
         *script.calls_by_path.entry(path.to_owned()).or_default() += 1;
         script.last_headers = Some(request.headers().clone());
         script.in_progress += 1;
@@ -523,19 +711,18 @@ async fn answer(
         }
     }
     let _answering = Answering(Arc::clone(&shared));
-    // Decided as the call arrives; delivered after any hold and latency.
+    // Decided as the call arrives; delivered after any hold and latency. Selectors
+    // beside a project or org key decide nothing here (Composio's answer to them is
+    // not documented).
     let reply = {
         let script = shared.script();
-        script
-            .outage
-            .clone()
-            .or_else(|| script.replies.get(&key).cloned())
-            .or_else(|| {
-                (!script.revoked.contains(&key))
-                    .then(|| script.default_reply.clone())
-                    .flatten()
-            })
-            .unwrap_or_else(|| Reply::invalid_key(&key))
+        script.outage.clone().unwrap_or_else(|| {
+            if header == CredentialHeader::UserApiKey {
+                script.user_reply(&key, org_id.as_deref(), project_id.as_deref())
+            } else {
+                script.key_reply(&key)
+            }
+        })
     };
     shared.calls.send_modify(|calls| *calls += 1);
     let mut held = shared.held.subscribe();
@@ -560,5 +747,203 @@ mod tests {
     fn debug_of_a_session_reply_hides_the_document() {
         let debug = format!("{:?}", Reply::Session(StandIn::example_document()));
         assert!(!debug.contains("whsec_"), "{debug}");
+    }
+
+    #[test]
+    fn tells_uuids_from_nano_ids() {
+        assert!(is_uuid("123e4567-e89b-12d3-a456-426614174000"));
+        assert!(is_uuid("123E4567-E89B-12D3-A456-426614174000"));
+        assert!(!is_uuid("org_V1StGXR8Z5jdHi6B"));
+        assert!(!is_uuid("123e4567-e89b-12d3-a456-42661417400"));
+        assert!(!is_uuid("123e4567-e89b-12d3-a456-42661417400g"));
+        assert!(!is_uuid("123e4567e89b-12d3-a456-426614174000-"));
+    }
+
+    const USER_KEY: &str = "uak_test_alice_0123456789";
+    const UUID: &str = "123e4567-e89b-12d3-a456-426614174000";
+
+    /// The status and body of a v3.1 call with these headers.
+    async fn call(composio: &StandIn, headers: &[(&str, &str)]) -> (u16, Value) {
+        let url = format!("{}/api/v3.1/auth/session/info", composio.base_url());
+        let mut request = reqwest::Client::new().get(url);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = request.send().await.expect("the stand-in answers");
+        let status = response.status().as_u16();
+        let body = response.bytes().await.expect("a body");
+        (status, serde_json::from_slice(&body).expect("a JSON body"))
+    }
+
+    fn user(org_id: &str, project_id: &str) -> [(&'static str, String); 3] {
+        [
+            ("x-user-api-key", USER_KEY.to_owned()),
+            (ORG_ID, org_id.to_owned()),
+            (PROJECT_ID, project_id.to_owned()),
+        ]
+    }
+
+    async fn call_scope(composio: &StandIn, org_id: &str, project_id: &str) -> (u16, Value) {
+        let headers = user(org_id, project_id);
+        let headers: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (*n, v.as_str())).collect();
+        call(composio, &headers).await
+    }
+
+    fn error(body: &Value) -> (i64, &str) {
+        let code = body["error"]["code"].as_i64().expect("a code");
+        (code, body["error"]["slug"].as_str().expect("a slug"))
+    }
+
+    #[tokio::test]
+    async fn scopes_of_a_user_key_have_their_own_sessions() {
+        let composio = StandIn::start().await.expect("a loopback port");
+        let alice = StandIn::document_for("alice@example.com", "Alice", "admin");
+        let bob = StandIn::document_for("bob@example.com", "Bob", "member");
+        composio.add_scoped_session(USER_KEY, "org_1", "pr_1", alice);
+        composio.add_scoped_session(USER_KEY, "org_1", "pr_2", bob);
+
+        let (status, body) = call_scope(&composio, "org_1", "pr_1").await;
+        assert_eq!(
+            (status, body["org_member"]["name"].as_str()),
+            (200, Some("Alice"))
+        );
+        let (status, body) = call_scope(&composio, "org_1", "pr_2").await;
+        assert_eq!(
+            (status, body["org_member"]["name"].as_str()),
+            (200, Some("Bob"))
+        );
+        let (status, body) = call_scope(&composio, "org_1", "pr_2").await;
+        assert_eq!(status, 200, "{body}");
+
+        // Neither the org nor the project is one of the key's: the same 404.
+        for (org_id, project_id) in [("org_1", "pr_3"), ("org_2", "pr_1")] {
+            let (status, body) = call_scope(&composio, org_id, project_id).await;
+            assert_eq!((status, error(&body)), (404, (10404, "HTTP_NotFound")));
+        }
+        // Without selectors: the key's default session, which it has none of yet.
+        let (status, body) = call(&composio, &[("x-user-api-key", USER_KEY)]).await;
+        assert_eq!((status, error(&body)), (401, (801, "APIKey_InvalidAPIKey")));
+        composio.add_session(USER_KEY, StandIn::example_document());
+        let (status, _) = call(&composio, &[("x-user-api-key", USER_KEY)]).await;
+        assert_eq!(status, 200);
+        let (status, body) = call_scope(&composio, "org_1", "pr_1").await;
+        assert_eq!(
+            (status, body["org_member"]["name"].as_str()),
+            (200, Some("Alice"))
+        );
+
+        assert_eq!(composio.calls_for_scope(USER_KEY, "org_1", "pr_1"), 2);
+        assert_eq!(composio.calls_for_scope(USER_KEY, "org_1", "pr_2"), 2);
+        assert_eq!(composio.calls_for_scope(USER_KEY, "org_2", "pr_1"), 1);
+        assert_eq!(composio.calls_for_scope(USER_KEY, "org_9", "pr_9"), 0);
+        assert_eq!(composio.calls_for(USER_KEY), 8);
+        assert_eq!(composio.calls_with_selectors(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_scoped_reply_comes_before_the_scoped_session() {
+        let composio = StandIn::start().await.expect("a loopback port");
+        composio.add_scoped_session(USER_KEY, "org_1", "pr_1", StandIn::example_document());
+        let forbidden = Reply::envelope(403, 2206, "Organization_InsufficientPermissions", "no");
+        composio.set_scoped_reply(USER_KEY, "org_1", "pr_1", forbidden);
+        let (status, body) = call_scope(&composio, "org_1", "pr_1").await;
+        assert_eq!(
+            (status, error(&body)),
+            (403, (2206, "Organization_InsufficientPermissions"))
+        );
+        // A key-level refusal comes before the scope.
+        composio.set_reply(
+            USER_KEY,
+            Reply::envelope(401, 902, "Auth_Unauthorized", "no"),
+        );
+        let (status, body) = call_scope(&composio, "org_1", "pr_1").await;
+        assert_eq!((status, error(&body)), (401, (902, "Auth_Unauthorized")));
+    }
+
+    #[tokio::test]
+    async fn malformed_selectors_are_refused_before_the_key() {
+        let composio = StandIn::start().await.expect("a loopback port");
+        composio.add_scoped_session(USER_KEY, "org_1", "pr_1", StandIn::example_document());
+        for headers in [
+            [("x-user-api-key", USER_KEY), (ORG_ID, "org_1")],
+            [("x-user-api-key", USER_KEY), (PROJECT_ID, "pr_1")],
+            [
+                ("x-user-api-key", "uak_unknown_0123456789"),
+                (ORG_ID, "org_1"),
+            ],
+        ] {
+            let (status, body) = call(&composio, &headers).await;
+            assert_eq!((status, error(&body)), (400, (10400, "HTTP_BadRequest")));
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("together"), "{message}");
+        }
+        for (org_id, project_id) in [(UUID, "pr_1"), ("org_1", UUID)] {
+            let (status, body) = call_scope(&composio, org_id, project_id).await;
+            assert_eq!((status, error(&body)), (400, (10400, "HTTP_BadRequest")));
+            let message = body["error"]["message"].as_str().unwrap_or_default();
+            assert!(message.contains("not a UUID"), "{message}");
+        }
+        assert_eq!(composio.calls_for_scope(USER_KEY, UUID, "pr_1"), 1);
+        assert_eq!(composio.calls_with_selectors(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_refused_key_is_refused_whatever_the_scope() {
+        let composio = StandIn::start().await.expect("a loopback port");
+        composio.add_scoped_session(USER_KEY, "org_1", "pr_1", StandIn::example_document());
+        composio.revoke(USER_KEY);
+        let (status, body) = call_scope(&composio, "org_1", "pr_1").await;
+        assert_eq!((status, error(&body)), (401, (801, "APIKey_InvalidAPIKey")));
+        // An unknown key too, before its (unknown) scope.
+        let unknown = [
+            ("x-user-api-key", "uak_unknown_0123456789"),
+            (ORG_ID, "org_1"),
+            (PROJECT_ID, "pr_1"),
+        ];
+        let (status, body) = call(&composio, &unknown).await;
+        assert_eq!((status, error(&body)), (401, (801, "APIKey_InvalidAPIKey")));
+        // The outage answers first.
+        composio.add_scoped_session(USER_KEY, "org_1", "pr_1", StandIn::example_document());
+        composio.fail_with(Reply::html(502));
+        let response = reqwest::Client::new()
+            .get(format!(
+                "{}/api/v3.1/auth/session/info",
+                composio.base_url()
+            ))
+            .header("x-user-api-key", USER_KEY)
+            .header(ORG_ID, "org_1")
+            .send()
+            .await
+            .expect("the stand-in answers");
+        assert_eq!(response.status(), 502);
+        composio.recover();
+        let (status, _) = call_scope(&composio, "org_1", "pr_1").await;
+        assert_eq!(status, 200);
+    }
+
+    #[tokio::test]
+    async fn selectors_beside_other_keys_are_counted_not_used() {
+        let composio = StandIn::start().await.expect("a loopback port");
+        composio.add_session("ak_test_project_key_01", StandIn::example_document());
+        for header in ["x-api-key", "x-org-api-key"] {
+            let headers = [
+                (header, "ak_test_project_key_01"),
+                (ORG_ID, UUID),
+                (PROJECT_ID, "pr_unknown"),
+            ];
+            let (status, _) = call(&composio, &headers).await;
+            assert_eq!(status, 200, "{header}");
+            let lone = [(header, "ak_test_project_key_01"), (PROJECT_ID, "pr_1")];
+            assert_eq!(call(&composio, &lone).await.0, 200, "{header}");
+        }
+        let (status, _) = call(&composio, &[("x-api-key", "ak_test_project_key_01")]).await;
+        assert_eq!(status, 200);
+        // Refused for carrying no credential, yet counted.
+        let (status, _) = call(&composio, &[(ORG_ID, "org_1"), (PROJECT_ID, "pr_1")]).await;
+        assert_eq!(status, 401);
+        assert_eq!(composio.calls_with_selectors(), 5);
+        assert_eq!(composio.calls(), 5);
+        let scope = ("ak_test_project_key_01", UUID, "pr_unknown");
+        assert_eq!(composio.calls_for_scope(scope.0, scope.1, scope.2), 2);
     }
 }

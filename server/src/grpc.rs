@@ -20,6 +20,7 @@ use crate::route_policy::{self, RoutePolicy};
 
 /// gRPC status codes of the answers.
 const OK: i32 = 0;
+const INVALID_ARGUMENT: i32 = 3;
 const PERMISSION_DENIED: i32 = 7;
 const INTERNAL: i32 = 13;
 const UNAVAILABLE: i32 = 14;
@@ -114,10 +115,11 @@ fn carries(headers: &HeaderMap, header: CredentialHeader) -> bool {
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case(b"bearer "))
 }
 
-/// The rejection as Envoy hands it to the client: 401 / 403 / 503 with the
+/// The rejection as Envoy hands it to the client: 400 / 401 / 403 / 503 with the
 /// layer's headers and JSON envelope, and the matching gRPC code.
 fn denied(rejection: &Rejection) -> CheckResponse {
     let code = match rejection.status().as_u16() {
+        400 => INVALID_ARGUMENT,
         401 => UNAUTHENTICATED,
         403 => PERMISSION_DENIED,
         _ => UNAVAILABLE,

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use moka::sync::Cache;
 use moka::Expiry;
 
-use crate::verifier::credential::CredentialHeader;
+use crate::verifier::credential::{Credential, CredentialHeader};
 use crate::verifier::digest::{Digest, DigestHasher, Digester};
 use crate::verifier::envelope::Refusal;
 use crate::verifier::front;
@@ -79,7 +79,6 @@ impl CachePolicy {
     }
 
     /// The longest any verdict is kept.
-    #[cfg(feature = "redis")]
     pub(crate) fn longest_life(&self) -> Duration {
         self.session_life().max(self.negative_ttl)
     }
@@ -248,6 +247,38 @@ impl VerdictCache {
     #[inline]
     pub(crate) fn digest(&self, header: CredentialHeader, key: &[u8]) -> Digest {
         self.digester.digest(header, key)
+    }
+
+    /// The digest `credential`'s verdict is cached under: its scope's for a user
+    /// key with selectors, else its key's (as the header it is verified as).
+    #[inline]
+    pub(crate) fn digest_of(&self, credential: &Credential<'_>) -> Digest {
+        match credential.scope {
+            Some(scope) => self.digester.scoped_digest(credential.key, scope),
+            None => self.digest(credential.header.verified_as(), credential.key),
+        }
+    }
+
+    /// The cached refusal of the key whose digest is `key`, if Composio refused
+    /// the key itself (not only one of its scopes): it covers every scope.
+    pub(crate) fn key_refusal(&self, key: &Digest) -> Option<Arc<Refusal>> {
+        self.rejections
+            .get(key)
+            .map(|cached| cached.refusal)
+            .filter(|refusal| refusal.refuses_key())
+    }
+
+    /// Drops the sessions of `scopes` (and revokes those it had): the scopes of a
+    /// key Composio refused.
+    pub(crate) fn drop_sessions<'a>(&self, scopes: impl IntoIterator<Item = &'a Digest>) {
+        for scope in scopes {
+            self.remove_session(scope);
+        }
+    }
+
+    /// The longest a verdict settled now may stay cached.
+    pub(crate) fn longest_life(&self) -> Duration {
+        self.policy.longest_life()
     }
 
     /// The per-thread front first (one clock read), then moka, whose entries carry an

@@ -8,14 +8,30 @@
 //! A layer may also accept `Authorization: Bearer <key>` ([`CredentialHeader::Bearer`]):
 //! a project API key, verified as if sent in `x-api-key`. Without it, `Authorization`
 //! is not looked at; with it, another scheme is not a credential.
+//!
+//! A user key (`x-user-api-key`) may come with its two selectors, `x-org-id` and
+//! `x-project-id`, which choose the scope its session describes: both or neither,
+//! each once, each 1 to [`MAX_SELECTOR_LEN`] visible ASCII characters, or the
+//! request is refused here (400). Selectors beside any other credential are ignored
+//! and never sent on.
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
+use crate::verifier::digest::Digest;
 use crate::verifier::envelope::Refusal;
 use crate::verifier::headers::RequestHeaders;
 
 /// Longest key accepted, in bytes. Composio's keys are 23 to 47 bytes long.
 pub const MAX_KEY_LEN: usize = 256;
+
+/// Longest selector (`x-org-id`, `x-project-id`) accepted, in bytes. Composio's
+/// ids are nano ids (`org_...`, `proj_...`) of about 20 bytes.
+pub const MAX_SELECTOR_LEN: usize = 128;
+
+/// The selector headers a user key may come with.
+pub(crate) const ORG_SELECTOR: &str = "x-org-id";
+/// See [`ORG_SELECTOR`].
+pub(crate) const PROJECT_SELECTOR: &str = "x-project-id";
 
 /// One of Composio's credential headers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -82,17 +98,6 @@ impl CredentialHeader {
         }
     }
 
-    #[inline]
-    fn from_name(name: &str) -> Option<Self> {
-        match name {
-            "x-api-key" => Some(Self::ApiKey),
-            "x-user-api-key" => Some(Self::UserApiKey),
-            "x-org-api-key" => Some(Self::OrgApiKey),
-            "authorization" => Some(Self::Bearer),
-            _ => None,
-        }
-    }
-
     pub(crate) const fn header_name(self) -> HeaderName {
         HeaderName::from_static(self.as_str())
     }
@@ -149,6 +154,73 @@ impl AcceptedHeaders {
     }
 }
 
+/// What a header's name makes it, for this module.
+enum Name {
+    Credential(CredentialHeader),
+    Org,
+    Project,
+    Other,
+}
+
+impl Name {
+    #[inline]
+    fn of(name: &str) -> Self {
+        match name {
+            "x-api-key" => Self::Credential(CredentialHeader::ApiKey),
+            "x-user-api-key" => Self::Credential(CredentialHeader::UserApiKey),
+            "x-org-api-key" => Self::Credential(CredentialHeader::OrgApiKey),
+            "authorization" => Self::Credential(CredentialHeader::Bearer),
+            ORG_SELECTOR => Self::Org,
+            PROJECT_SELECTOR => Self::Project,
+            _ => Self::Other,
+        }
+    }
+}
+
+/// A request's one credential: the header it came in, the key, and (for a user
+/// key with its selectors) the scope it chose.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Credential<'a> {
+    pub(crate) header: CredentialHeader,
+    pub(crate) key: &'a [u8],
+    pub(crate) scope: Option<Scope<'a>>,
+}
+
+/// The organization and project a user key's selectors choose, as sent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Scope<'a> {
+    pub(crate) org: &'a [u8],
+    pub(crate) project: &'a [u8],
+}
+
+/// A scope's selectors as header values, to send on with the key.
+#[derive(Clone, Debug)]
+pub(crate) struct Selectors {
+    pub(crate) org: HeaderValue,
+    pub(crate) project: HeaderValue,
+}
+
+/// A credential as a verification sends it on: the header it is verified as, the
+/// key, and for a user key with selectors, its scope's selectors and the digest of
+/// the key itself (under which its scopes are listed, and its refusals cached).
+#[derive(Clone, Debug)]
+pub(crate) struct Subject {
+    pub(crate) header: CredentialHeader,
+    pub(crate) key: HeaderValue,
+    pub(crate) scope: Option<(Digest, Selectors)>,
+}
+
+/// Why a user key's selectors choose no scope.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum ScopeError {
+    /// One of the two without the other.
+    Lone,
+    /// A selector sent twice.
+    Repeated,
+    /// A selector that cannot be an id.
+    Malformed,
+}
+
 /// Why a request has no usable credential.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum CredentialError {
@@ -160,6 +232,8 @@ pub(crate) enum CredentialError {
     Ambiguous,
     /// The key cannot be a key.
     Malformed(CredentialHeader),
+    /// A user key whose selectors choose no scope.
+    Scope(ScopeError),
 }
 
 impl CredentialError {
@@ -172,13 +246,20 @@ impl CredentialError {
             }
             Self::Ambiguous => Refusal::ambiguous(),
             Self::Malformed(header) => Refusal::malformed(header.label()),
+            Self::Scope(error) => Refusal::bad_scope(match error {
+                ScopeError::Lone => "x-org-id and x-project-id must be sent together",
+                ScopeError::Repeated => "x-org-id and x-project-id may each be sent once",
+                ScopeError::Malformed => {
+                    "x-org-id and x-project-id must be 1 to 128 visible ASCII characters"
+                }
+            }),
         }
     }
 }
 
 /// Finds the request's one credential, marks its header value sensitive (so that
 /// `Debug` of the headers and HTTP/2 header compression leave it out) and returns
-/// the header it came in and the key.
+/// it, with the scope of a user key that has selectors.
 ///
 /// One pass over the headers, comparing names, with no hashing: this runs on every
 /// request.
@@ -186,13 +267,13 @@ impl CredentialError {
 pub(crate) fn extract(
     headers: &mut HeaderMap,
     accepted: AcceptedHeaders,
-) -> Result<(CredentialHeader, &[u8]), CredentialError> {
+) -> Result<Credential<'_>, CredentialError> {
     // Every credential value is a secret, even one that gets refused.
     let pairs = headers
         .iter_mut()
         .map(|(name, value)| (name.as_str(), value));
-    let (header, value) = one_credential(pairs, accepted, |value| value.set_sensitive(true))?;
-    checked(header, value.as_bytes(), accepted)
+    let found = one_credential(pairs, accepted, |value| value.set_sensitive(true))?;
+    checked(found, accepted)
 }
 
 /// As [`extract`], for headers that are not this crate's to change
@@ -202,9 +283,8 @@ pub(crate) fn extract(
 pub(crate) fn find(
     headers: &impl RequestHeaders,
     accepted: AcceptedHeaders,
-) -> Result<(CredentialHeader, &[u8]), CredentialError> {
-    let (header, value) = one_credential(headers.pairs(), accepted, |_| {})?;
-    checked(header, value, accepted)
+) -> Result<Credential<'_>, CredentialError> {
+    checked(one_credential(headers.pairs(), accepted, |_| {})?, accepted)
 }
 
 /// The key carried in `header` of `headers`, as a header value to send on (a
@@ -223,6 +303,16 @@ pub(crate) fn key_in(
     Some(key)
 }
 
+/// The selectors of `headers`, as header values to send on, for a verification of
+/// a scope [`find`] or [`extract`] found in them.
+pub(crate) fn selectors_in(headers: &impl RequestHeaders) -> Option<Selectors> {
+    let value = |name| HeaderValue::from_bytes(headers.first(name)?).ok();
+    Some(Selectors {
+        org: value(ORG_SELECTOR)?,
+        project: value(PROJECT_SELECTOR)?,
+    })
+}
+
 /// The token of an `Authorization: Bearer <token>` value (the scheme in any case,
 /// then spaces), or `None` for another scheme.
 #[inline]
@@ -234,19 +324,56 @@ fn bearer_token(value: &[u8]) -> Option<&[u8]> {
         .then(|| value[SCHEME.len()..].trim_ascii())
 }
 
+/// What one pass over a request's headers found: its one credential header and
+/// value, and its selectors.
+struct Found<V> {
+    header: CredentialHeader,
+    value: V,
+    org: Selector<V>,
+    project: Selector<V>,
+}
+
+/// A selector header as found.
+enum Selector<V> {
+    Absent,
+    Once(V),
+    Repeated,
+}
+
+impl<V> Selector<V> {
+    #[inline]
+    fn add(&mut self, value: V) {
+        *self = match self {
+            Self::Absent => Self::Once(value),
+            _ => Self::Repeated,
+        };
+    }
+}
+
 /// The one credential header among `headers` (each credential value handed to
-/// `seen` first), or why there is none. `Authorization` counts only when
-/// [`CredentialHeader::Bearer`] is accepted, and only with the Bearer scheme.
+/// `seen` first) and the selectors, or why there is none. `Authorization` counts
+/// only when [`CredentialHeader::Bearer`] is accepted, and only with the Bearer
+/// scheme.
 #[inline]
-fn one_credential<'a, V: Value>(
+fn one_credential<'a, V: Value<'a>>(
     headers: impl Iterator<Item = (&'a str, V)>,
     accepted: AcceptedHeaders,
     mut seen: impl FnMut(&mut V),
-) -> Result<(CredentialHeader, V), CredentialError> {
+) -> Result<Found<V>, CredentialError> {
     let mut found = None;
+    let (mut org, mut project) = (Selector::Absent, Selector::Absent);
     for (name, mut value) in headers {
-        let Some(header) = CredentialHeader::from_name(name) else {
-            continue;
+        let header = match Name::of(name) {
+            Name::Credential(header) => header,
+            Name::Org => {
+                org.add(value);
+                continue;
+            }
+            Name::Project => {
+                project.add(value);
+                continue;
+            }
+            Name::Other => continue,
         };
         if header == CredentialHeader::Bearer
             && !(accepted.contains(header) && bearer_token(value.bytes()).is_some())
@@ -259,38 +386,60 @@ fn one_credential<'a, V: Value>(
         }
         found = Some((header, value));
     }
-    found.ok_or(CredentialError::Missing)
+    let (header, value) = found.ok_or(CredentialError::Missing)?;
+    Ok(Found {
+        header,
+        value,
+        org,
+        project,
+    })
 }
 
 /// A header value as [`one_credential`] reads it: in place, or to mark it
 /// sensitive.
-trait Value {
+trait Value<'a> {
     fn bytes(&self) -> &[u8];
+    fn into_bytes(self) -> &'a [u8];
 }
 
-impl Value for &[u8] {
+impl<'a> Value<'a> for &'a [u8] {
     fn bytes(&self) -> &[u8] {
+        self
+    }
+
+    fn into_bytes(self) -> &'a [u8] {
         self
     }
 }
 
-impl Value for &mut HeaderValue {
+impl<'a> Value<'a> for &'a mut HeaderValue {
     fn bytes(&self) -> &[u8] {
         self.as_bytes()
     }
+
+    fn into_bytes(self) -> &'a [u8] {
+        let value: &'a HeaderValue = self;
+        value.as_bytes()
+    }
 }
 
-/// The key in `value` of `header`, if this layer accepts the header and the key
-/// can be a key.
+/// The credential in `found`, if this layer accepts its header, the key can be a
+/// key, and (for a user key) its selectors choose a scope or none.
 #[inline]
-fn checked(
-    header: CredentialHeader,
-    value: &[u8],
+fn checked<'a, V: Value<'a>>(
+    found: Found<V>,
     accepted: AcceptedHeaders,
-) -> Result<(CredentialHeader, &[u8]), CredentialError> {
+) -> Result<Credential<'a>, CredentialError> {
+    let Found {
+        header,
+        value,
+        org,
+        project,
+    } = found;
     if !accepted.contains(header) {
         return Err(CredentialError::NotAccepted(header));
     }
+    let value = value.into_bytes();
     let key = match header {
         CredentialHeader::Bearer => bearer_token(value).unwrap_or_default(),
         _ => value,
@@ -298,7 +447,37 @@ fn checked(
     if !is_well_formed(key) {
         return Err(CredentialError::Malformed(header));
     }
-    Ok((header, key))
+    let scope = match header {
+        CredentialHeader::UserApiKey => scope(org, project)?,
+        _ => None,
+    };
+    Ok(Credential { header, key, scope })
+}
+
+/// The scope a user key's selectors choose: none without them.
+fn scope<'a, V: Value<'a>>(
+    org: Selector<V>,
+    project: Selector<V>,
+) -> Result<Option<Scope<'a>>, CredentialError> {
+    let error = |error| Err(CredentialError::Scope(error));
+    match (org, project) {
+        (Selector::Absent, Selector::Absent) => Ok(None),
+        (Selector::Repeated, _) | (_, Selector::Repeated) => error(ScopeError::Repeated),
+        (Selector::Once(org), Selector::Once(project)) => {
+            let (org, project) = (org.into_bytes(), project.into_bytes());
+            if is_well_formed_selector(org) && is_well_formed_selector(project) {
+                Ok(Some(Scope { org, project }))
+            } else {
+                error(ScopeError::Malformed)
+            }
+        }
+        _ => error(ScopeError::Lone),
+    }
+}
+
+/// 1 to [`MAX_SELECTOR_LEN`] bytes, each visible ASCII.
+fn is_well_formed_selector(selector: &[u8]) -> bool {
+    selector.len() <= MAX_SELECTOR_LEN && is_well_formed(selector)
 }
 
 /// 1 to [`MAX_KEY_LEN`] bytes, each visible ASCII (`0x21..=0x7E`).
@@ -333,7 +512,84 @@ mod tests {
         accepted: AcceptedHeaders,
     ) -> Result<(CredentialHeader, Vec<u8>), CredentialError> {
         let mut map = headers(pairs);
-        extract(&mut map, accepted).map(|(h, v)| (h, v.to_vec()))
+        extract(&mut map, accepted).map(|c| (c.header, c.key.to_vec()))
+    }
+
+    /// The scope `find` reads from `pairs` with every header accepted.
+    fn scope_of(pairs: &[(&str, &[u8])]) -> Result<Option<(Vec<u8>, Vec<u8>)>, CredentialError> {
+        let map = headers(pairs);
+        find(&map, ALL).map(|c| c.scope.map(|s| (s.org.to_vec(), s.project.to_vec())))
+    }
+
+    #[test]
+    fn a_user_key_reads_both_selectors_or_neither() {
+        let key: (&str, &[u8]) = ("x-user-api-key", b"uak_1");
+        let (org, project): ((&str, &[u8]), (&str, &[u8])) =
+            (("x-org-id", b"org_1"), ("x-project-id", b"proj_1"));
+        assert_eq!(scope_of(&[key]), Ok(None));
+        assert_eq!(
+            scope_of(&[org, key, project]),
+            Ok(Some((b"org_1".to_vec(), b"proj_1".to_vec())))
+        );
+        let lone = Err(CredentialError::Scope(ScopeError::Lone));
+        assert_eq!(scope_of(&[key, org]), lone);
+        assert_eq!(scope_of(&[key, project]), lone);
+        let repeated = Err(CredentialError::Scope(ScopeError::Repeated));
+        assert_eq!(
+            scope_of(&[key, org, project, ("x-org-id", b"org_2")]),
+            repeated
+        );
+        assert_eq!(scope_of(&[key, project, project]), repeated);
+        let long = vec![b'a'; MAX_SELECTOR_LEN + 1];
+        let longest = vec![b'a'; MAX_SELECTOR_LEN];
+        for bad in [&b""[..], b"org 1", b"org\t1", &long, b"caf\xc3\xa9"] {
+            assert_eq!(
+                scope_of(&[key, ("x-org-id", bad), project]),
+                Err(CredentialError::Scope(ScopeError::Malformed)),
+                "{bad:?}"
+            );
+        }
+        // A UUID is for Composio to judge.
+        let uuid = b"123e4567-e89b-12d3-a456-426614174000";
+        assert!(
+            scope_of(&[key, ("x-org-id", uuid), ("x-project-id", &longest)])
+                .unwrap()
+                .is_some()
+        );
+        // The key is judged before its selectors.
+        assert_eq!(
+            scope_of(&[("x-user-api-key", b"u k"), org]),
+            Err(CredentialError::Malformed(CredentialHeader::UserApiKey))
+        );
+        assert_eq!(
+            CredentialError::Scope(ScopeError::Lone)
+                .refusal(ALL)
+                .status(),
+            http::StatusCode::BAD_REQUEST
+        );
+        let map = headers(&[key, org, project]);
+        let selectors = selectors_in(&map).unwrap();
+        assert_eq!(
+            (selectors.org.as_bytes(), selectors.project.as_bytes()),
+            (&b"org_1"[..], &b"proj_1"[..])
+        );
+    }
+
+    #[test]
+    fn selectors_beside_any_other_credential_are_ignored() {
+        for other in ["x-api-key", "x-org-api-key"] {
+            let lone = [(other, &b"ak_1"[..]), ("x-org-id", b"org 1")];
+            assert_eq!(scope_of(&lone), Ok(None), "{other}");
+            let both = [
+                (other, &b"ak_1"[..]),
+                ("x-org-id", b"o"),
+                ("x-project-id", b"p"),
+            ];
+            assert_eq!(scope_of(&both), Ok(None), "{other}");
+        }
+        let bearer = AcceptedHeaders::from_headers([CredentialHeader::Bearer]);
+        let map = headers(&[("authorization", b"Bearer ak_1"), ("x-project-id", b"p")]);
+        assert_eq!(find(&map, bearer).unwrap().scope, None);
     }
 
     const ALL: AcceptedHeaders = AcceptedHeaders(7);
@@ -402,7 +658,9 @@ mod tests {
     #[test]
     fn finds_the_one_key_and_marks_it_sensitive() {
         let mut map = headers(&[("x-api-key", b"ak_abc"), ("cookie", b"c=1")]);
-        let (header, value) = extract(&mut map, AcceptedHeaders::DEFAULT).unwrap();
+        let Credential {
+            header, key: value, ..
+        } = extract(&mut map, AcceptedHeaders::DEFAULT).unwrap();
         assert_eq!(header, CredentialHeader::ApiKey);
         assert_eq!(value, b"ak_abc");
         assert!(map["x-api-key"].is_sensitive());
@@ -492,7 +750,7 @@ mod tests {
                 }
             }
             match extract(&mut map, ALL) {
-                Ok((_, value)) => {
+                Ok(Credential { key: value, .. }) => {
                     prop_assert_eq!(credentials, 1);
                     prop_assert!(is_well_formed(value));
                 }
@@ -500,6 +758,7 @@ mod tests {
                 Err(CredentialError::Missing) => prop_assert_eq!(credentials, 0),
                 Err(CredentialError::Malformed(_)) => prop_assert_eq!(credentials, 1),
                 Err(CredentialError::NotAccepted(_)) => prop_assert!(false, "all accepted"),
+                Err(CredentialError::Scope(_)) => prop_assert!(false, "no selectors sent"),
             }
         }
     }

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use http::HeaderMap;
 
 use crate::verifier::cache::{age_ms, Cached, Lookup, Stale};
-use crate::verifier::credential::{self, CredentialError, CredentialHeader};
+use crate::verifier::credential::{self, CredentialError, CredentialHeader, Subject};
 use crate::verifier::digest::Digest;
 use crate::verifier::envelope::Refusal;
 use crate::verifier::headers::RequestHeaders;
@@ -62,15 +62,16 @@ pub(crate) enum Resolution {
 }
 
 impl LayerState {
-    /// The cache's answer for the key carried in `header` (whose digest is
-    /// `digest`), or its verification: joined or started on a miss, refresh-ahead
-    /// started on a hit that is due. `headers` are read again only on a miss or a
-    /// refresh.
+    /// The cache's answer for the credential carried in `header` (whose digest is
+    /// `digest`, a scope's when `scoped`), or its verification: joined or started
+    /// on a miss, refresh-ahead started on a hit that is due. `headers` are read
+    /// again only on a miss or a refresh.
     #[inline]
     pub(crate) fn step(
         &self,
         header: CredentialHeader,
         digest: Digest,
+        scoped: bool,
         headers: &impl RequestHeaders,
     ) -> Step {
         let cached = match self.cache.lookup(&digest) {
@@ -81,34 +82,25 @@ impl LayerState {
                 });
                 cached
             }
-            Lookup::Miss { stale } => {
-                tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::CACHE_MISS, stale = stale.is_some(), "cache miss");
-                self.instruments.looked_up(CacheResult::Miss);
-                let Some(key) = credential::key_in(headers, header) else {
-                    let missing = CredentialError::Missing.refusal(self.accepted);
-                    return Step::Refuse(Refused::Made(missing));
-                };
-                let verified_as = header.verified_as();
-                match self.verifications.join_or_start(digest, verified_as, &key) {
-                    Joined::Waiting(verification) => {
-                        return Step::Wait {
-                            verification,
-                            stale,
-                        }
+            Lookup::Miss { stale } => match self.missed(header, digest, scoped, headers) {
+                Ok(Joined::Waiting(verification)) => {
+                    return Step::Wait {
+                        verification,
+                        stale,
                     }
-                    Joined::Cached(cached) => cached,
-                    Joined::CannotRun(refusal) => return Step::Refuse(Refused::Made(refusal)),
                 }
-            }
+                Ok(Joined::Cached(cached)) => cached,
+                Ok(Joined::CannotRun(refusal)) => return Step::Refuse(Refused::Made(refusal)),
+                Err(refused) => return Step::Refuse(refused),
+            },
         };
         match cached {
             Cached::Fresh { session, refresh } => {
                 tracing::trace!(target: TRACING_TARGET, "cache hit");
                 if refresh {
-                    if let Some(key) = credential::key_in(headers, header) {
-                        let verified_as = header.verified_as();
+                    if let Ok(subject) = self.subject(header, scoped, headers) {
                         self.verifications
-                            .refresh(digest, verified_as, &key, session.verified());
+                            .refresh(digest, subject, session.verified());
                     }
                 }
                 Step::Admit(session)
@@ -118,6 +110,50 @@ impl LayerState {
                 Step::Refuse(Refused::Shared(refusal))
             }
         }
+    }
+
+    /// A miss: the cached refusal of a scope's key itself, or the digest's flight.
+    fn missed(
+        &self,
+        header: CredentialHeader,
+        digest: Digest,
+        scoped: bool,
+        headers: &impl RequestHeaders,
+    ) -> Result<Joined, Refused> {
+        let subject = self.subject(header, scoped, headers);
+        let key = subject.as_ref().ok().and_then(|s| s.scope.as_ref());
+        if let Some(refusal) = key.and_then(|(key, _)| self.cache.key_refusal(key)) {
+            tracing::trace!(target: TRACING_TARGET, "cached refusal of the key of this scope");
+            self.instruments.looked_up(CacheResult::NegativeHit);
+            return Err(Refused::Shared(refusal));
+        }
+        tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::CACHE_MISS, "cache miss");
+        self.instruments.looked_up(CacheResult::Miss);
+        Ok(self.verifications.join_or_start(digest, subject?))
+    }
+
+    /// What a verification of the credential in `header` of `headers` asks about.
+    fn subject(
+        &self,
+        header: CredentialHeader,
+        scoped: bool,
+        headers: &impl RequestHeaders,
+    ) -> Result<Subject, Refused> {
+        let missing = || Refused::Made(CredentialError::Missing.refusal(self.accepted));
+        let key = credential::key_in(headers, header).ok_or_else(missing)?;
+        let verified_as = header.verified_as();
+        let scope = match scoped {
+            true => {
+                let selectors = credential::selectors_in(headers).ok_or_else(missing)?;
+                Some((self.cache.digest(verified_as, key.as_bytes()), selectors))
+            }
+            false => None,
+        };
+        Ok(Subject {
+            header: verified_as,
+            key,
+            scope,
+        })
     }
 }
 
@@ -190,9 +226,11 @@ pub(crate) fn decide(
     Decided<impl Future<Output = Result<SessionInfo, Rejection>> + Send + 'static>,
 ) {
     let (carrier, step) = match credential::find(headers, state.accepted) {
-        Ok((header, key)) => {
-            let digest = state.cache.digest(header.verified_as(), key);
-            (Some(header), state.step(header, digest, headers))
+        Ok(credential) => {
+            let digest = state.cache.digest_of(&credential);
+            let scoped = credential.scope.is_some();
+            let header = credential.header;
+            (Some(header), state.step(header, digest, scoped, headers))
         }
         Err(error) => {
             tracing::debug!(target: TRACING_TARGET, ?error, "no usable credential");

@@ -4,7 +4,10 @@
 //! 128-bit secret drawn from the operating system's randomness for each layer (as
 //! std's `HashMap` keys its SipHash-1-3). The prefix is absorbed once per layer and
 //! header; a request pays for its key's bytes only (a few nanoseconds on any CPU, no
-//! SHA instructions needed).
+//! SHA instructions needed). A user key with selectors has a digest per scope:
+//! `SipHash-1-3-128(k, base URL || 0 || 0x80 | header || len(key) || key ||
+//! len(org) || org || project)`, lengths as 8 bytes, so no scope's encoding is
+//! another's, or a bare key's.
 //!
 //! Why this is enough here. A digest never leaves the process: it only has to keep
 //! distinct keys apart in this layer's cache, against an attacker who does not know
@@ -33,7 +36,7 @@ use std::hash::{BuildHasher, Hash, Hasher};
 
 use siphasher::sip128::{Hasher128, SipHasher13};
 
-use crate::verifier::credential::CredentialHeader;
+use crate::verifier::credential::{CredentialHeader, Scope};
 
 /// SipHash-1-3-128 of (base URL, header, key) under a per-layer secret (with a
 /// fleet, one derived from the pepper).
@@ -87,6 +90,8 @@ pub(crate) struct Digester {
     /// SipHash states keyed with the layer's secret that have absorbed the prefix,
     /// one per credential header.
     prefixes: [SipHasher13; 3],
+    /// The same for a user key's scopes.
+    scoped_prefix: SipHasher13,
 }
 
 impl Digester {
@@ -101,14 +106,15 @@ impl Digester {
     }
 
     fn with_secret(base_url: &str, (k0, k1): (u64, u64)) -> Self {
-        let prefix = |header: CredentialHeader| {
+        let prefix = |tag: u8| {
             let mut hasher = SipHasher13::new_with_keys(k0, k1);
             hasher.write(base_url.as_bytes());
-            hasher.write(&[0, header as u8]);
+            hasher.write(&[0, tag]);
             hasher
         };
         Self {
-            prefixes: CredentialHeader::ALL.map(prefix),
+            prefixes: CredentialHeader::ALL.map(|header| prefix(header as u8)),
+            scoped_prefix: prefix(SCOPED | CredentialHeader::UserApiKey as u8),
         }
     }
 
@@ -118,7 +124,22 @@ impl Digester {
         hasher.write(key);
         Digest(u128::from(hasher.finish128()).to_le_bytes())
     }
+
+    /// The digest of a user key's `scope`.
+    #[inline]
+    pub(crate) fn scoped_digest(&self, key: &[u8], scope: Scope<'_>) -> Digest {
+        let mut hasher = self.scoped_prefix;
+        for part in [key, scope.org] {
+            hasher.write(&(part.len() as u64).to_le_bytes());
+            hasher.write(part);
+        }
+        hasher.write(scope.project);
+        Digest(u128::from(hasher.finish128()).to_le_bytes())
+    }
 }
+
+/// The bit that marks a scoped digest's prefix.
+const SCOPED: u8 = 0x80;
 
 /// Uses the first eight bytes of a [`Digest`] as its hash: they already are one.
 #[derive(Clone, Copy, Default, Debug)]
@@ -210,6 +231,24 @@ mod tests {
         assert!(!format!("{digest:?}").contains("abababab ab"));
     }
 
+    #[test]
+    fn a_scope_has_a_digest_of_its_own() {
+        let digester = Digester::with_secret("https://a", (7, 9));
+        let scope = |org: &'static [u8], project: &'static [u8]| Scope { org, project };
+        let key = b"uak_1";
+        let one = digester.scoped_digest(key, scope(b"org_1", b"proj_1"));
+        assert_eq!(one, digester.scoped_digest(key, scope(b"org_1", b"proj_1")));
+        for other in [
+            digester.scoped_digest(key, scope(b"org_1", b"proj_2")),
+            digester.scoped_digest(key, scope(b"org_2", b"proj_1")),
+            digester.scoped_digest(key, scope(b"org_1p", b"roj_1")),
+            digester.scoped_digest(b"uak_2", scope(b"org_1", b"proj_1")),
+            digester.digest(CredentialHeader::UserApiKey, key),
+        ] {
+            assert_ne!(one, other);
+        }
+    }
+
     fn header() -> impl Strategy<Value = CredentialHeader> {
         prop::sample::select(CredentialHeader::ALL.to_vec())
     }
@@ -228,9 +267,20 @@ mod tests {
                 let digester = Digester::with_secret(url, (42, 43));
                 for (header, key) in &inputs {
                     let digest = digester.digest(*header, key).0;
-                    let input = (url.clone(), *header as u8, key.clone());
+                    let input = (url.clone(), *header as u8, key.clone(), None);
                     if let Some(previous) = seen.insert(digest, input.clone()) {
                         prop_assert_eq!(previous, input);
+                    }
+                    // The same bytes cut into a key and a scope, many ways.
+                    for org in 0..=key.len().min(4) {
+                        for project in org..=key.len().min(org + 4) {
+                            let scope = Scope { org: &key[org..project], project: &key[project..] };
+                            let digest = digester.scoped_digest(&key[..org], scope).0;
+                            let input = (url.clone(), 0x80, key[..org].to_vec(), Some((scope.org.to_vec(), scope.project.to_vec())));
+                            if let Some(previous) = seen.insert(digest, input.clone()) {
+                                prop_assert_eq!(previous, input);
+                            }
+                        }
                     }
                 }
             }

@@ -55,6 +55,9 @@ pub(crate) struct Refusal {
     /// Made by this crate (not passed through from Composio): carries the inbound
     /// `x-request-id` as `request_id`.
     local: bool,
+    /// Composio refused the key itself (its 401 or 403), not only the scope a user
+    /// key's selectors chose (its 400 or 404, or a deleted project).
+    refuses_key: bool,
     retry_after_secs: Option<u64>,
 }
 
@@ -72,6 +75,7 @@ impl Refusal {
                 errors: None,
             },
             local: true,
+            refuses_key: false,
             retry_after_secs: None,
         }
     }
@@ -108,6 +112,18 @@ impl Refusal {
             &format!(
                 "Send the API key exactly as Composio issued it in the {header} header: 1 to 256 visible ASCII characters."
             ),
+        )
+    }
+
+    /// A user key whose selectors choose no scope (one without the other, one sent
+    /// twice, or a value that cannot be an id): answered here, asking nobody.
+    pub(crate) fn bad_scope(message: &str) -> Self {
+        Self::local(
+            StatusCode::BAD_REQUEST,
+            10400,
+            "HTTP_BadRequest",
+            message,
+            "Send both x-org-id and x-project-id (Composio's ids, such as org_... and proj_...) or neither.",
         )
     }
 
@@ -162,15 +178,23 @@ impl Refusal {
         rejection
     }
 
-    /// Composio's own verdict, passed through with the status this layer answers.
-    pub(crate) fn upstream(status: StatusCode, mut body: ErrorBody) -> Self {
+    /// Composio's own verdict, passed through with the status this layer answers;
+    /// `refuses_key` when it refused the key itself, not only a scope.
+    pub(crate) fn upstream(status: StatusCode, mut body: ErrorBody, refuses_key: bool) -> Self {
         body.status = status.as_u16();
         Self {
             status,
             body,
             local: false,
+            refuses_key,
             retry_after_secs: None,
         }
+    }
+
+    /// Whether Composio refused the key itself (so every scope of a user key), not
+    /// only the scope it was asked about.
+    pub(crate) fn refuses_key(&self) -> bool {
+        self.refuses_key
     }
 
     /// The HTTP status this rejection answers with.
@@ -188,6 +212,7 @@ impl Refusal {
         match self.status {
             StatusCode::UNAUTHORIZED => 16, // UNAUTHENTICATED
             StatusCode::FORBIDDEN => 7,     // PERMISSION_DENIED
+            StatusCode::BAD_REQUEST => 3,   // INVALID_ARGUMENT
             _ => 14,                        // UNAVAILABLE
         }
     }
@@ -374,7 +399,7 @@ mod tests {
             suggested_fix: Some("Check the key".into()),
             errors: Some(vec!["detail".into()]),
         };
-        let rejection = Refusal::upstream(StatusCode::UNAUTHORIZED, body.clone());
+        let rejection = Refusal::upstream(StatusCode::UNAUTHORIZED, body.clone(), true);
         let envelope = parse(&rejection.render_http(Some("inbound"), &challenge(["x-api-key"])));
         assert_eq!(envelope.error.status, 401);
         assert_eq!(envelope.error.request_id.as_deref(), Some("upstream-1"));
@@ -403,6 +428,7 @@ mod tests {
         for (rejection, code) in [
             (Refusal::no_credential("x-api-key"), "16"),
             (Refusal::forbidden(), "7"),
+            (Refusal::bad_scope("lone"), "3"),
             (Refusal::unavailable("down", None), "14"),
         ] {
             let response = rejection.render_grpc(HeaderValue::from_static("application/grpc"));
@@ -424,7 +450,7 @@ mod tests {
             suggested_fix: None,
             errors: None,
         };
-        Refusal::upstream(StatusCode::UNAUTHORIZED, body)
+        Refusal::upstream(StatusCode::UNAUTHORIZED, body, true)
             .render_grpc(HeaderValue::from_static("application/grpc"))
     }
 

@@ -16,6 +16,7 @@ pub(crate) mod pause_point;
 pub(crate) mod per_runtime;
 pub(crate) mod policy;
 pub(crate) mod rejection;
+pub(crate) mod scopes;
 pub(crate) mod session;
 pub(crate) mod state;
 pub(crate) mod upstream;

@@ -1,8 +1,8 @@
 //! The upstream call: one `GET` of Composio's session endpoint per verification, and
 //! the classification of its answer into a [`Verdict`].
 //!
-//! Only the one credential header goes upstream (with `accept` and a `user-agent`
-//! naming this crate); redirects are never followed; bodies are read up to
+//! Only the one credential header goes upstream, with a user key's two selectors
+//! when it has them (and `accept` and a `user-agent` naming this crate); redirects are never followed; bodies are read up to
 //! [`MAX_UPSTREAM_BODY_BYTES`]. A verdict about the key comes from a `200` session
 //! document (a key or project marked `deleted` is refused) or from a well-formed
 //! error envelope; anything else (a proxy's HTML, a `429`, a `5xx`, a redirect, a
@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use http::header::{ACCEPT, CONTENT_LENGTH, RETRY_AFTER};
 use http::{HeaderMap, HeaderValue, StatusCode};
 
-use crate::verifier::credential::CredentialHeader;
+use crate::verifier::credential::{CredentialHeader, Selectors, ORG_SELECTOR, PROJECT_SELECTOR};
 use crate::verifier::envelope::{ErrorEnvelope, Refusal};
 use crate::verifier::per_runtime::{self, PerRuntime};
 use crate::verifier::session::{SessionDocument, SessionInfo};
@@ -168,12 +168,14 @@ impl Upstream {
         })
     }
 
-    /// Asks Composio about one key; a session's TTL starts at `sent_at`, taken just
-    /// before this call. Never panics, never logs the key.
+    /// Asks Composio about one key (in the scope `selectors` choose, if any); a
+    /// session's TTL starts at `sent_at`, taken just before this call. Never
+    /// panics, never logs the key.
     pub(crate) async fn verify(
         &self,
         header: CredentialHeader,
         key: HeaderValue,
+        selectors: Option<Selectors>,
         sent_at: Instant,
     ) -> Called {
         let (urls, clients) = match self {
@@ -191,12 +193,16 @@ impl Upstream {
                 return Called::undecided(reason, sent_at);
             }
         };
-        let response = client
+        let mut request = client
             .get(urls[header as usize].clone())
             .header(header.header_name(), key)
-            .header(ACCEPT, HeaderValue::from_static("application/json"))
-            .send()
-            .await;
+            .header(ACCEPT, HeaderValue::from_static("application/json"));
+        if let Some(Selectors { org, project }) = selectors {
+            request = request
+                .header(ORG_SELECTOR, org)
+                .header(PROJECT_SELECTOR, project);
+        }
+        let response = request.send().await;
         let response = match response {
             Ok(response) => response,
             Err(error) => {
@@ -297,7 +303,10 @@ pub(crate) fn classify(
             Ok(document) => Verdict::Allowed(SessionInfo::verified_at(document, sent_at)),
             Err(_) => Verdict::undecided("Composio answered 200 without a session document", None),
         },
+        // A refusal of the key itself: of every scope of a user key.
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => rejected(status, status, body),
+        // A refusal of the scope asked about (a user key's selectors), answered as
+        // nginx's `auth_request` understands: 401.
         StatusCode::BAD_REQUEST | StatusCode::NOT_FOUND => {
             rejected(status, StatusCode::UNAUTHORIZED, body)
         }
@@ -317,8 +326,13 @@ pub(crate) fn classify(
 
 /// A verdict from an error envelope, or undecided when the body is not one.
 fn rejected(upstream: StatusCode, answer: StatusCode, body: &[u8]) -> Verdict {
+    let refuses_key = matches!(upstream, StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN);
     match serde_json::from_slice::<ErrorEnvelope>(body) {
-        Ok(envelope) => Verdict::Rejected(Arc::new(Refusal::upstream(answer, envelope.error))),
+        Ok(envelope) => Verdict::Rejected(Arc::new(Refusal::upstream(
+            answer,
+            envelope.error,
+            refuses_key,
+        ))),
         Err(_) => Verdict::undecided(
             format!(
                 "Composio answered {} without its error envelope",
@@ -397,6 +411,25 @@ mod tests {
         doc["api_key"]["deleted"] = json!(true);
         let r = rejection(classify(StatusCode::OK, None, doc.to_string().as_bytes()));
         assert_eq!(r.status(), 401);
+        assert!(!r.refuses_key(), "a deleted project is its scope's");
+    }
+
+    #[test]
+    fn a_401_or_403_refuses_the_key_and_a_400_or_404_only_the_scope() {
+        for (status, answer, refuses_key) in [
+            (401, 401, true),
+            (403, 403, true),
+            (400, 401, false),
+            (404, 401, false),
+        ] {
+            let status = StatusCode::from_u16(status).unwrap();
+            let r = rejection(classify(status, None, &envelope(status.as_u16())));
+            assert_eq!(
+                (r.status().as_u16(), r.refuses_key()),
+                (answer, refuses_key),
+                "{status}"
+            );
+        }
     }
 
     #[test]

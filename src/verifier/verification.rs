@@ -40,18 +40,18 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use futures_util::future::{FutureExt, Shared};
-use http::HeaderValue;
 use tokio::runtime::{self, Handle};
 use tokio::sync::{oneshot, Semaphore};
 use tracing::Instrument;
 
 use crate::verifier::cache::{Cached, Lookup, VerdictCache};
-use crate::verifier::credential::CredentialHeader;
+use crate::verifier::credential::{CredentialHeader, Subject};
 use crate::verifier::digest::Digest;
 use crate::verifier::envelope::Refusal;
 use crate::verifier::fleet::{Fleet, FleetVerdict, Invalidation};
 use crate::verifier::instruments::Instruments;
 use crate::verifier::own_runtime::OwnRuntime;
+use crate::verifier::scopes::ScopeIndex;
 use crate::verifier::upstream::{Called, Upstream, Verdict};
 use crate::TRACING_TARGET;
 
@@ -87,14 +87,30 @@ struct Flights {
     budget: Duration,
     permits: Semaphore,
     max_concurrent: usize,
-    /// The in-flight map: each key's current flight.
-    in_flight: Mutex<HashMap<Digest, Flight>>,
+    /// The in-flight map (each key's current flight), and the scopes of user
+    /// keys, which it keeps in step with the flights.
+    in_flight: Mutex<InFlight>,
     next_flight: AtomicU64,
     instruments: Arc<Instruments>,
     /// The fleet, when replicas share verdicts through Redis.
     fleet: Option<Arc<Fleet>>,
     /// Where flights run, when not on the caller's runtime.
     runtime: OnceLock<Handle>,
+}
+
+/// What the in-flight lock guards: each digest's current flight, and the scopes
+/// of each user key (see `scopes.rs`).
+struct InFlight {
+    flights: HashMap<Digest, Flight>,
+    scopes: ScopeIndex,
+}
+
+impl InFlight {
+    /// Takes `digest`'s flight out of the map: it settles nothing any more, and no
+    /// request joins it.
+    fn remove(&mut self, digest: &Digest) {
+        self.flights.remove(digest);
+    }
 }
 
 /// A key's flight in the in-flight map.
@@ -119,7 +135,10 @@ impl Verifications {
             budget,
             permits: Semaphore::new(max_concurrent),
             max_concurrent,
-            in_flight: Mutex::new(HashMap::new()),
+            in_flight: Mutex::new(InFlight {
+                flights: HashMap::new(),
+                scopes: ScopeIndex::new(),
+            }),
             next_flight: AtomicU64::new(0),
             instruments,
             fleet,
@@ -165,12 +184,7 @@ impl Verifications {
 
     /// For a request whose lookup missed: the key's flight on this runtime; or a
     /// verdict that landed since the lookup; or a new flight.
-    pub(crate) fn join_or_start(
-        &self,
-        digest: Digest,
-        header: CredentialHeader,
-        key: &HeaderValue,
-    ) -> Joined {
+    pub(crate) fn join_or_start(&self, digest: Digest, subject: Subject) -> Joined {
         let Some(runtime) = self.flights.runtime() else {
             tracing::error!(target: TRACING_TARGET, "composio-auth needs a Tokio runtime to verify keys");
             return Joined::CannotRun(Refusal::unavailable(
@@ -179,7 +193,8 @@ impl Verifications {
             ));
         };
         let mut in_flight = self.flights.in_flight();
-        if let Some(flight) = in_flight.get(&digest).filter(|f| f.runtime == runtime.id()) {
+        let current = in_flight.flights.get(&digest);
+        if let Some(flight) = current.filter(|f| f.runtime == runtime.id()) {
             tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::JOINED_VERIFICATION, "joining the verification in flight");
             return Joined::Waiting(flight.verification.clone());
         }
@@ -187,14 +202,8 @@ impl Verifications {
         if let Lookup::Hit(cached) = self.flights.cache.lookup(&digest) {
             return Joined::Cached(cached);
         }
-        let (verification, task) = self.flight(
-            &mut in_flight,
-            &runtime,
-            digest,
-            header,
-            key,
-            Duration::ZERO,
-        );
+        let (verification, task) =
+            self.flight(&mut in_flight, &runtime, digest, subject, Duration::ZERO);
         drop(in_flight);
         runtime.spawn(task);
         Joined::Waiting(verification)
@@ -204,18 +213,13 @@ impl Verifications {
     /// `verified`) nears its TTL, unless the key already has a flight on this
     /// runtime. Nobody waits for it. With a fleet, a fresher verdict another
     /// replica recorded is taken instead of asking Composio.
-    pub(crate) fn refresh(
-        &self,
-        digest: Digest,
-        header: CredentialHeader,
-        key: &HeaderValue,
-        verified: Instant,
-    ) {
+    pub(crate) fn refresh(&self, digest: Digest, subject: Subject, verified: Instant) {
         let Some(runtime) = self.flights.runtime() else {
             return;
         };
         let mut in_flight = self.flights.in_flight();
         if in_flight
+            .flights
             .get(&digest)
             .is_some_and(|f| f.runtime == runtime.id())
         {
@@ -227,23 +231,32 @@ impl Verifications {
         // verdict again, read a few milliseconds later).
         let life = self.flights.cache.session_life();
         let floor = life.saturating_sub(verified.elapsed()) + life / 20;
-        let (_, task) = self.flight(&mut in_flight, &runtime, digest, header, key, floor);
+        let (_, task) = self.flight(&mut in_flight, &runtime, digest, subject, floor);
         drop(in_flight);
         runtime.spawn(task);
     }
 
     /// Registers a new flight for `digest` (replacing any other, which then settles
-    /// nothing) and returns it with the task to spawn once the lock is released: a
-    /// task dropped unspawned takes its flight out of the map, which needs the lock.
+    /// nothing), listing it under its key if it is a scope's, and returns it with the
+    /// task to spawn once the lock is released: a task dropped unspawned takes its
+    /// flight out of the map, which needs the lock.
     fn flight(
         &self,
-        in_flight: &mut HashMap<Digest, Flight>,
+        in_flight: &mut InFlight,
         runtime: &Handle,
         digest: Digest,
-        header: CredentialHeader,
-        key: &HeaderValue,
+        subject: Subject,
         floor: Duration,
     ) -> (Verification, impl Future<Output = ()> + Send + 'static) {
+        let key_digest = subject.scope.as_ref().map(|(key, _)| *key);
+        if let Some(key) = key_digest {
+            let InFlight { flights, scopes } = in_flight;
+            let flying = |scope: &Digest| flights.contains_key(scope);
+            if let Some(displaced) = scopes.list(key, digest, Instant::now(), flying) {
+                flights.remove(&displaced);
+                self.flights.cache.remove(&displaced);
+            }
+        }
         let id = self.flights.next_flight.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
         let verdict: VerdictFuture = Box::pin(async move {
@@ -252,7 +265,7 @@ impl Verifications {
                 .unwrap_or_else(|_| Verdict::undecided("the verification task failed", None))
         });
         let verification = verdict.shared();
-        in_flight.insert(
+        in_flight.flights.insert(
             digest,
             Flight {
                 id,
@@ -264,9 +277,10 @@ impl Verifications {
         let guard = FlightGuard {
             flights: Arc::clone(&self.flights),
             digest,
+            key: key_digest,
             id,
         };
-        let key = key.clone();
+        let header = subject.header;
         // A child of the request's span (e.g. tower-http's `TraceLayer`), so traces
         // show the verification inside the request that started it.
         let span = tracing::debug_span!(
@@ -286,11 +300,11 @@ impl Verifications {
             } = match &flights.fleet {
                 Some(fleet) => {
                     fleet.listen();
-                    let call = |key| flights.call_within_budget(header, key);
-                    fleet.verify(header, key, floor, call).await
+                    let call = |subject| flights.call_within_budget(subject);
+                    fleet.verify(subject, floor, call).await
                 }
                 None => {
-                    let called = flights.call_within_budget(header, key).await;
+                    let called = flights.call_within_budget(subject).await;
                     FleetVerdict {
                         verdict: called.verdict,
                         sent_at: called.sent_at,
@@ -371,9 +385,14 @@ impl Flights {
         }
     }
 
+    /// Forgets `digests` and, for a user key's, every scope of the key.
     fn forget(&self, digests: impl IntoIterator<Item = Digest>) {
         let mut in_flight = self.in_flight();
         for digest in digests {
+            for scope in in_flight.scopes.take(&digest) {
+                in_flight.remove(&scope);
+                self.cache.remove(&scope);
+            }
             in_flight.remove(&digest);
             self.cache.remove(&digest);
         }
@@ -383,13 +402,14 @@ impl Flights {
 
     fn forget_all(&self) {
         let mut in_flight = self.in_flight();
-        in_flight.clear();
+        in_flight.flights.clear();
+        in_flight.scopes.clear();
         self.cache.clear();
         drop(in_flight);
         self.instruments.entries(|| self.cache.entry_counts());
     }
 
-    fn in_flight(&self) -> MutexGuard<'_, HashMap<Digest, Flight>> {
+    fn in_flight(&self) -> MutexGuard<'_, InFlight> {
         self.in_flight
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -403,7 +423,7 @@ impl Flights {
     /// unused: under overload, queued verifications would otherwise each start an
     /// upstream call (spending the key owner's rate limit) only to abandon it a
     /// moment later.
-    async fn call_within_budget(&self, header: CredentialHeader, key: HeaderValue) -> Called {
+    async fn call_within_budget(&self, subject: Subject) -> Called {
         let budget = self.budget;
         let deadline = tokio::time::Instant::now() + budget;
         let no_slot = || {
@@ -424,7 +444,9 @@ impl Flights {
         }
         let sent_at = Instant::now();
         self.instruments.call_started();
-        let call = self.upstream.verify(header, key, sent_at);
+        let Subject { header, key, scope } = subject;
+        let selectors = scope.map(|(_, selectors)| selectors);
+        let call = self.upstream.verify(header, key, selectors, sent_at);
         let called = match tokio::time::timeout_at(deadline, call).await {
             Ok(called) => called,
             Err(_) => {
@@ -444,16 +466,38 @@ impl Flights {
 struct FlightGuard {
     flights: Arc<Flights>,
     digest: Digest,
+    /// The key's digest, when this flight is one of a user key's scopes.
+    key: Option<Digest>,
     id: u64,
 }
 
 impl FlightGuard {
     /// Caches `verdict` and leaves the map, in one critical section, if this is still
-    /// the key's flight (no invalidation and no replacement since it started).
+    /// the key's flight (no invalidation and no replacement since it started). A
+    /// refusal of the key itself also refuses every scope of a user key.
     fn settle(&self, verdict: &Verdict, sent_at: Instant) {
         let mut in_flight = self.flights.in_flight();
-        if in_flight.get(&self.digest).is_some_and(|f| f.id == self.id) {
-            self.flights.cache.settle(&self.digest, verdict, sent_at);
+        if in_flight
+            .flights
+            .get(&self.digest)
+            .is_some_and(|f| f.id == self.id)
+        {
+            let cache = &self.flights.cache;
+            cache.settle(&self.digest, verdict, sent_at);
+            let key = self.key.unwrap_or(self.digest);
+            if self.key.is_some() {
+                in_flight
+                    .scopes
+                    .keep(&key, Instant::now() + cache.longest_life());
+            }
+            if let Verdict::Rejected(refusal) = verdict {
+                if refusal.refuses_key() {
+                    if self.key.is_some() {
+                        cache.settle(&key, verdict, sent_at);
+                    }
+                    cache.drop_sessions(in_flight.scopes.scopes(&key));
+                }
+            }
             in_flight.remove(&self.digest);
             drop(in_flight);
             self.flights
@@ -469,7 +513,11 @@ impl FlightGuard {
 impl Drop for FlightGuard {
     fn drop(&mut self) {
         let mut in_flight = self.flights.in_flight();
-        if in_flight.get(&self.digest).is_some_and(|f| f.id == self.id) {
+        if in_flight
+            .flights
+            .get(&self.digest)
+            .is_some_and(|f| f.id == self.id)
+        {
             in_flight.remove(&self.digest);
         }
     }

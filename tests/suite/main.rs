@@ -27,4 +27,5 @@ mod metrics;
 mod promises;
 mod protocol;
 mod routes;
+mod scopes;
 mod secrets;

@@ -81,14 +81,19 @@ where
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
         let state = &*self.state;
         let policy = &self.policy;
-        let (header, digest) = match credential::extract(request.headers_mut(), state.accepted) {
-            Ok((header, key)) => (header, state.cache.digest(header.verified_as(), key)),
-            Err(error) => {
-                tracing::debug!(target: TRACING_TARGET, ?error, "no usable credential");
-                return ResponseFuture::reject(policy, &error.refusal(state.accepted), request);
-            }
-        };
-        match state.step(header, digest, request.headers()) {
+        let (header, digest, scoped) =
+            match credential::extract(request.headers_mut(), state.accepted) {
+                Ok(credential) => (
+                    credential.header,
+                    state.cache.digest_of(&credential),
+                    credential.scope.is_some(),
+                ),
+                Err(error) => {
+                    tracing::debug!(target: TRACING_TARGET, ?error, "no usable credential");
+                    return ResponseFuture::reject(policy, &error.refusal(state.accepted), request);
+                }
+            };
+        match state.step(header, digest, scoped, request.headers()) {
             Step::Admit(session) => {
                 if state.hide_credential {
                     request.headers_mut().remove(header.header_name());

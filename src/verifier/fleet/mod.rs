@@ -18,7 +18,10 @@ use crate::verifier::instruments::Instruments;
 use crate::verifier::upstream::Verdict;
 
 #[cfg(not(feature = "redis"))]
-use crate::verifier::{credential::CredentialHeader, upstream::Called};
+use crate::verifier::{
+    credential::{CredentialHeader, Subject},
+    upstream::Called,
+};
 #[cfg(feature = "redis")]
 use {
     crate::verifier::cache::CachePolicy,
@@ -200,13 +203,12 @@ impl Fleet {
 
     pub(crate) async fn verify<F, Fut>(
         self: &Arc<Self>,
-        _: CredentialHeader,
-        _: http::HeaderValue,
+        _: Subject,
         _: Duration,
         _: F,
     ) -> FleetVerdict
     where
-        F: FnOnce(http::HeaderValue) -> Fut,
+        F: FnOnce(Subject) -> Fut,
         Fut: Future<Output = Called>,
     {
         match **self {}

@@ -8,13 +8,12 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use http::HeaderValue;
 use redis::Value;
 
 use super::scripts::{ConsultReply, Lease};
 use super::stored::{stored_body, wall_ms, Entry, RedisClock, Stamp, StoredVerdict};
 use super::{Fleet, FleetVerdict, Share};
-use crate::verifier::credential::CredentialHeader;
+use crate::verifier::credential::Subject;
 use crate::verifier::instruments::FleetResult;
 use crate::verifier::session::{Age, SessionInfo};
 use crate::verifier::upstream::{classify, Called, UpstreamReply, Verdict};
@@ -152,16 +151,15 @@ impl Fleet {
     /// `stale_if_error` window is served, marked stale.
     pub(crate) async fn verify<F, Fut>(
         self: &Arc<Self>,
-        header: CredentialHeader,
-        key: HeaderValue,
+        subject: Subject,
         floor: Duration,
         call: F,
     ) -> FleetVerdict
     where
-        F: FnOnce(HeaderValue) -> Fut,
+        F: FnOnce(Subject) -> Fut,
         Fut: Future<Output = Called>,
     {
-        let (write_back, stale) = match self.consult(header, key.as_bytes(), floor).await {
+        let (write_back, stale) = match self.consult(&subject, floor).await {
             Consulted::Found {
                 verdict,
                 sent_at,
@@ -184,7 +182,7 @@ impl Fleet {
         } else {
             FleetResult::Alone
         });
-        let called = call(key).await;
+        let called = call(subject).await;
         let kept = self.lives.kept_for(&called.verdict);
         let sent_at = called.sent_at;
         let to_record = called.reply.map(|reply| ToRecord {
@@ -219,14 +217,14 @@ impl Fleet {
         })
     }
 
-    async fn consult(&self, header: CredentialHeader, key: &[u8], floor: Duration) -> Consulted {
+    async fn consult(&self, subject: &Subject, floor: Duration) -> Consulted {
         let Some(epoch) = self.subscription.epoch(self.links.time_limit()).await else {
             return Consulted::Verify {
                 write_back: None,
                 stale: None,
             };
         };
-        let entry = self.entry(header, key, epoch);
+        let entry = self.entry(subject, epoch);
         let token = self.random_word();
         let mut lease_wait = LeaseWait::new(self.wait);
         // A value whose PTTL says more than this may be adoptable: a session's
@@ -340,7 +338,7 @@ impl Fleet {
         let plain = match entry.open(reply.gen, reply.value) {
             Ok(Some(plain)) => plain,
             Ok(None) => {
-                tracing::debug!(target: TRACING_TARGET, "the verdict in Redis predates the last invalidate_all; verifying again");
+                tracing::debug!(target: TRACING_TARGET, "the verdict in Redis predates an invalidation; verifying again");
                 return None;
             }
             Err(()) => {

@@ -15,14 +15,15 @@ use crate::verifier::instruments::Direction;
 pub(crate) const STREAM_KEPT: usize = 10_000;
 
 impl Fleet {
-    /// Forgets a key on every replica: its Redis entries (under each header), then
-    /// a message on the stream carrying its local digests. `false` if Redis could
+    /// Forgets a key on every replica: its Redis entries (under each header; a new
+    /// generation voids its scopes' too), then a message on the stream carrying its
+    /// local digests (each replica forgets the key's scopes with it). `false` if Redis could
     /// not be reached.
     pub(crate) async fn invalidate(&self, key: &[u8], keys: &[(CredentialHeader, Digest)]) -> bool {
         let gen_life_ms = (self.lives.longest_life() + self.lease + self.wait).as_millis() as u64;
         for (header, _) in keys {
             // The one value key of every epoch.
-            let entry = self.entry(*header, key, 0);
+            let entry = self.key_entry(*header, key, 0);
             let gen = self.random_word();
             let invocation = self.scripts.forget(&entry, &gen, gen_life_ms);
             let invocation = &invocation;

@@ -2,8 +2,9 @@
 //! Redis stores, and the seal on invalidation messages.
 //!
 //! - **Redis keys** are an HMAC-SHA256 under the pepper of (base URL, credential
-//!   header, API key), each length-prefixed so no two inputs share an encoding. A
-//!   Redis reader without the pepper cannot test a guessed key against them.
+//!   header, API key), and for a user key's scope, of those and its two selectors,
+//!   each length-prefixed so no two inputs share an encoding. A Redis reader
+//!   without the pepper cannot test a guessed key (or scope) against them.
 //! - **Values** are ChaCha20-Poly1305 ciphertexts under a key derived with
 //!   HKDF-SHA256 from the API key itself (salt: the pepper), with the Redis key as
 //!   associated data: reading one needs the API key; moving one to another Redis key
@@ -23,7 +24,7 @@ use hkdf::Hkdf;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use crate::verifier::credential::CredentialHeader;
+use crate::verifier::credential::{CredentialHeader, Scope};
 use crate::verifier::digest::Digest;
 
 /// The first byte of every sealed value and message.
@@ -96,8 +97,25 @@ impl Sealer {
         header: CredentialHeader,
         key: &[u8],
     ) -> FleetDigest {
+        self.mac_of(&[base_url.as_bytes(), header.as_str().as_bytes(), key])
+    }
+
+    /// A user key's scope's fleet digest: HMAC-SHA256(pepper, base URL, header,
+    /// key, org, project).
+    pub(crate) fn scope_digest(
+        &self,
+        base_url: &str,
+        header: CredentialHeader,
+        key: &[u8],
+        scope: Scope<'_>,
+    ) -> FleetDigest {
+        let header = header.as_str().as_bytes();
+        self.mac_of(&[base_url.as_bytes(), header, key, scope.org, scope.project])
+    }
+
+    fn mac_of(&self, parts: &[&[u8]]) -> FleetDigest {
         let mut mac = self.mac.clone();
-        for part in [base_url.as_bytes(), header.as_str().as_bytes(), key] {
+        for part in parts {
             mac.update(&(part.len() as u64).to_be_bytes());
             mac.update(part);
         }
@@ -264,6 +282,24 @@ mod tests {
         assert_eq!(a.local_digest_secret(), b.local_digest_secret());
         assert_ne!(a.local_digest_secret(), other.local_digest_secret());
         assert_eq!(d(&a).hex().len(), 64);
+        let scope = |org: &'static [u8]| Scope {
+            org,
+            project: b"proj_1",
+        };
+        let s = |s: &Sealer, org| {
+            s.scope_digest(
+                "https://x",
+                CredentialHeader::UserApiKey,
+                b"uak_1",
+                scope(org),
+            )
+        };
+        assert!(s(&a, b"org_1") == s(&b, b"org_1"));
+        assert!(s(&a, b"org_1") != s(&a, b"org_2"));
+        assert!(s(&a, b"org_1") != s(&other, b"org_1"));
+        assert!(
+            s(&a, b"org_1") != a.fleet_digest("https://x", CredentialHeader::UserApiKey, b"uak_1")
+        );
     }
 
     proptest! {

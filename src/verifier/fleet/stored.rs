@@ -11,6 +11,11 @@
 //! it is younger than its kind's TTL by those clocks, whatever its `PTTL` says, and
 //! a value written back after an invalidation (another generation) or an
 //! `invalidate_all` (another epoch) is a miss.
+//!
+//! **A user key's scopes** have entries of their own (value and lease), in the
+//! key's hash slot, but share the key's generation: one `FORGET` of the key gives
+//! it a new generation, which every scope's value was not sealed with, so all of
+//! them are misses from then on, without being named.
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -18,7 +23,7 @@ use http::StatusCode;
 
 use super::seal::ValueCipher;
 use super::Fleet;
-use crate::verifier::credential::CredentialHeader;
+use crate::verifier::credential::{CredentialHeader, Scope, Subject};
 
 /// How far the replicas' wall clocks may disagree with each other before a verdict
 /// read from Redis looks older on them than on Redis's clock (see [`Stamp::age`]).
@@ -142,19 +147,25 @@ pub(super) struct Entry {
 }
 
 impl Entry {
-    /// What Redis stores: the epoch, then the sealed plaintext, bound to this
-    /// entry's Redis key, its epoch and the key's generation `gen`.
+    /// What Redis stores: the epoch, the generation (its length in one byte, then
+    /// it), then the sealed plaintext, bound to this entry's Redis key, its epoch
+    /// and the key's generation `gen`. `None` for a generation over 255 bytes
+    /// (which no replica writes).
     pub(super) fn seal(&self, gen: &[u8], plain: &[u8]) -> Option<Vec<u8>> {
         let epoch = self.epoch.to_be_bytes();
+        let gen_len = u8::try_from(gen.len()).ok()?;
         let sealed = self.cipher.seal(&self.context(&epoch, gen), plain)?;
-        Some([&epoch[..], &sealed].concat())
+        Some([&epoch[..], &[gen_len], gen, &sealed].concat())
     }
 
-    /// The plaintext in `stored`: `Ok(None)` if it was recorded in another epoch,
-    /// `Err` if it does not open (altered, moved, or sealed in another generation).
+    /// The plaintext in `stored`: `Ok(None)` if it was recorded in another epoch
+    /// or generation (before an invalidation), `Err` if it does not open (altered,
+    /// or moved).
     pub(super) fn open(&self, gen: &[u8], stored: &[u8]) -> Result<Option<Vec<u8>>, ()> {
-        let (epoch, sealed) = stored.split_first_chunk::<8>().ok_or(())?;
-        if u64::from_be_bytes(*epoch) != self.epoch {
+        let (epoch, rest) = stored.split_first_chunk::<8>().ok_or(())?;
+        let (&gen_len, rest) = rest.split_first().ok_or(())?;
+        let (stored_gen, sealed) = rest.split_at_checked(usize::from(gen_len)).ok_or(())?;
+        if u64::from_be_bytes(*epoch) != self.epoch || stored_gen != gen {
             return Ok(None);
         }
         self.cipher
@@ -171,7 +182,7 @@ impl Entry {
 
 impl Fleet {
     /// The entry of `key` carried in `header`, read in `epoch`.
-    pub(super) fn entry(&self, header: CredentialHeader, key: &[u8], epoch: u64) -> Entry {
+    pub(super) fn key_entry(&self, header: CredentialHeader, key: &[u8], epoch: u64) -> Entry {
         let tag = self.sealer.fleet_digest(&self.base_url, header, key).hex();
         let prefix = &self.prefix;
         Entry {
@@ -181,6 +192,25 @@ impl Fleet {
             cipher: self.sealer.value_cipher(key),
             epoch,
         }
+    }
+
+    /// The entry of what `subject` asks about, read in `epoch`: its key's, or its
+    /// scope's (beside the key's, under the key's generation).
+    pub(super) fn entry(&self, subject: &Subject, epoch: u64) -> Entry {
+        let (header, key) = (subject.header, subject.key.as_bytes());
+        let mut entry = self.key_entry(header, key, epoch);
+        if let Some((_, selectors)) = &subject.scope {
+            let scope = Scope {
+                org: selectors.org.as_bytes(),
+                project: selectors.project.as_bytes(),
+            };
+            let tag = self.sealer.scope_digest(&self.base_url, header, key, scope);
+            let item = entry.value_key.trim_end_matches(":v");
+            let item = format!("{item}:s:{}", tag.hex());
+            entry.value_key = format!("{item}:v");
+            entry.lock_key = format!("{item}:lock");
+        }
+        entry
     }
 }
 
@@ -234,10 +264,10 @@ mod tests {
         assert_eq!(entry("other", 3).open(b"g1", &stored), Err(()));
         assert_eq!(
             entry("k", 3).open(b"g2", &stored),
-            Err(()),
-            "another generation"
+            Ok(None),
+            "another generation: a quiet miss"
         );
-        assert_eq!(entry("k", 3).open(b"", &stored), Err(()));
+        assert_eq!(entry("k", 3).open(b"", &stored), Ok(None));
         let mut relabelled = stored.clone();
         relabelled[..8].copy_from_slice(&4u64.to_be_bytes());
         assert_eq!(
@@ -245,6 +275,14 @@ mod tests {
             Err(()),
             "the epoch is authenticated"
         );
+        let mut regenerated = stored.clone();
+        regenerated[9..11].copy_from_slice(b"g2");
+        assert_eq!(
+            entry("k", 3).open(b"g2", &regenerated),
+            Err(()),
+            "the generation is authenticated"
+        );
+        assert!(entry("k", 3).seal(&[b'g'; 256], b"answer").is_none());
         assert_eq!(entry("k", 3).open(b"g1", &stored[..5]), Err(()));
     }
 

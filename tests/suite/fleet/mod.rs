@@ -3,6 +3,7 @@
 
 mod cluster;
 mod faults;
+mod scopes;
 mod sharing;
 mod soak;
 mod trust;
