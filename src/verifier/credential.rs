@@ -516,7 +516,13 @@ mod tests {
     }
 
     /// The scope `find` reads from `pairs` with every header accepted.
-    fn scope_of(pairs: &[(&str, &[u8])]) -> Result<Option<(Vec<u8>, Vec<u8>)>, CredentialError> {
+    /// A scope as owned bytes: organization, project.
+    type OwnedScope = (Vec<u8>, Vec<u8>);
+
+    /// A header as a test writes it.
+    type Pair<'a> = (&'a str, &'a [u8]);
+
+    fn scope_of(pairs: &[Pair<'_>]) -> Result<Option<OwnedScope>, CredentialError> {
         let map = headers(pairs);
         find(&map, ALL).map(|c| c.scope.map(|s| (s.org.to_vec(), s.project.to_vec())))
     }
@@ -524,7 +530,7 @@ mod tests {
     #[test]
     fn a_user_key_reads_both_selectors_or_neither() {
         let key: (&str, &[u8]) = ("x-user-api-key", b"uak_1");
-        let (org, project): ((&str, &[u8]), (&str, &[u8])) =
+        let (org, project): (Pair<'_>, Pair<'_>) =
             (("x-org-id", b"org_1"), ("x-project-id", b"proj_1"));
         assert_eq!(scope_of(&[key]), Ok(None));
         assert_eq!(

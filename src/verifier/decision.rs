@@ -91,14 +91,14 @@ impl LayerState {
                 }
                 Ok(Joined::Cached(cached)) => cached,
                 Ok(Joined::CannotRun(refusal)) => return Step::Refuse(Refused::Made(refusal)),
-                Err(refused) => return Step::Refuse(refused),
+                Err(refusal) => return Step::Refuse(Refused::Shared(refusal)),
             },
         };
         match cached {
             Cached::Fresh { session, refresh } => {
                 tracing::trace!(target: TRACING_TARGET, "cache hit");
                 if refresh {
-                    if let Ok(subject) = self.subject(header, scoped, headers) {
+                    if let Some(subject) = self.subject(header, scoped, headers) {
                         self.verifications
                             .refresh(digest, subject, session.verified());
                     }
@@ -119,17 +119,21 @@ impl LayerState {
         digest: Digest,
         scoped: bool,
         headers: &impl RequestHeaders,
-    ) -> Result<Joined, Refused> {
+    ) -> Result<Joined, Arc<Refusal>> {
         let subject = self.subject(header, scoped, headers);
-        let key = subject.as_ref().ok().and_then(|s| s.scope.as_ref());
+        let key = subject.as_ref().and_then(|s| s.scope.as_ref());
         if let Some(refusal) = key.and_then(|(key, _)| self.cache.key_refusal(key)) {
             tracing::trace!(target: TRACING_TARGET, "cached refusal of the key of this scope");
             self.instruments.looked_up(CacheResult::NegativeHit);
-            return Err(Refused::Shared(refusal));
+            return Err(refusal);
         }
         tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::CACHE_MISS, "cache miss");
         self.instruments.looked_up(CacheResult::Miss);
-        Ok(self.verifications.join_or_start(digest, subject?))
+        match subject {
+            Some(subject) => Ok(self.verifications.join_or_start(digest, subject)),
+            // The headers changed since the credential was found in them.
+            None => Err(Arc::new(CredentialError::Missing.refusal(self.accepted))),
+        }
     }
 
     /// What a verification of the credential in `header` of `headers` asks about.
@@ -138,18 +142,17 @@ impl LayerState {
         header: CredentialHeader,
         scoped: bool,
         headers: &impl RequestHeaders,
-    ) -> Result<Subject, Refused> {
-        let missing = || Refused::Made(CredentialError::Missing.refusal(self.accepted));
-        let key = credential::key_in(headers, header).ok_or_else(missing)?;
+    ) -> Option<Subject> {
+        let key = credential::key_in(headers, header)?;
         let verified_as = header.verified_as();
         let scope = match scoped {
             true => {
-                let selectors = credential::selectors_in(headers).ok_or_else(missing)?;
+                let selectors = credential::selectors_in(headers)?;
                 Some((self.cache.digest(verified_as, key.as_bytes()), selectors))
             }
             false => None,
         };
-        Ok(Subject {
+        Some(Subject {
             header: verified_as,
             key,
             scope,

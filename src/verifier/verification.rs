@@ -250,12 +250,7 @@ impl Verifications {
     ) -> (Verification, impl Future<Output = ()> + Send + 'static) {
         let key_digest = subject.scope.as_ref().map(|(key, _)| *key);
         if let Some(key) = key_digest {
-            let InFlight { flights, scopes } = in_flight;
-            let flying = |scope: &Digest| flights.contains_key(scope);
-            if let Some(displaced) = scopes.list(key, digest, Instant::now(), flying) {
-                flights.remove(&displaced);
-                self.flights.cache.remove(&displaced);
-            }
+            self.flights.list_scope(in_flight, key, digest);
         }
         let id = self.flights.next_flight.fetch_add(1, Ordering::Relaxed);
         let (sender, receiver) = oneshot::channel();
@@ -292,26 +287,11 @@ impl Verifications {
             latency_ms = tracing::field::Empty,
         );
         let task = async move {
-            let flights = &guard.flights;
             let FleetVerdict {
                 verdict,
                 sent_at,
                 share,
-            } = match &flights.fleet {
-                Some(fleet) => {
-                    fleet.listen();
-                    let call = |subject| flights.call_within_budget(subject);
-                    fleet.verify(subject, floor, call).await
-                }
-                None => {
-                    let called = flights.call_within_budget(subject).await;
-                    FleetVerdict {
-                        verdict: called.verdict,
-                        sent_at: called.sent_at,
-                        share: None,
-                    }
-                }
-            };
+            } = guard.flights.verdict_on(subject, floor).await;
             let span = tracing::Span::current();
             span.record("outcome", verdict.kind());
             span.record("latency_ms", sent_at.elapsed().as_secs_f64() * 1e3);
@@ -386,6 +366,37 @@ impl Flights {
     }
 
     /// Forgets `digests` and, for a user key's, every scope of the key.
+    /// Lists `digest` under its user key's digest `key`; a scope that this
+    /// displaces settles nothing, and its verdicts go.
+    fn list_scope(&self, in_flight: &mut InFlight, key: Digest, digest: Digest) {
+        let InFlight { flights, scopes } = in_flight;
+        let flying = |scope: &Digest| flights.contains_key(scope);
+        if let Some(displaced) = scopes.list(key, digest, Instant::now(), flying) {
+            flights.remove(&displaced);
+            self.cache.remove(&displaced);
+        }
+    }
+
+    /// The verdict on `subject`: with the fleet (adopted, or verified under its
+    /// lease), or from Composio alone.
+    async fn verdict_on(&self, subject: Subject, floor: Duration) -> FleetVerdict {
+        match &self.fleet {
+            Some(fleet) => {
+                fleet.listen();
+                let call = |subject| self.call_within_budget(subject);
+                fleet.verify(subject, floor, call).await
+            }
+            None => {
+                let called = self.call_within_budget(subject).await;
+                FleetVerdict {
+                    verdict: called.verdict,
+                    sent_at: called.sent_at,
+                    share: None,
+                }
+            }
+        }
+    }
+
     fn forget(&self, digests: impl IntoIterator<Item = Digest>) {
         let mut in_flight = self.in_flight();
         for digest in digests {

@@ -14,6 +14,7 @@ use actix_web::{web, App, HttpRequest, HttpServer};
 use axum::routing::get;
 use axum::Router;
 use common::{builder, composio, within, Answer, Client, ALICE, BOB};
+use composio_auth::testing::StandIn;
 use composio_auth::{ComposioAuthLayer, CredentialHeader, SessionInfo};
 use tokio::sync::watch;
 
@@ -337,6 +338,79 @@ async fn one_key_on_a_plain_and_a_required_scope_costs_one_call_and_invalidate_r
         client.get("/admin", &[("x-api-key", ALICE)]).await.status,
         401
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_keys_scopes_answer_in_actix_as_in_axum_one_call_per_scope_over_every_worker() {
+    const USER: &str = "uak_actix_0123456789abcdefghijklmnopqrstuvwxyz0";
+    let composio = composio().await;
+    let document = |email| StandIn::document_for(email, "User", "admin");
+    composio.add_scoped_session(USER, "org_a", "proj_a", document("a@example.com"));
+    composio.add_scoped_session(USER, "org_b", "proj_b", document("b@example.com"));
+    let layer = || {
+        builder(&composio)
+            .credential_headers([CredentialHeader::UserApiKey])
+            .build()
+            .unwrap()
+    };
+    let actix = ActixServer::start(&layer());
+    let axum = Client::new(common::serve(axum_app(&layer())).await);
+    let cases: [Case; 4] = [
+        (
+            "/me",
+            &[
+                ("x-user-api-key", USER),
+                ("x-org-id", "org_a"),
+                ("x-project-id", "proj_a"),
+            ],
+            200,
+        ),
+        (
+            "/me",
+            &[
+                ("x-user-api-key", USER),
+                ("x-org-id", "org_b"),
+                ("x-project-id", "proj_b"),
+            ],
+            200,
+        ),
+        (
+            "/me",
+            &[
+                ("x-user-api-key", USER),
+                ("x-org-id", "org_a"),
+                ("x-project-id", "proj_b"),
+            ],
+            401,
+        ),
+        (
+            "/me",
+            &[("x-user-api-key", USER), ("x-org-id", "org_a")],
+            400,
+        ),
+    ];
+    for (path, headers, status) in cases {
+        for _ in 0..WORKERS * 2 {
+            let from_actix = actix.client().get(path, headers).await;
+            assert_eq!(from_actix.status, status, "{headers:?}");
+            assert_eq!(
+                answer_of(&from_actix),
+                answer_of(&axum.get(path, headers).await)
+            );
+        }
+    }
+    let client = actix.client();
+    let a = [
+        ("x-user-api-key", USER),
+        ("x-org-id", "org_a"),
+        ("x-project-id", "proj_a"),
+    ];
+    assert_eq!(client.get("/me", &a).await.body, "a@example.com");
+    // One call per scope per layer (actix's and axum's), whichever worker answered.
+    assert_eq!(composio.calls_for_scope(USER, "org_a", "proj_a"), 2);
+    assert_eq!(composio.calls_for_scope(USER, "org_b", "proj_b"), 2);
+    assert_eq!(composio.calls_for_scope(USER, "org_a", "proj_b"), 2);
+    assert_eq!(composio.calls(), 6, "none for the lone selector");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

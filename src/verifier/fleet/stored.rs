@@ -144,6 +144,9 @@ pub(super) struct Entry {
     pub(super) gen_key: String,
     cipher: ValueCipher,
     epoch: u64,
+    /// A user key's scope's entry, which an invalidation of the key voids by its
+    /// generation alone (a key's own value is deleted).
+    scoped: bool,
 }
 
 impl Entry {
@@ -158,15 +161,18 @@ impl Entry {
         Some([&epoch[..], &[gen_len], gen, &sealed].concat())
     }
 
-    /// The plaintext in `stored`: `Ok(None)` if it was recorded in another epoch
-    /// or generation (before an invalidation), `Err` if it does not open (altered,
-    /// or moved).
+    /// The plaintext in `stored`: `Ok(None)` if it was recorded in another epoch,
+    /// or (a scope's) in another generation; `Err` if it does not open (altered,
+    /// moved, or a key's own value written back after an invalidation deleted it).
     pub(super) fn open(&self, gen: &[u8], stored: &[u8]) -> Result<Option<Vec<u8>>, ()> {
         let (epoch, rest) = stored.split_first_chunk::<8>().ok_or(())?;
         let (&gen_len, rest) = rest.split_first().ok_or(())?;
         let (stored_gen, sealed) = rest.split_at_checked(usize::from(gen_len)).ok_or(())?;
-        if u64::from_be_bytes(*epoch) != self.epoch || stored_gen != gen {
+        if u64::from_be_bytes(*epoch) != self.epoch {
             return Ok(None);
+        }
+        if stored_gen != gen {
+            return if self.scoped { Ok(None) } else { Err(()) };
         }
         self.cipher
             .open(&self.context(epoch, gen), sealed)
@@ -191,6 +197,7 @@ impl Fleet {
             gen_key: format!("{prefix}{{{tag}}}:gen"),
             cipher: self.sealer.value_cipher(key),
             epoch,
+            scoped: false,
         }
     }
 
@@ -209,6 +216,7 @@ impl Fleet {
             let item = format!("{item}:s:{}", tag.hex());
             entry.value_key = format!("{item}:v");
             entry.lock_key = format!("{item}:lock");
+            entry.scoped = true;
         }
         entry
     }
@@ -244,13 +252,15 @@ mod tests {
     #[test]
     fn a_value_opens_only_in_the_epoch_generation_and_key_it_was_recorded_with() {
         let sealer = Sealer::new(b"a fleet pepper of at least 32 bytes....");
-        let entry = |value: &str, epoch| Entry {
+        let scoped_entry = |value: &str, epoch, scoped| Entry {
             value_key: value.to_owned(),
             lock_key: String::new(),
             gen_key: String::new(),
             cipher: sealer.value_cipher(b"ak_1"),
             epoch,
+            scoped,
         };
+        let entry = |value: &str, epoch| scoped_entry(value, epoch, false);
         let stored = entry("k", 3).seal(b"g1", b"answer").unwrap();
         assert_eq!(
             entry("k", 3).open(b"g1", &stored),
@@ -264,10 +274,15 @@ mod tests {
         assert_eq!(entry("other", 3).open(b"g1", &stored), Err(()));
         assert_eq!(
             entry("k", 3).open(b"g2", &stored),
-            Ok(None),
-            "another generation: a quiet miss"
+            Err(()),
+            "a key's value of another generation: written back"
         );
-        assert_eq!(entry("k", 3).open(b"", &stored), Ok(None));
+        assert_eq!(entry("k", 3).open(b"", &stored), Err(()));
+        assert_eq!(
+            scoped_entry("k", 3, true).open(b"g2", &stored),
+            Ok(None),
+            "a scope's value of another generation: a quiet miss"
+        );
         let mut relabelled = stored.clone();
         relabelled[..8].copy_from_slice(&4u64.to_be_bytes());
         assert_eq!(
