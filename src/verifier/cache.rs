@@ -268,6 +268,14 @@ impl VerdictCache {
             .filter(|refusal| refusal.refuses_key())
     }
 
+    /// Whether Composio's refusal of the key whose digest is `key` is cached, from
+    /// a call sent after `sent_at`.
+    pub(crate) fn key_refused_after(&self, key: &Digest, sent_at: Instant) -> bool {
+        self.rejections
+            .get(key)
+            .is_some_and(|cached| cached.refusal.refuses_key() && cached.sent_at > sent_at)
+    }
+
     /// Drops the sessions of `scopes` (and revokes those it had): the scopes of a
     /// key Composio refused.
     pub(crate) fn drop_sessions<'a>(&self, scopes: impl IntoIterator<Item = &'a Digest>) {

@@ -488,36 +488,44 @@ impl FlightGuard {
     /// refusal of the key itself also refuses every scope of a user key.
     fn settle(&self, verdict: &Verdict, sent_at: Instant) {
         let mut in_flight = self.flights.in_flight();
-        if in_flight
-            .flights
-            .get(&self.digest)
-            .is_some_and(|f| f.id == self.id)
-        {
-            let cache = &self.flights.cache;
-            cache.settle(&self.digest, verdict, sent_at);
-            let key = self.key.unwrap_or(self.digest);
-            if self.key.is_some() {
+        let current = in_flight.flights.get(&self.digest);
+        if !current.is_some_and(|f| f.id == self.id) {
+            tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::VERDICT_NOT_CACHED, verdict = verdict.kind(), "verdict not cached: invalidated or replaced while in flight");
+            return;
+        }
+        let cache = &self.flights.cache;
+        match self.key {
+            Some(key) => {
+                // A session from a call sent before another scope's call learned
+                // that the key is refused is older news: not cached.
+                let older = matches!(verdict, Verdict::Allowed(_))
+                    && cache.key_refused_after(&key, sent_at);
+                if older {
+                    tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::VERDICT_NOT_CACHED, "session not cached: its key was refused since its call was sent");
+                } else {
+                    cache.settle(&self.digest, verdict, sent_at);
+                }
                 in_flight
                     .scopes
                     .keep(&key, Instant::now() + cache.longest_life());
             }
-            if let Verdict::Rejected(refusal) = verdict {
-                if refusal.refuses_key() {
-                    if self.key.is_some() {
-                        cache.settle(&key, verdict, sent_at);
-                    }
-                    cache.drop_sessions(in_flight.scopes.scopes(&key));
-                }
-            }
-            in_flight.remove(&self.digest);
-            drop(in_flight);
-            self.flights
-                .instruments
-                .entries(|| self.flights.cache.entry_counts());
-            tracing::trace!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict settled");
-        } else {
-            tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::VERDICT_NOT_CACHED, verdict = verdict.kind(), "verdict not cached: invalidated or replaced while in flight");
+            None => cache.settle(&self.digest, verdict, sent_at),
         }
+        if let Verdict::Rejected(refusal) = verdict {
+            if refusal.refuses_key() {
+                let key = self.key.unwrap_or(self.digest);
+                if self.key.is_some() {
+                    cache.settle(&key, verdict, sent_at);
+                }
+                cache.drop_sessions(in_flight.scopes.scopes(&key));
+            }
+        }
+        in_flight.remove(&self.digest);
+        drop(in_flight);
+        self.flights
+            .instruments
+            .entries(|| self.flights.cache.entry_counts());
+        tracing::trace!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict settled");
     }
 }
 

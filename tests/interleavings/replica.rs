@@ -254,3 +254,61 @@ fn requests_on_another_runtime_do_not_join_a_flight_they_cannot_drive() {
     assert_eq!(composio.calls_for(ALICE), 1, "only `b` called Composio");
     drop(a);
 }
+
+/// GET /me with a user key in the scope `(org, project)`.
+fn scoped_request(key: &str, (org, project): (&str, &str)) -> Request<Body> {
+    Request::get("/me")
+        .header("x-user-api-key", key)
+        .header("x-org-id", org)
+        .header("x-project-id", project)
+        .body(Body::empty())
+        .unwrap()
+}
+
+#[test]
+fn a_scopes_session_older_than_its_keys_refusal_is_never_cached() {
+    const USER: &str = "uak_interleaved_0123456789abcdefghijklmnopqrstu";
+    let (a, b) = (("org_a", "proj_a"), ("org_b", "proj_b"));
+    let points = Points::get();
+    let _serial = points.serial();
+    let (upstream_rt, composio) = upstream();
+    for (email, (org, project)) in [("a@example.com", a), ("b@example.com", b)] {
+        let document = StandIn::document_for(email, "User", "admin");
+        composio.add_scoped_session(USER, org, project, document);
+    }
+    let layer = layer(&composio, |b| {
+        b.credential_headers([composio_auth::CredentialHeader::UserApiKey])
+    });
+    let app = app(&layer);
+    let ask = |scope| {
+        let app = app.clone();
+        thread::spawn(move || {
+            current_thread()
+                .block_on(within(
+                    "an answer",
+                    app.oneshot(scoped_request(USER, scope)),
+                ))
+                .unwrap()
+                .status()
+        })
+    };
+    // Scope A's call is answered (a session), and its flight is paused before it
+    // settles...
+    points.arm(pause_point::UPSTREAM_REPLIED);
+    let first = ask(a);
+    points.wait_paused(WAIT);
+    // ...while the key is revoked, and a call for scope B learns it (401).
+    composio.revoke(USER);
+    assert_eq!(ask(b).join().unwrap(), StatusCode::UNAUTHORIZED);
+    points.resume();
+    // The request that asked before the refusal gets its answer; nobody after.
+    assert_eq!(first.join().unwrap(), StatusCode::OK);
+    let calls = composio.calls();
+    assert_eq!(ask(a).join().unwrap(), StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        composio.calls(),
+        calls,
+        "refused by the key's cached refusal"
+    );
+    drop(upstream_rt);
+}
