@@ -1,12 +1,15 @@
 //! Envoy's gRPC `Check` (`--grpc-listen`) with a tonic client built from
 //! `envoy-types` (Envoy is not installable here): the verdicts, the identity
-//! headers as non-appending options, `headers_to_remove`, and policies from
-//! `context_extensions`.
+//! headers as non-appending options, `headers_to_remove`, policies from
+//! `context_extensions`, and a user key's scopes from the client's headers.
 
 mod support;
 
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpResponse};
-use support::{check, client, composio, Server, ADMIN, MEMBER, NO_PROJECT};
+use support::{
+    check, client, composio, in_scope, Server, ADMIN, MEMBER, NO_PROJECT, SCOPE_A, SCOPE_B, USER,
+    USER_KEYS,
+};
 
 fn code(answer: &CheckResponse) -> i32 {
     answer.status.as_ref().map_or(-1, |s| s.code)
@@ -171,4 +174,58 @@ async fn hide_credential_asks_envoy_to_remove_the_key() {
     let answer = check(grpc, &[("authorization", &bearer)], &[]).await;
     assert_eq!(ok_headers(&answer).1, ["authorization"]);
     assert_eq!(composio.calls(), 1);
+}
+
+#[tokio::test]
+async fn check_reads_a_user_keys_scope_from_the_clients_headers() {
+    let composio = composio().await;
+    let mut args = vec!["--grpc-listen", "127.0.0.1:0"];
+    args.extend(USER_KEYS);
+    let server = Server::start(&composio.base_url(), &args);
+    let grpc = server.grpc.unwrap();
+    let email = |answer: &CheckResponse| {
+        assert_eq!(code(answer), 0, "{answer:?}");
+        let (headers, _) = ok_headers(answer);
+        headers
+            .into_iter()
+            .find(|(name, ..)| name == "x-composio-member-email")
+            .map(|(_, value, ..)| value)
+            .unwrap()
+    };
+    for _ in 0..3 {
+        let a = check(grpc, &in_scope(SCOPE_A), &[]).await;
+        assert_eq!(email(&a), "ann@example.com");
+        let b = check(grpc, &in_scope(SCOPE_B), &[("role", "admin,member")]).await;
+        assert_eq!(email(&b), "ben@example.com");
+    }
+    let default = check(grpc, &[("x-user-api-key", USER)], &[]).await;
+    assert_eq!(email(&default), "dave@example.com");
+    assert_eq!(composio.calls_for_scope(USER, SCOPE_A.0, SCOPE_A.1), 1);
+    assert_eq!(composio.calls_for_scope(USER, SCOPE_B.0, SCOPE_B.1), 1);
+    assert_eq!(composio.calls(), 3);
+
+    // One selector without the other: INVALID_ARGUMENT, and Envoy answers the
+    // client 400 with the envelope /verify answers.
+    for lone in [("x-org-id", SCOPE_A.0), ("x-project-id", SCOPE_A.1)] {
+        let headers = [("x-user-api-key", USER), lone];
+        let answer = check(grpc, &headers, &[]).await;
+        assert_eq!(code(&answer), 3, "{answer:?}");
+        let (status, headers_out, body) = denied(&answer);
+        assert_eq!(status, 400);
+        assert!(headers_out.contains(&("content-type".to_owned(), "application/json".to_owned())));
+        let envelope: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(envelope["error"]["status"], 400);
+        assert_eq!(envelope["error"]["code"], 10400);
+        assert_eq!(envelope["error"]["slug"], "HTTP_BadRequest");
+        let direct = client()
+            .get(server.url("/verify"))
+            .header("x-user-api-key", USER)
+            .header(lone.0, lone.1)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(direct.status(), 400);
+        assert_eq!(body, direct.text().await.unwrap());
+    }
+    assert_eq!(composio.calls(), 3, "a lone selector asks nobody");
 }

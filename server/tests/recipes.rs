@@ -10,7 +10,10 @@ use std::path::{Path, PathBuf};
 use composio_auth::testing::StandIn;
 use serde_json::Value;
 use support::proxy::{alive_in_group, echo_app, recipes, Proxy, CADDY_RECIPE, NGINX_RECIPES};
-use support::{client, composio, Server, ADMIN, MEMBER, NO_PROJECT};
+use support::{
+    client, composio, in_scope, Server, ADMIN, MEMBER, NO_PROJECT, SCOPE_A, SCOPE_B, USER,
+    USER_KEYS,
+};
 
 /// Every file under `dir`, as a path relative to `root`.
 fn files_under(root: &Path, dir: &Path) -> Vec<String> {
@@ -160,6 +163,100 @@ async fn every_verdict_through(proxy: &Proxy, server: &Server, composio: &StandI
     );
     assert_eq!(composio.calls_for(MEMBER), 1);
     assert_eq!(composio.calls_for(ADMIN), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_passes_a_user_keys_scope_and_its_400_through() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &USER_KEYS);
+    let nginx = Proxy::nginx(server.addr, echo_app().await);
+    scopes_through(&nginx, &server, &composio).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn caddy_passes_a_user_keys_scope_and_its_400_through() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &USER_KEYS);
+    let caddy = Proxy::caddy(server.addr, echo_app().await);
+    scopes_through(&caddy, &server, &composio).await;
+}
+
+/// A user key's selectors through `proxy`: each scope's identity reaches the app,
+/// verified once; a lone selector reaches the client as the server's 400.
+async fn scopes_through(proxy: &Proxy, server: &Server, composio: &StandIn) {
+    for _ in 0..3 {
+        for (scope, email) in [(SCOPE_A, "ann@example.com"), (SCOPE_B, "ben@example.com")] {
+            let mut headers = in_scope(scope).to_vec();
+            headers.push(("x-composio-member-email", "boss@corp"));
+            let answer = through(proxy, "/orders", &headers).await;
+            assert_eq!(answer.status(), 200, "{}", proxy.log());
+            let seen: Value = answer.json().await.unwrap();
+            assert_eq!(seen["x-composio-member-email"], email);
+        }
+    }
+    assert_eq!(composio.calls_for_scope(USER, SCOPE_A.0, SCOPE_A.1), 1);
+    assert_eq!(composio.calls_for_scope(USER, SCOPE_B.0, SCOPE_B.1), 1);
+
+    // One selector without the other: the server's 400 and envelope, never
+    // nginx's 500 made a 503 "could not verify".
+    for lone in [("x-org-id", SCOPE_A.0), ("x-project-id", SCOPE_A.1)] {
+        let headers = [("x-user-api-key", USER), lone];
+        let direct = client()
+            .get(format!("http://{}/verify", server.addr))
+            .header(headers[0].0, headers[0].1)
+            .header(lone.0, lone.1)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(direct.status(), 400);
+        let direct_body = direct.text().await.unwrap();
+        let answer = through(proxy, "/orders", &headers).await;
+        assert_eq!(answer.status(), 400, "{}", proxy.log());
+        assert_eq!(answer.headers()["content-type"], "application/json");
+        assert!(!answer.headers().contains_key("retry-after"));
+        let body = answer.text().await.unwrap();
+        assert_eq!(body, direct_body);
+        let envelope: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(envelope["error"]["code"], 10400);
+        assert_eq!(envelope["error"]["slug"], "HTTP_BadRequest");
+    }
+    assert_eq!(composio.calls(), 2, "a lone selector asks nobody");
+
+    // A scope Composio does not know: the 401 and its envelope, as before.
+    let elsewhere = in_scope(("org_elsewhere0123", "proj_elsewhere0123"));
+    let answer = through(proxy, "/orders", &elsewhere).await;
+    assert_eq!(answer.status(), 401, "{}", proxy.log());
+    let envelope: Value = answer.json().await.unwrap();
+    assert_eq!(envelope["error"]["request_id"], "standin-request");
+}
+
+/// Envoy is not installable here, so its HTTP recipe is read, not run: its
+/// `allowed_headers` (which headers of the client's reach the server) keeps the
+/// project key and adds a user key's, with both selectors.
+#[test]
+fn the_envoy_http_recipe_sends_a_user_key_and_its_selectors() {
+    let recipe = std::fs::read_to_string(recipes().join("envoy/envoy-http.yaml")).unwrap();
+    let mut lines = recipe
+        .lines()
+        .skip_while(|l| l.trim() != "allowed_headers:");
+    let indent = |line: &str| line.len() - line.trim_start().len();
+    let start = lines.next().expect("allowed_headers in the HTTP recipe");
+    let allowed: BTreeSet<&str> = lines
+        .take_while(|l| l.trim().starts_with('#') || indent(l) > indent(start))
+        .filter_map(|l| l.trim().strip_prefix("- exact: "))
+        .collect();
+    for header in [
+        "x-api-key",
+        "x-request-id",
+        "x-user-api-key",
+        "x-org-id",
+        "x-project-id",
+    ] {
+        assert!(allowed.contains(header), "{header}: {allowed:?}");
+    }
+    // The gRPC recipe filters nothing: Check carries every header.
+    let grpc = std::fs::read_to_string(recipes().join("envoy/envoy-grpc.yaml")).unwrap();
+    assert!(!grpc.lines().any(|l| l.trim() == "allowed_headers:"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

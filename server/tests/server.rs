@@ -1,6 +1,6 @@
 //! `composio-auth-server` over TCP, the real binary against the stand-in: the
 //! verdicts a proxy gets, the identity headers, per-route policies on one cache,
-//! the operators' endpoints, and bad input.
+//! a user key's scopes, the operators' endpoints, and bad input.
 
 mod support;
 
@@ -9,12 +9,29 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use composio_auth::ComposioAuthLayer;
-use support::{client, composio, run_to_exit, Server, ADMIN, MEMBER, NO_PROJECT};
+use serde_json::Value;
+use support::{
+    bad_selectors, client, composio, in_scope, run_to_exit, Server, ADMIN, MEMBER, NO_PROJECT,
+    SCOPE_A, SCOPE_B, USER, USER_KEYS,
+};
 
 async fn get(server: &Server, path: &str, key: Option<&str>) -> reqwest::Response {
     let mut request = client().get(server.url(path));
     if let Some(key) = key {
         request = request.header("x-api-key", key);
+    }
+    request.send().await.expect("the server answers")
+}
+
+/// GET `path` with `headers` (a name may repeat).
+async fn get_with<V: AsRef<str>>(
+    server: &Server,
+    path: &str,
+    headers: &[(&str, V)],
+) -> reqwest::Response {
+    let mut request = client().get(server.url(path));
+    for (name, value) in headers {
+        request = request.header(*name, value.as_ref());
     }
     request.send().await.expect("the server answers")
 }
@@ -159,6 +176,109 @@ async fn ext_authz_ignores_the_clients_path_and_query() {
         .await
         .unwrap();
     assert_eq!(answer.status(), 401);
+}
+
+#[tokio::test]
+async fn a_user_key_in_two_scopes_is_two_identities_each_verified_once() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &USER_KEYS);
+    let email = |answer: &reqwest::Response| {
+        assert_eq!(answer.status(), 200, "{:?}", answer.headers());
+        answer.headers()["x-composio-member-email"].clone()
+    };
+    // /verify, and Envoy's HTTP ext_authz (the selectors are among its
+    // allowed_headers): the same verdicts from the same cache.
+    for path in ["/verify", "/ext-authz/orders", "/verify?role=member"] {
+        for _ in 0..3 {
+            let a = get_with(&server, path, &in_scope(SCOPE_A)).await;
+            assert_eq!(email(&a), "ann@example.com", "{path}");
+            let b = get_with(&server, path, &in_scope(SCOPE_B)).await;
+            assert_eq!(email(&b), "ben@example.com", "{path}");
+        }
+    }
+    assert_eq!(composio.calls_for_scope(USER, SCOPE_A.0, SCOPE_A.1), 1);
+    assert_eq!(composio.calls_for_scope(USER, SCOPE_B.0, SCOPE_B.1), 1);
+    // Without selectors: the key's own default project.
+    let default = get_with(&server, "/verify", &[("x-user-api-key", USER)]).await;
+    assert_eq!(email(&default), "dave@example.com");
+    assert_eq!(composio.calls_for(USER), 3);
+    assert_eq!(composio.calls_with_selectors(), 2);
+
+    // A scope Composio does not know (its 404): a 401 with Composio's envelope,
+    // cached for that scope.
+    let elsewhere = in_scope(("org_elsewhere0123", "proj_elsewhere0123"));
+    for _ in 0..2 {
+        let refused = get_with(&server, "/verify", &elsewhere).await;
+        assert_eq!(refused.status(), 401);
+        let envelope: Value = refused.json().await.unwrap();
+        assert_eq!(envelope["error"]["request_id"], "standin-request");
+    }
+    assert_eq!(composio.calls_for(USER), 4);
+}
+
+#[tokio::test]
+async fn a_selector_that_chooses_no_scope_is_a_400_envelope_asking_nobody() {
+    let composio = composio().await;
+    let server = Server::start(&composio.base_url(), &USER_KEYS);
+    let layer = ComposioAuthLayer::builder()
+        .base_url(composio.base_url())
+        .credential_headers([
+            composio_auth::CredentialHeader::ApiKey,
+            composio_auth::CredentialHeader::UserApiKey,
+        ])
+        .build()
+        .unwrap();
+    for headers in bad_selectors() {
+        let mut map = axum::http::HeaderMap::new();
+        for (name, value) in &headers {
+            map.append(*name, value.parse().unwrap());
+        }
+        let expected = layer.verify(&map).await.unwrap_err();
+        for path in ["/verify", "/ext-authz/orders"] {
+            let answer = get_with(&server, path, &headers).await;
+            assert_eq!(answer.status(), 400, "{path} {headers:?}");
+            assert_eq!(answer.headers()["content-type"], "application/json");
+            let body = answer.text().await.unwrap();
+            assert_eq!(body, serde_json::to_string(expected.envelope()).unwrap());
+            let envelope: Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(envelope["error"]["status"], 400);
+            assert_eq!(envelope["error"]["code"], 10400);
+            assert_eq!(envelope["error"]["slug"], "HTTP_BadRequest");
+        }
+    }
+    assert_eq!(composio.calls(), 0);
+    assert_eq!(composio.calls_with_selectors(), 0);
+}
+
+#[tokio::test]
+async fn selectors_beside_a_project_key_are_ignored_and_never_forwarded() {
+    let composio = composio().await;
+    for args in [&[][..], &USER_KEYS[..]] {
+        let server = Server::start(&composio.base_url(), args);
+        let beside = |(org, project)| {
+            [
+                ("x-api-key", ADMIN),
+                ("x-org-id", org),
+                ("x-project-id", project),
+            ]
+        };
+        for headers in [
+            &beside(SCOPE_A)[..],
+            &beside(SCOPE_B)[..],
+            // Even a lone or malformed one.
+            &[("x-api-key", ADMIN), ("x-org-id", "not an id")][..],
+        ] {
+            let answer = get_with(&server, "/verify", headers).await;
+            assert_eq!(answer.status(), 200, "{args:?} {headers:?}");
+            assert_eq!(
+                answer.headers()["x-composio-member-email"],
+                "alice@example.com"
+            );
+        }
+    }
+    // One call per server: one cache entry for the key, whatever the selectors.
+    assert_eq!(composio.calls_for(ADMIN), 2);
+    assert_eq!(composio.calls_with_selectors(), 0);
 }
 
 #[tokio::test]

@@ -489,7 +489,7 @@ impl FlightGuard {
     fn settle(&self, verdict: &Verdict, sent_at: Instant) {
         let mut in_flight = self.flights.in_flight();
         let current = in_flight.flights.get(&self.digest);
-        if !current.is_some_and(|f| f.id == self.id) {
+        if current.is_none_or(|f| f.id != self.id) {
             tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::VERDICT_NOT_CACHED, verdict = verdict.kind(), "verdict not cached: invalidated or replaced while in flight");
             return;
         }

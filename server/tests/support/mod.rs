@@ -35,7 +35,23 @@ pub const MEMBER: &str = "ak_bob_0123456789abcdefgh";
 /// non-ASCII letter.
 pub const NO_PROJECT: &str = "oak_carol_0123456789abcd";
 
-/// A stand-in that knows ADMIN, MEMBER and NO_PROJECT.
+/// A user key (`x-user-api-key`): its default project is dave@'s; with the
+/// selectors `x-org-id` and `x-project-id` of SCOPE_A it is ann@'s session, of
+/// SCOPE_B ben@'s.
+pub const USER: &str = "uak_dave_0123456789abcdefghij";
+/// Two scopes of USER: `(x-org-id, x-project-id)`.
+pub const SCOPE_A: (&str, &str) = ("org_a0123456789", "proj_a0123456789");
+pub const SCOPE_B: (&str, &str) = ("org_b0123456789", "proj_b0123456789");
+/// The flags of a server that accepts user keys beside project keys.
+pub const USER_KEYS: [&str; 4] = [
+    "--credential-header",
+    "x-api-key",
+    "--credential-header",
+    "x-user-api-key",
+];
+
+/// A stand-in that knows ADMIN, MEMBER, NO_PROJECT, and USER in its default
+/// project and its two scopes.
 pub async fn composio() -> StandIn {
     let composio = StandIn::start().await.expect("bind the stand-in");
     composio.add_session(
@@ -49,7 +65,43 @@ pub async fn composio() -> StandIn {
     let mut carol = StandIn::document_for("carol@example.com", "Carol Zoë", "admin");
     carol["project"] = serde_json::Value::Null;
     composio.add_session(NO_PROJECT, carol);
+    let member = |email| StandIn::document_for(email, "Dave", "member");
+    composio.add_session(USER, member("dave@example.com"));
+    composio.add_scoped_session(USER, SCOPE_A.0, SCOPE_A.1, member("ann@example.com"));
+    composio.add_scoped_session(USER, SCOPE_B.0, SCOPE_B.1, member("ben@example.com"));
     composio
+}
+
+/// USER's headers in the scope `(org, project)`.
+pub fn in_scope((org, project): (&'static str, &'static str)) -> [(&'static str, &'static str); 3] {
+    [
+        ("x-user-api-key", USER),
+        ("x-org-id", org),
+        ("x-project-id", project),
+    ]
+}
+
+/// Headers that choose no scope: each answered 400 (HTTP_BadRequest, 10400)
+/// without asking Composio. A lone selector, either one, one sent twice, one too
+/// long, one empty.
+pub fn bad_selectors() -> Vec<Vec<(&'static str, String)>> {
+    let user = ("x-user-api-key", USER.to_owned());
+    let (org, project) = (
+        ("x-org-id", SCOPE_A.0.to_owned()),
+        ("x-project-id", SCOPE_A.1.to_owned()),
+    );
+    vec![
+        vec![user.clone(), org.clone()],
+        vec![user.clone(), project.clone()],
+        vec![
+            user.clone(),
+            org.clone(),
+            ("x-org-id", SCOPE_B.0.to_owned()),
+            project.clone(),
+        ],
+        vec![user.clone(), ("x-org-id", "o".repeat(129)), project.clone()],
+        vec![user, ("x-org-id", String::new()), project],
+    ]
 }
 
 /// A running `composio-auth-server`.
