@@ -68,6 +68,8 @@
 //!   ([`guide::metrics`]).
 //! - `redis`: `RedisCache`, for a fleet of replicas that share verdicts and
 //!   invalidations through Redis or Valkey ([`guide::replicas`]).
+//! - `webhook`: [`ComposioWebhookLayer`], which verifies Composio's signed webhook
+//!   deliveries and hands each to the handler once ([`guide::webhooks`]).
 //! - `test-util`: the [`testing`] module.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations, rust_2018_idioms)]
@@ -80,6 +82,10 @@ mod layer;
 #[cfg(feature = "test-util")]
 pub mod testing;
 mod verifier;
+#[cfg(feature = "webhook")]
+mod webhook;
+#[cfg(feature = "webhook")]
+mod webhook_layer;
 
 #[cfg(feature = "actix-web")]
 #[cfg_attr(docsrs, doc(cfg(feature = "actix-web")))]
@@ -103,6 +109,17 @@ pub use verifier::rejection::Rejection;
 pub use verifier::session::{
     ApiKey, Org, OrgMember, Project, SessionDocument, SessionInfo, WebhookVersion,
 };
+#[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+pub use {
+    adapters::tower::webhook::{ComposioWebhook, WebhookFuture},
+    webhook::event::WebhookEvent,
+    webhook::rejection::WebhookRejection,
+    webhook_layer::{
+        ComposioWebhookBuilder, ComposioWebhookLayer, DEFAULT_MAX_BODY_BYTES, DEFAULT_TOLERANCE,
+        WEBHOOK_SECRET_ENV,
+    },
+};
 
 /// The limits the layer enforces on what it reads, keeps and waits for.
 pub mod limits {
@@ -111,6 +128,12 @@ pub mod limits {
     pub use crate::verifier::envelope::{MAX_GRPC_MESSAGE_BYTES, MAX_REQUEST_ID_BYTES};
     pub use crate::verifier::scopes::MAX_SCOPES_PER_KEY;
     pub use crate::verifier::upstream::MAX_UPSTREAM_BODY_BYTES;
+    #[cfg(feature = "webhook")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+    pub use crate::webhook::{
+        check::MAX_WEBHOOK_ID_LEN,
+        deliveries::{MAX_ACKNOWLEDGED, RETENTION_WITHOUT_TOLERANCE},
+    };
 }
 
 /// Guides and reference, one topic each (the crate-level docs list them).
@@ -131,6 +154,8 @@ pub mod guide {
     pub mod logs {}
     #[doc = include_str!("docs/security.md")]
     pub mod security {}
+    #[doc = include_str!("docs/webhooks.md")]
+    pub mod webhooks {}
 }
 
 /// The README's complete program, compiled with the doctests; its fragments are

@@ -64,6 +64,47 @@ const ORG_ID: &str = "x-org-id";
 /// The selector header choosing a user key's project.
 const PROJECT_ID: &str = "x-project-id";
 
+/// The headers of a webhook delivery of `body` signed as Composio signs it (feature
+/// `webhook`): `webhook-id: id`, `webhook-timestamp: timestamp` (Unix seconds),
+/// `webhook-signature: v1,<base64 HMAC-SHA256 of id.timestamp.body under the
+/// secret's bytes>`, and `content-type: application/json`. Send `body` with them,
+/// unchanged, for a delivery that [`ComposioWebhookLayer`](crate::ComposioWebhookLayer)
+/// accepts.
+///
+/// ```
+/// # fn main() -> Result<(), composio_auth::Error> {
+/// use std::time::{SystemTime, UNIX_EPOCH};
+/// use composio_auth::{testing, ComposioWebhookLayer};
+///
+/// let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+/// let body = br#"{"trigger_name":"GITHUB_PUSH_EVENT","payload":{}}"#;
+/// let headers = testing::sign_delivery("whsec_test", "msg_1", body, now);
+/// let layer = ComposioWebhookLayer::builder().secret("whsec_test").build()?;
+/// let event = layer.verify(&headers, body).expect("signed as Composio signs");
+/// assert_eq!(event.trigger_slug(), Some("GITHUB_PUSH_EVENT"));
+/// # Ok(())
+/// # }
+/// ```
+#[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+#[must_use]
+pub fn sign_delivery(secret: &str, id: &str, body: &[u8], timestamp: u64) -> HeaderMap {
+    let timestamp = timestamp.to_string();
+    let signature = crate::webhook::signature::sign(secret, id, &timestamp, body);
+    let mut headers = HeaderMap::new();
+    for (name, value) in [
+        ("webhook-id", id),
+        ("webhook-timestamp", timestamp.as_str()),
+        ("webhook-signature", signature.as_str()),
+        ("content-type", "application/json"),
+    ] {
+        if let Ok(value) = HeaderValue::from_str(value) {
+            headers.insert(HeaderName::from_static(name), value);
+        }
+    }
+    headers
+}
+
 /// Pause points: named places in the layer where a test can hold a thread, or count
 /// how often a request got there.
 ///

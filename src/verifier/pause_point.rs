@@ -63,3 +63,13 @@ pub const BREAKER_OPENED: &str = "breaker_opened";
 #[cfg(feature = "redis")]
 #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
 pub const BREAKER_CLOSED: &str = "breaker_closed";
+
+/// A copy of a webhook delivery waits for the copy being handled (`debug`).
+#[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+pub const DELIVERY_WAITING: &str = "delivery_waiting";
+
+/// A webhook delivery was verified and is handed to the inner service (`debug`).
+#[cfg(feature = "webhook")]
+#[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+pub const DELIVERY_HANDLED: &str = "delivery_handled";

@@ -5,3 +5,5 @@
 pub(crate) mod drain;
 pub(crate) mod future;
 pub(crate) mod service;
+#[cfg(feature = "webhook")]
+pub(crate) mod webhook;
