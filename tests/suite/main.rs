@@ -29,3 +29,5 @@ mod protocol;
 mod routes;
 mod scopes;
 mod secrets;
+#[cfg(feature = "webhook")]
+mod webhooks;

@@ -1,0 +1,1 @@
+//! Placeholder: this file's tests are being written.
