@@ -5,6 +5,7 @@
 pub(crate) mod check;
 pub(crate) mod deliveries;
 pub(crate) mod event;
+pub(crate) mod instruments;
 pub(crate) mod rejection;
 pub(crate) mod signature;
 pub(crate) mod state;

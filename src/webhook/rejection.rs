@@ -45,7 +45,7 @@ impl Reason {
     }
 
     /// Every reason, for metrics registered up front.
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg_attr(not(any(test, feature = "metrics")), allow(dead_code))]
     pub(crate) const ALL: [Self; 7] = [
         Self::Method,
         Self::Headers,
