@@ -109,3 +109,58 @@ async fn debug_of_public_types_redacts_secrets() {
         "Debug shows the non-secret fields"
     );
 }
+
+#[cfg(feature = "webhook")]
+#[tokio::test(flavor = "current_thread")]
+async fn no_event_error_or_debug_of_the_webhook_guard_contains_its_secret() {
+    use axum::routing::post;
+    use composio_auth::testing::sign_delivery;
+    use composio_auth::{ComposioWebhookLayer, WebhookEvent};
+
+    const SECRET: &str = "whsec_webhook_secret_that_must_not_leak";
+    let (capture, _guard) = Capture::install();
+    let builder = ComposioWebhookLayer::builder()
+        .secret(SECRET)
+        .secret("old_secret_that_must_not_leak");
+    let builder_debug = format!("{builder:?}");
+    let layer = builder.build().unwrap();
+    let app = axum::Router::new().route(
+        "/hook",
+        post(|event: WebhookEvent| async move { format!("{event:?}") }).layer(layer.clone()),
+    );
+    let client = common::Client::new(common::serve(app).await);
+    let body = br#"{"trigger_name":"T","connection_id":"c","trigger_id":"t","payload":{"token":"body_secret_value"},"log_id":"l"}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let mut seen = vec![builder_debug, format!("{layer:?}")];
+    for (secret, id) in [(SECRET, "msg_1"), ("wrong", "msg_2"), (SECRET, "msg_1")] {
+        let headers = sign_delivery(secret, id, body, now);
+        let mut request = client
+            .http
+            .post(format!("http://{}/hook", client.addr))
+            .body(body.to_vec());
+        for (name, value) in &headers {
+            request = request.header(name.as_str(), value.as_bytes());
+        }
+        let response = request.send().await.unwrap();
+        seen.push(response.text().await.unwrap());
+        match layer.verify(&headers, body) {
+            Ok(event) => seen.push(format!("{event:?}")),
+            Err(rejection) => seen.extend([format!("{rejection:?}"), rejection.to_string()]),
+        }
+    }
+    seen.push(
+        ComposioWebhookLayer::builder()
+            .build()
+            .unwrap_err()
+            .to_string(),
+    );
+    seen.extend(capture.events());
+    for text in &seen {
+        for secret in [SECRET, "old_secret_that_must_not_leak", "body_secret_value"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+    }
+}
