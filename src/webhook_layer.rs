@@ -15,6 +15,8 @@ use crate::webhook::rejection::WebhookRejection;
 use crate::webhook::signature::Keys;
 use crate::webhook::state::WebhookState;
 use crate::Error;
+#[cfg(feature = "redis")]
+use crate::RedisCache;
 
 /// The environment variable [`ComposioWebhookLayer::from_env`] reads the secret
 /// from: the one Composio's SDKs read.
@@ -125,6 +127,8 @@ pub struct ComposioWebhookBuilder {
     secrets: Vec<String>,
     tolerance: Duration,
     max_body_bytes: usize,
+    #[cfg(feature = "redis")]
+    shared_cache: Option<RedisCache>,
 }
 
 impl Default for ComposioWebhookBuilder {
@@ -135,14 +139,17 @@ impl Default for ComposioWebhookBuilder {
 
 impl fmt::Debug for ComposioWebhookBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ComposioWebhookBuilder")
+        let mut debug = f.debug_struct("ComposioWebhookBuilder");
+        debug
             .field(
                 "secrets",
                 &format_args!("{} (redacted)", self.secrets.len()),
             )
             .field("tolerance", &self.tolerance)
-            .field("max_body_bytes", &self.max_body_bytes)
-            .finish()
+            .field("max_body_bytes", &self.max_body_bytes);
+        #[cfg(feature = "redis")]
+        debug.field("shared_cache", &self.shared_cache);
+        debug.finish()
     }
 }
 
@@ -153,6 +160,8 @@ impl ComposioWebhookBuilder {
             secrets: Vec::new(),
             tolerance: DEFAULT_TOLERANCE,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            #[cfg(feature = "redis")]
+            shared_cache: None,
         }
     }
 
@@ -183,13 +192,32 @@ impl ComposioWebhookBuilder {
         self
     }
 
+    /// Holds once-delivery across the replicas of this service through Redis
+    /// (feature `redis`), with the [`RedisCache`] the key layer's
+    /// [`shared_cache`](crate::ComposioAuthBuilder::shared_cache) takes (the same
+    /// pepper and prefix on every replica): each `webhook-id` reaches one
+    /// replica's handler at a time, and none again once one answered 2xx. A
+    /// replica claims a delivery in Redis for 30 s at most (a lease: one that dies
+    /// mid-delivery holds the retry back no longer), and a copy reaching another
+    /// replica meanwhile waits for its answer. Redis holds no webhook id, secret
+    /// or body byte, and a Redis writer without the pepper cannot make a delivery
+    /// pass for acknowledged. When Redis cannot be reached, deliveries still reach
+    /// the handler, deduplicated on each replica only (logged at `warn`). See
+    /// [`guide::replicas`](crate::guide::replicas).
+    #[cfg(feature = "redis")]
+    pub fn shared_cache(mut self, cache: RedisCache) -> Self {
+        self.shared_cache = Some(cache);
+        self
+    }
+
     /// Validates the configuration and makes the layer.
     ///
     /// # Errors
     ///
-    /// When no secret was given, a secret is empty, `max_body_bytes` is zero, or
-    /// the tolerance is over a day. The message names the setting, never a
-    /// secret's value.
+    /// When no secret was given, a secret is empty, `max_body_bytes` is zero, the
+    /// tolerance is over a day, or a `shared_cache`'s
+    /// settings are refused (as `ComposioAuthBuilder::build` refuses them). The
+    /// message names the setting, never a secret's value.
     pub fn build(self) -> Result<ComposioWebhookLayer, Error> {
         if self.secrets.is_empty() {
             return Err(Error::new(format!(
@@ -210,6 +238,13 @@ impl ComposioWebhookBuilder {
             tolerance: self.tolerance,
             max_body_bytes: self.max_body_bytes,
         };
+        #[cfg(feature = "redis")]
+        if let Some(cache) = &self.shared_cache {
+            cache.validate()?;
+            return Ok(ComposioWebhookLayer {
+                state: Arc::new(WebhookState::shared(rules, cache)),
+            });
+        }
         Ok(ComposioWebhookLayer {
             state: Arc::new(WebhookState::new(rules)),
         })

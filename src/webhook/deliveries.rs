@@ -16,9 +16,10 @@
 //!   last time a copy was seen, at most [`MAX_ACKNOWLEDGED`] of them; ids in
 //!   progress are as many as requests in flight.
 //!
-//! With a fleet (feature `redis`), the same rules hold across replicas
-//! (`fleet.rs`): a local claim is taken first, so copies on one replica wait here,
-//! and only the first asks Redis.
+//! With a fleet (feature `redis`, `shared_cache`), the same rules hold across
+//! replicas (`fleet.rs`): a local claim is taken first, so copies on one replica
+//! wait here, and only the first asks Redis; a ticket's claim in Redis is
+//! acknowledged or released once the ticket has ended here.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -26,6 +27,11 @@ use std::time::Duration;
 
 use moka::sync::Cache;
 use tokio::sync::watch;
+
+#[cfg(feature = "redis")]
+use crate::verifier::fleet::RedisCache;
+#[cfg(feature = "redis")]
+use crate::webhook::fleet::{DeliveryFleet, FleetClaim, HeldClaim};
 
 /// The most acknowledged ids a layer remembers; past it the least recently seen
 /// are forgotten first (a replay of one of those within the tolerance would be
@@ -45,8 +51,9 @@ pub(crate) struct Deliveries {
     /// Each id being handled, and how its waiters learn it ended.
     in_progress: Mutex<HashMap<String, watch::Receiver<()>>>,
     acknowledged: Cache<String, ()>,
-    #[allow(dead_code)] // until the fleet's claims (fleet.rs) use it
-    retention: Duration,
+    /// The fleet's deliveries, with `shared_cache`.
+    #[cfg(feature = "redis")]
+    fleet: Option<Arc<DeliveryFleet>>,
 }
 
 /// What [`Deliveries::claim`] gives a delivery.
@@ -62,6 +69,9 @@ pub(crate) struct Ticket {
     deliveries: Arc<Deliveries>,
     id: String,
     acknowledged: bool,
+    /// Its standing in Redis, with a fleet: settled when the ticket ends.
+    #[cfg(feature = "redis")]
+    held: Option<HeldClaim>,
     /// Dropped with the ticket, which wakes the copies waiting.
     _done: watch::Sender<()>,
 }
@@ -69,15 +79,26 @@ pub(crate) struct Ticket {
 impl Deliveries {
     /// Deliveries checked against a timestamp `tolerance` (zero: off).
     pub(crate) fn new(tolerance: Duration) -> Self {
-        let retention = Self::retention(tolerance);
         Self {
             in_progress: Mutex::new(HashMap::new()),
             acknowledged: Cache::builder()
                 .name("composio-auth webhook deliveries")
                 .max_capacity(MAX_ACKNOWLEDGED)
-                .time_to_live(retention)
+                .time_to_live(Self::retention(tolerance))
                 .build(),
-            retention,
+            #[cfg(feature = "redis")]
+            fleet: None,
+        }
+    }
+
+    /// As [`new`](Self::new), the same rules holding across the replicas sharing
+    /// `cache` (`fleet.rs`).
+    #[cfg(feature = "redis")]
+    pub(crate) fn shared(tolerance: Duration, cache: &RedisCache) -> Self {
+        let fleet = DeliveryFleet::new(cache, Self::retention(tolerance));
+        Self {
+            fleet: Some(Arc::new(fleet)),
+            ..Self::new(tolerance)
         }
     }
 
@@ -93,8 +114,36 @@ impl Deliveries {
         }
     }
 
-    /// The claim of a delivery of `id`: waits while another copy is handled here.
+    /// The claim of a delivery of `id`: waits while another copy is handled here,
+    /// then, with a fleet, while one is handled on another replica.
     pub(crate) async fn claim(self: &Arc<Self>, id: &str) -> Claim {
+        let claim = self.claim_here(id).await;
+        #[cfg(feature = "redis")]
+        if let Some(fleet) = &self.fleet {
+            if let Claim::Handle(ticket) = claim {
+                return Self::claim_in_fleet(fleet, ticket).await;
+            }
+        }
+        claim
+    }
+
+    /// With the local claim `ticket`, the claim of its delivery in the fleet.
+    #[cfg(feature = "redis")]
+    async fn claim_in_fleet(fleet: &DeliveryFleet, mut ticket: Ticket) -> Claim {
+        let held = ticket.held.insert(fleet.held(&ticket.id));
+        match fleet.claim(held).await {
+            FleetClaim::Handle => Claim::Handle(ticket),
+            FleetClaim::Acknowledged => {
+                // Acknowledged elsewhere: remembered here, nothing to write.
+                ticket.held = None;
+                ticket.finish(true);
+                Claim::Acknowledged
+            }
+        }
+    }
+
+    /// The claim of a delivery of `id` on this replica.
+    async fn claim_here(self: &Arc<Self>, id: &str) -> Claim {
         loop {
             let mut running = {
                 let mut in_progress = self.in_progress();
@@ -112,6 +161,8 @@ impl Deliveries {
                             deliveries: Arc::clone(self),
                             id: id.to_owned(),
                             acknowledged: false,
+                            #[cfg(feature = "redis")]
+                            held: None,
                             _done: done,
                         });
                     }
@@ -123,12 +174,6 @@ impl Deliveries {
         }
     }
 
-    /// Records `id` as acknowledged (by another replica, through Redis).
-    #[allow(dead_code)] // until the fleet's claims (fleet.rs) use it
-    pub(crate) fn acknowledged(&self, id: &str) {
-        self.acknowledged.insert(id.to_owned(), ());
-    }
-
     fn in_progress(&self) -> MutexGuard<'_, HashMap<String, watch::Receiver<()>>> {
         self.in_progress
             .lock()
@@ -137,10 +182,11 @@ impl Deliveries {
 }
 
 impl Ticket {
-    /// The delivery's id.
-    #[allow(dead_code)] // until the fleet's claims (fleet.rs) use it
-    pub(crate) fn id(&self) -> &str {
-        &self.id
+    /// Whether the delivery goes without the fleet's Redis (unreachable, or its
+    /// breaker open): deduplicated on this replica only.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis_unavailable(&self) -> bool {
+        self.held.as_ref().is_some_and(HeldClaim::unavailable)
     }
 
     /// Ends the delivery: acknowledged when the inner service answered 2xx.
@@ -152,11 +198,18 @@ impl Ticket {
 impl Drop for Ticket {
     fn drop(&mut self) {
         let deliveries = &self.deliveries;
-        let mut in_progress = deliveries.in_progress();
-        if self.acknowledged {
-            deliveries.acknowledged.insert(self.id.clone(), ());
+        {
+            let mut in_progress = deliveries.in_progress();
+            if self.acknowledged {
+                deliveries.acknowledged.insert(self.id.clone(), ());
+            }
+            in_progress.remove(&self.id);
         }
-        in_progress.remove(&self.id);
+        // Then in Redis: a copy on another replica waits on the claim till then.
+        #[cfg(feature = "redis")]
+        if let (Some(fleet), Some(held)) = (&deliveries.fleet, self.held.take()) {
+            fleet.settle(held, self.acknowledged);
+        }
     }
 }
 

@@ -21,8 +21,8 @@ impl Delivered {
     #[cfg(feature = "metrics")]
     const ALL: [Self; 3] = [Self::Handled, Self::Failed, Self::Duplicate];
 
-    #[cfg(feature = "metrics")]
-    const fn as_str(self) -> &'static str {
+    /// The label, and the span's `outcome`.
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Handled => "handled",
             Self::Failed => "failed",

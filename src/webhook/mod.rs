@@ -5,6 +5,8 @@
 pub(crate) mod check;
 pub(crate) mod deliveries;
 pub(crate) mod event;
+#[cfg(feature = "redis")]
+pub(crate) mod fleet;
 pub(crate) mod instruments;
 pub(crate) mod rejection;
 pub(crate) mod signature;

@@ -238,3 +238,81 @@ async fn verify_is_counted_like_a_request() {
     assert_eq!(cache("miss"), 3);
     assert_eq!(composio.calls(), 3);
 }
+
+#[cfg(feature = "webhook")]
+#[tokio::test]
+async fn webhook_deliveries_move_their_metrics_as_documented() {
+    use axum::http::StatusCode;
+    use axum::routing::post;
+    use composio_auth::testing::sign_delivery;
+    use composio_auth::{ComposioWebhookLayer, WebhookEvent};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let layer = metrics::with_local_recorder(&recorder, || {
+        ComposioWebhookLayer::builder()
+            .secret("whsec_metrics")
+            .build()
+            .unwrap()
+    });
+    let fail = Arc::new(AtomicBool::new(false));
+    let handler = {
+        let fail = Arc::clone(&fail);
+        move |_: WebhookEvent| async move {
+            if fail.load(Ordering::SeqCst) {
+                StatusCode::INTERNAL_SERVER_ERROR
+            } else {
+                StatusCode::OK
+            }
+        }
+    };
+    let app = axum::Router::new().route("/hook", post(handler).layer(layer));
+    let client = Client::new(serve(app).await);
+    let body =
+        br#"{"trigger_name":"T","connection_id":"c","trigger_id":"t","payload":{},"log_id":"l"}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let deliver = |secret: &'static str, id: &'static str, when: u64| {
+        let client = client.clone();
+        async move {
+            let mut request = client
+                .http
+                .post(format!("http://{}/hook", client.addr))
+                .body(body.to_vec());
+            for (name, value) in &sign_delivery(secret, id, body, when) {
+                request = request.header(name.as_str(), value.as_bytes());
+            }
+            request.send().await.unwrap().status().as_u16()
+        }
+    };
+    assert_eq!(deliver("whsec_metrics", "msg_1", now).await, 200); // handled
+    assert_eq!(deliver("whsec_metrics", "msg_1", now).await, 200); // duplicate
+    fail.store(true, Ordering::SeqCst);
+    assert_eq!(deliver("whsec_metrics", "msg_2", now).await, 500); // failed
+    assert_eq!(deliver("another", "msg_3", now).await, 401); // signature
+    assert_eq!(deliver("whsec_metrics", "msg_4", now - 3600).await, 401); // timestamp
+
+    let values = Values::take(&snapshotter);
+    let delivered = |r| values.counter("composio_auth_webhook_deliveries_total", ("result", r));
+    let rejected = |r| values.counter("composio_auth_webhook_rejections_total", ("reason", r));
+    assert_eq!(
+        (
+            delivered("handled"),
+            delivered("duplicate"),
+            delivered("failed")
+        ),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        (
+            rejected("signature"),
+            rejected("timestamp"),
+            rejected("payload")
+        ),
+        (1, 1, 0)
+    );
+}

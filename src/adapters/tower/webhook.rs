@@ -24,6 +24,7 @@ use crate::body::RejectionBody;
 use crate::webhook::check::Delivery;
 use crate::webhook::deliveries::Claim;
 use crate::webhook::event::WebhookEvent;
+use crate::webhook::instruments::Delivered;
 use crate::webhook::rejection::{Reason, WebhookRejection};
 use crate::webhook::state::WebhookState;
 use crate::TRACING_TARGET;
@@ -122,35 +123,29 @@ where
     ReqBody::Error: Into<Box<dyn StdError + Send + Sync>>,
     ResBody: RejectionBody,
 {
-    let span = tracing::Span::current();
     let (parts, body) = request.into_parts();
     let bytes = match read(body, state.rules.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(reason) => {
-            span.record("outcome", reason.as_str());
-            return Ok(reject(state.refused(WebhookRejection::new(reason))));
-        }
+        Err(reason) => return Ok(reject(state.refused(WebhookRejection::new(reason)))),
     };
     let event = match state.event(delivery, bytes.clone()) {
         Ok(event) => event,
-        Err(rejection) => {
-            span.record("outcome", rejection.reason().as_str());
-            return Ok(reject(rejection));
-        }
+        Err(rejection) => return Ok(reject(rejection)),
     };
     let ticket = match state.claim(&event).await {
         Claim::Handle(ticket) => ticket,
-        Claim::Acknowledged => {
-            span.record("outcome", "duplicate");
-            return Ok(duplicate());
-        }
+        Claim::Acknowledged => return Ok(duplicate()),
     };
     tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::DELIVERY_HANDLED, "webhook delivery verified; handing it to the handler");
     let mut request = Request::from_parts(parts, ReqBody::from(bytes));
     request.extensions_mut().insert::<WebhookEvent>(event);
     let response = inner.call(request).await;
     let acknowledged = response.as_ref().is_ok_and(|r| r.status().is_success());
-    span.record("outcome", if acknowledged { "handled" } else { "failed" });
+    state.delivered(if acknowledged {
+        Delivered::Handled
+    } else {
+        Delivered::Failed
+    });
     ticket.finish(acknowledged);
     response
 }

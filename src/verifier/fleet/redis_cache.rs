@@ -8,6 +8,12 @@ use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo};
 
 use super::link::Servers;
 use crate::Error;
+#[cfg(feature = "webhook")]
+use {
+    super::link::Links,
+    futures_util::future::BoxFuture,
+    redis::{ScriptInvocation, Value},
+};
 
 /// Shortest pepper accepted, in bytes.
 const MIN_PEPPER_LEN: usize = 32;
@@ -150,6 +156,26 @@ impl RedisCache {
     pub fn root_certificate(mut self, pem: impl AsRef<[u8]>) -> Self {
         self.servers.root_certificate = Some(pem.as_ref().into());
         self
+    }
+
+    /// What runs the webhook guard's scripts (`webhook/fleet.rs`): connections of
+    /// its own, as the key verifier's fleet makes them (one per Tokio runtime),
+    /// within [`budget`](Self::budget) and behind a breaker of their own.
+    #[cfg(feature = "webhook")]
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn script_runner(
+        &self,
+    ) -> Box<dyn for<'a> Fn(&'a ScriptInvocation<'a>) -> BoxFuture<'a, Option<Value>> + Send + Sync>
+    {
+        let links = Arc::new(Links::new(self.servers.clone(), self.time_limit));
+        Box::new(move |invocation| {
+            let links = Arc::clone(&links);
+            Box::pin(async move {
+                links
+                    .run(|mut link| async move { invocation.invoke_async(&mut link).await })
+                    .await
+            })
+        })
     }
 
     pub(crate) fn validate(&self) -> Result<(), Error> {
