@@ -90,6 +90,9 @@ mod webhook_layer;
 #[cfg(feature = "actix-web")]
 #[cfg_attr(docsrs, doc(cfg(feature = "actix-web")))]
 pub use adapters::actix::{ActixResponseFuture, ComposioAuthMiddleware};
+#[cfg(all(feature = "actix-web", feature = "webhook"))]
+#[cfg_attr(docsrs, doc(cfg(all(feature = "actix-web", feature = "webhook"))))]
+pub use adapters::actix_webhook::{ActixWebhookFuture, ComposioWebhookMiddleware};
 pub use adapters::tower::future::ResponseFuture;
 pub use adapters::tower::service::ComposioAuth;
 #[cfg(any(feature = "axum", feature = "actix-web"))]

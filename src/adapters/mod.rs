@@ -4,6 +4,8 @@
 
 #[cfg(feature = "actix-web")]
 pub(crate) mod actix;
+#[cfg(all(feature = "actix-web", feature = "webhook"))]
+pub(crate) mod actix_webhook;
 #[cfg(feature = "axum")]
 pub(crate) mod axum;
 #[cfg(any(feature = "axum", feature = "actix-web"))]
