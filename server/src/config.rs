@@ -6,7 +6,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Parser, ValueEnum};
-use composio_auth::{ComposioAuthBuilder, ComposioAuthLayer, CredentialHeader};
+use composio_auth::{
+    ComposioAuthBuilder, ComposioAuthLayer, ComposioWebhookBuilder, ComposioWebhookLayer,
+    CredentialHeader, DEFAULT_MAX_BODY_BYTES, WEBHOOK_SECRET_ENV,
+};
+
+use crate::relay::Webhooks;
 
 /// Verifies Composio API keys for nginx `auth_request`, Caddy `forward_auth`,
 /// Traefik ForwardAuth and Envoy `ext_authz`, with one upstream call per key per TTL.
@@ -92,6 +97,51 @@ pub struct Config {
     #[arg(long, env = "COMPOSIO_AUTH_REDIS_PEPPER_FILE")]
     pub redis_pepper_file: Option<PathBuf>,
 
+    /// Relay Composio's webhook deliveries to this URL (`http://` or `https://`):
+    /// a POST to `--webhook-path` is verified and deduplicated, then forwarded
+    /// with its headers and body, and the app's answer goes back. Off by default.
+    #[arg(
+        long,
+        env = "COMPOSIO_AUTH_WEBHOOK_FORWARD",
+        value_name = "URL",
+        // It may hold credentials.
+        hide_env_values = true
+    )]
+    pub webhook_forward: Option<String>,
+
+    /// Where deliveries arrive on `--listen`, outside the key verification.
+    #[arg(
+        long,
+        env = "COMPOSIO_AUTH_WEBHOOK_PATH",
+        value_name = "PATH",
+        default_value = DEFAULT_WEBHOOK_PATH,
+        requires = "webhook_forward"
+    )]
+    pub webhook_path: String,
+
+    /// A file holding a webhook secret of the project's subscription (a trailing
+    /// newline is ignored); repeat to accept an old and a new one while rotating.
+    /// Without it, the secret itself is read from COMPOSIO_WEBHOOK_SECRET.
+    #[arg(
+        long = "webhook-secret-file",
+        env = "COMPOSIO_AUTH_WEBHOOK_SECRET_FILE",
+        value_name = "FILE",
+        value_delimiter = ',',
+        requires = "webhook_forward"
+    )]
+    pub webhook_secret_files: Vec<PathBuf>,
+
+    /// How long the app has to answer a delivery (default 10s); later, the
+    /// delivery is answered 504 and not acknowledged.
+    #[arg(
+        long,
+        env = "COMPOSIO_AUTH_WEBHOOK_TIMEOUT",
+        value_name = "D",
+        value_parser = duration,
+        requires = "webhook_forward"
+    )]
+    pub webhook_timeout: Option<Duration>,
+
     /// Run offline against a local stand-in of Composio with demo keys, and print
     /// the requests to try.
     #[arg(long)]
@@ -101,6 +151,15 @@ pub struct Config {
     #[arg(long, requires = "demo")]
     pub exit: bool,
 }
+
+/// Where deliveries arrive unless `--webhook-path` says otherwise.
+pub const DEFAULT_WEBHOOK_PATH: &str = "/composio/webhook";
+
+/// How long the app has to answer unless `--webhook-timeout` says otherwise.
+pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The paths of `--listen` a webhook path may not take.
+const ROUTED: [&str; 4] = ["/verify", "/healthz", "/metrics", "/ext-authz"];
 
 /// A credential header, as `--credential-header` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -164,9 +223,12 @@ impl Config {
     ///
     /// # Errors
     ///
-    /// A setting the library refuses, an unreadable pepper file, or Redis flags
-    /// that do not go together: one line, no secret in it.
-    pub fn layer(&self, base_url: Option<String>) -> Result<ComposioAuthLayer, String> {
+    /// A setting the library refuses: one line, no secret in it.
+    pub fn layer(
+        &self,
+        base_url: Option<String>,
+        fleet: &Fleet,
+    ) -> Result<ComposioAuthLayer, String> {
         let mut builder: ComposioAuthBuilder = ComposioAuthLayer::builder();
         if let Some(base_url) = base_url.or_else(|| self.base_url.clone()) {
             builder = builder.base_url(base_url);
@@ -193,15 +255,59 @@ impl Config {
             builder = builder.max_concurrent_verifications(calls);
         }
         builder = builder.credential_headers(self.accepted());
-        builder = self.shared_cache(builder)?;
+        builder = fleet.keys(builder);
         builder.build().map_err(|error| error.to_string())
     }
 
+    /// The webhook relay these flags describe, if `--webhook-forward` is given.
+    ///
+    /// # Errors
+    ///
+    /// A URL or path that cannot work, no secret, an unreadable or empty secret
+    /// file, a zero timeout: one line, never a secret or the URL.
+    pub fn webhooks(&self, fleet: &Fleet) -> Result<Option<Webhooks>, String> {
+        let Some(forward) = &self.webhook_forward else {
+            return Ok(None);
+        };
+        let forward = match reqwest::Url::parse(forward) {
+            Ok(url) if matches!(url.scheme(), "http" | "https") && url.has_host() => url,
+            Ok(_) => return Err("--webhook-forward must be an http:// or https:// URL".to_owned()),
+            Err(error) => return Err(format!("--webhook-forward is not a URL: {error}")),
+        };
+        let path = webhook_path(&self.webhook_path)?;
+        let timeout = self.webhook_timeout.unwrap_or(DEFAULT_WEBHOOK_TIMEOUT);
+        if timeout.is_zero() {
+            return Err("--webhook-timeout must be more than 0".to_owned());
+        }
+        let max_body_bytes = DEFAULT_MAX_BODY_BYTES;
+        let mut builder = ComposioWebhookLayer::builder().max_body_bytes(max_body_bytes);
+        for secret in webhook_secrets(&self.webhook_secret_files)? {
+            builder = builder.secret(secret);
+        }
+        let layer = fleet
+            .webhooks(builder)
+            .build()
+            .map_err(|error| error.to_string())?;
+        Ok(Some(Webhooks {
+            path,
+            forward,
+            timeout,
+            layer,
+            max_body_bytes,
+        }))
+    }
+
+    /// The Redis of `--redis-url`, if given, for both layers.
+    ///
+    /// # Errors
+    ///
+    /// Redis flags that do not go together, an unreadable pepper file, a URL or
+    /// pepper the library refuses: one line, no secret in it.
     #[cfg(feature = "redis")]
-    fn shared_cache(&self, builder: ComposioAuthBuilder) -> Result<ComposioAuthBuilder, String> {
+    pub fn fleet(&self) -> Result<Fleet, String> {
         use composio_auth::RedisCache;
         match (&self.redis_urls[..], &self.redis_pepper_file) {
-            ([], None) => Ok(builder),
+            ([], None) => Ok(Fleet::default()),
             ([], Some(_)) => Err("--redis-pepper-file needs --redis-url".to_owned()),
             (_, None) => Err("--redis-url needs --redis-pepper-file".to_owned()),
             (urls, Some(file)) => {
@@ -218,19 +324,106 @@ impl Config {
                     urls => RedisCache::cluster(urls, pepper),
                 }
                 .map_err(|error| error.to_string())?;
-                Ok(builder.shared_cache(cache))
+                Ok(Fleet { cache: Some(cache) })
             }
         }
     }
 
+    /// No Redis in this build: Redis flags are a configuration error.
+    ///
+    /// # Errors
+    ///
+    /// When `--redis-url` or `--redis-pepper-file` is given.
     #[cfg(not(feature = "redis"))]
-    fn shared_cache(&self, builder: ComposioAuthBuilder) -> Result<ComposioAuthBuilder, String> {
+    pub fn fleet(&self) -> Result<Fleet, String> {
         if self.redis_urls.is_empty() && self.redis_pepper_file.is_none() {
-            Ok(builder)
+            Ok(Fleet::default())
         } else {
             Err("this build has no Redis support (feature `redis`)".to_owned())
         }
     }
+}
+
+/// The Redis replicas share (`--redis-url`), for the key layer's verdicts and the
+/// webhook relay's deliveries alike; none without it.
+#[derive(Clone, Default)]
+pub struct Fleet {
+    #[cfg(feature = "redis")]
+    cache: Option<composio_auth::RedisCache>,
+}
+
+impl Fleet {
+    /// Whether there is a Redis to share.
+    pub fn is_shared(&self) -> bool {
+        #[cfg(feature = "redis")]
+        return self.cache.is_some();
+        #[cfg(not(feature = "redis"))]
+        false
+    }
+
+    fn keys(&self, builder: ComposioAuthBuilder) -> ComposioAuthBuilder {
+        #[cfg(feature = "redis")]
+        if let Some(cache) = &self.cache {
+            return builder.shared_cache(cache.clone());
+        }
+        builder
+    }
+
+    fn webhooks(&self, builder: ComposioWebhookBuilder) -> ComposioWebhookBuilder {
+        #[cfg(feature = "redis")]
+        if let Some(cache) = &self.cache {
+            return builder.shared_cache(cache.clone());
+        }
+        builder
+    }
+}
+
+/// `--webhook-path`, if it is a plain path no other endpoint of `--listen` uses.
+fn webhook_path(path: &str) -> Result<String, String> {
+    let plain = path.starts_with('/')
+        && path
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"{}?#%*\\".contains(&b));
+    if !plain {
+        return Err(format!(
+            "--webhook-path must be a path like {DEFAULT_WEBHOOK_PATH} (no query, braces, * or %)"
+        ));
+    }
+    if ROUTED.contains(&path) || path.starts_with("/ext-authz/") {
+        return Err(format!(
+            "--webhook-path {path} is taken by another endpoint"
+        ));
+    }
+    Ok(path.to_owned())
+}
+
+/// The secrets of `files` (each a trailing newline off), else
+/// `COMPOSIO_WEBHOOK_SECRET`'s.
+fn webhook_secrets(files: &[PathBuf]) -> Result<Vec<String>, String> {
+    if files.is_empty() {
+        return match std::env::var(WEBHOOK_SECRET_ENV) {
+            Ok(secret) if !secret.trim().is_empty() => Ok(vec![secret]),
+            _ => Err(format!(
+                "--webhook-forward needs --webhook-secret-file or {WEBHOOK_SECRET_ENV}"
+            )),
+        };
+    }
+    files
+        .iter()
+        .map(|file| {
+            let name = file.display();
+            let bytes = std::fs::read(file)
+                .map_err(|error| format!("cannot read --webhook-secret-file {name}: {error}"))?;
+            let text = String::from_utf8(bytes)
+                .map_err(|_| format!("--webhook-secret-file {name} is not UTF-8"))?;
+            // A trailing newline is the editor's, not the secret's.
+            let secret = text.trim_end_matches(|c: char| c.is_ascii_whitespace());
+            if secret.trim().is_empty() {
+                return Err(format!("--webhook-secret-file {name} is empty"));
+            }
+            Ok(secret.to_owned())
+        })
+        .collect()
 }
 
 #[cfg(test)]

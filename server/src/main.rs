@@ -8,6 +8,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use clap::Parser;
 
@@ -34,6 +35,7 @@ mod demo;
 mod endpoints;
 mod grpc;
 mod identity;
+mod relay;
 mod route_policy;
 
 use config::Config;
@@ -51,7 +53,7 @@ fn main() -> ExitCode {
             say!("{}", error.to_string().trim_end());
             return ExitCode::SUCCESS;
         }
-        Err(error) => return refuse(first_line(&error.to_string())),
+        Err(error) => return refuse(&first_line(&error.to_string())),
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -87,10 +89,20 @@ fn refuse(line: &str) -> ExitCode {
     ExitCode::from(BAD_CONFIGURATION)
 }
 
-/// clap's message without its "error: " and the usage after it.
-fn first_line(message: &str) -> &str {
-    let line = message.lines().next().unwrap_or(message);
-    line.strip_prefix("error: ").unwrap_or(line)
+/// clap's message without its "error: " and the usage after it, on one line: a
+/// first line that ends with ':' ("the following required arguments were not
+/// provided:") goes on with the indented lines under it.
+fn first_line(message: &str) -> String {
+    let mut lines = message.lines();
+    let first = lines.next().unwrap_or(message);
+    let mut line = first.strip_prefix("error: ").unwrap_or(first).to_owned();
+    if line.ends_with(':') {
+        for more in lines.take_while(|l| l.starts_with(' ') && !l.trim().is_empty()) {
+            line.push(' ');
+            line.push_str(more.trim());
+        }
+    }
+    line
 }
 
 async fn run(config: Config) -> Result<(), Failure> {
@@ -108,8 +120,9 @@ async fn run(config: Config) -> Result<(), Failure> {
     } else {
         None
     };
+    let fleet = config.fleet().map_err(configuration)?;
     let layer = config
-        .layer(stand_in.as_ref().map(|s| s.base_url()))
+        .layer(stand_in.as_ref().map(|s| s.base_url()), &fleet)
         .map_err(configuration)?;
     let shared = Arc::new(Shared {
         policies: Policies::new(layer.clone()),
@@ -121,28 +134,24 @@ async fn run(config: Config) -> Result<(), Failure> {
     } else {
         config.listen
     };
+    let webhooks = config.webhooks(&fleet).map_err(configuration)?;
+    let settles = webhooks.is_some() && fleet.is_shared();
     let service = bind(listen).await?;
     let addr = local_addr(&service)?;
     say!("composio-auth-server listening on http://{addr}");
+    let mut app = endpoints::service(Arc::clone(&shared));
+    if let Some(webhooks) = webhooks {
+        let path = webhooks.path.clone();
+        app = relay::route(app, webhooks).map_err(configuration)?;
+        say!("composio-auth-server webhooks on http://{addr}{path}");
+    }
     let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(serve(service, endpoints::service(Arc::clone(&shared))));
+    servers.spawn(serve(service, app));
     if let Some(grpc_listen) = config.grpc_listen {
         let grpc = bind(grpc_listen).await?;
         say!("composio-auth-server grpc on {}", local_addr(&grpc)?);
         let check = grpc::Check::new(Arc::clone(&shared), config.hidden());
-        servers.spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
-                    check,
-                ))
-                .serve_with_incoming_shutdown(
-                    // Without it, Nagle and delayed ACKs hold each answer ~40 ms.
-                    tonic::transport::server::TcpIncoming::from(grpc).with_nodelay(Some(true)),
-                    shutdown(),
-                )
-                .await
-                .map_err(std::io::Error::other)
-        });
+        servers.spawn(serve_grpc(grpc, check));
     }
     if let Some(admin_listen) = config.admin_listen {
         let admin = bind(admin_listen).await?;
@@ -158,9 +167,29 @@ async fn run(config: Config) -> Result<(), Failure> {
             return tried.map_err(Failure::Demo);
         }
     }
-    // Until a signal, or a listener fails.
-    if let Some(Ok(Err(error))) = servers.join_next().await {
-        return Err(configuration(format!("serving stopped: {error}")));
+    until_stopped(servers, settles).await
+}
+
+/// How long the Redis writes that end the last deliveries (acknowledged, or
+/// their claims released), which the library spawns as each delivery ends, are
+/// given once every listener has stopped.
+const SETTLE_TIME: Duration = Duration::from_secs(1);
+
+/// Until a signal has stopped every listener (each finishes the requests it
+/// has, deliveries being forwarded included), or one fails. With deliveries
+/// claimed in Redis (`settles`), their last writes get [`SETTLE_TIME`]: a claim
+/// left behind would hold Composio's retry back on every replica for its lease.
+async fn until_stopped(
+    mut servers: tokio::task::JoinSet<std::io::Result<()>>,
+    settles: bool,
+) -> Result<(), Failure> {
+    while let Some(stopped) = servers.join_next().await {
+        if let Ok(Err(error)) = stopped {
+            return Err(Failure::Configuration(format!("serving stopped: {error}")));
+        }
+    }
+    if settles {
+        tokio::time::sleep(SETTLE_TIME).await;
     }
     Ok(())
 }
@@ -175,6 +204,20 @@ fn local_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, Failure>
     listener
         .local_addr()
         .map_err(|error| Failure::Configuration(format!("no local address: {error}")))
+}
+
+async fn serve_grpc(listener: tokio::net::TcpListener, check: grpc::Check) -> std::io::Result<()> {
+    tonic::transport::Server::builder()
+        .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
+            check,
+        ))
+        .serve_with_incoming_shutdown(
+            // Without it, Nagle and delayed ACKs hold each answer ~40 ms.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown(),
+        )
+        .await
+        .map_err(std::io::Error::other)
 }
 
 async fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {

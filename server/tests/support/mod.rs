@@ -116,10 +116,18 @@ impl Server {
     /// Starts the binary with `args` (and `--listen 127.0.0.1:0`), waiting for
     /// the line that says where it listens.
     pub fn start(base_url: &str, args: &[&str]) -> Self {
+        Self::start_with_env(base_url, args, &[])
+    }
+
+    /// As `start`, with the environment variables `env` set (none of the
+    /// library's or the webhook secret's is inherited from the tests').
+    pub fn start_with_env(base_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_composio-auth-server"))
             .args(["--listen", "127.0.0.1:0", "--base-url", base_url])
             .args(args)
             .env_remove("COMPOSIO_BASE_URL")
+            .env_remove("COMPOSIO_WEBHOOK_SECRET")
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -155,6 +163,16 @@ impl Server {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the server has exited (reaped if so).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
     }
 }
 
@@ -220,6 +238,7 @@ pub fn run_to_exit(args: &[&str]) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_composio-auth-server"))
         .args(args)
         .env_remove("COMPOSIO_BASE_URL")
+        .env_remove("COMPOSIO_WEBHOOK_SECRET")
         .output()
         .expect("run composio-auth-server");
     (

@@ -222,7 +222,7 @@ impl Drop for Proxy {
 
 /// Sends SIG`name` to `target` (a pid, or `-pgid` for a whole group), with
 /// procps' `kill` (the tests forbid `unsafe`, so no `libc::kill`).
-fn signal(name: &str, target: &str) {
+pub fn signal(name: &str, target: &str) {
     let _ = Command::new(installed("kill", "procps"))
         .args(["-s", name, "--", target])
         .stderr(Stdio::null())

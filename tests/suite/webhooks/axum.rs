@@ -45,9 +45,7 @@ fn slug(rejection: &composio_auth::WebhookRejection) -> String {
 #[test]
 fn the_v1_v2_and_v3_fixtures_verify_and_parse() {
     let layer = fixtures_layer();
-    let event = layer
-        .verify(&fixture_headers(V3), V3.2.as_bytes())
-        .unwrap();
+    let event = layer.verify(&fixture_headers(V3), V3.2.as_bytes()).unwrap();
     assert_eq!(event.version(), WebhookVersion::V3);
     assert_eq!(event.id(), "msg_fixture_v3_001", "the header is the id");
     assert_eq!(event.event_type(), "composio.trigger.message");
@@ -55,15 +53,11 @@ fn the_v1_v2_and_v3_fixtures_verify_and_parse() {
     assert_eq!(event.user_id(), Some("user_fixture_001"));
     assert_eq!(event.data()["repository"]["name"], "test-repo");
     assert_eq!(event.body(), V3.2.as_bytes());
-    let event = layer
-        .verify(&fixture_headers(V2), V2.2.as_bytes())
-        .unwrap();
+    let event = layer.verify(&fixture_headers(V2), V2.2.as_bytes()).unwrap();
     assert_eq!(event.version(), WebhookVersion::V2);
     assert_eq!(event.trigger_slug(), Some("GITHUB_PUSH_EVENT"));
     assert_eq!(event.connected_account_id(), Some("ca_fixture_002"));
-    let event = layer
-        .verify(&fixture_headers(V1), V1.2.as_bytes())
-        .unwrap();
+    let event = layer.verify(&fixture_headers(V1), V1.2.as_bytes()).unwrap();
     assert_eq!(event.version(), WebhookVersion::V1);
     assert_eq!(event.trigger_id(), Some("trigger_fixture_001"));
     assert_eq!(event.user_id(), None);
@@ -91,7 +85,8 @@ fn the_golden_signatures_verify_but_their_bodies_are_no_event() {
 fn every_tampering_gets_its_documented_answer() {
     let layer = fixtures_layer();
     let (id, signature, body) = V3;
-    let refused = |headers: &HeaderMap, body: &[u8]| slug(&layer.verify(headers, body).unwrap_err());
+    let refused =
+        |headers: &HeaderMap, body: &[u8]| slug(&layer.verify(headers, body).unwrap_err());
     let headers = fixture_headers(V3);
     // One byte of the body, the id or the timestamp.
     let mut changed = body.as_bytes().to_vec();
@@ -99,23 +94,36 @@ fn every_tampering_gets_its_documented_answer() {
     assert_eq!(refused(&headers, &changed), "Webhook_InvalidSignature");
     let mut other_id = headers.clone();
     other_id.insert("webhook-id", format!("{id}x").parse().unwrap());
-    assert_eq!(refused(&other_id, body.as_bytes()), "Webhook_InvalidSignature");
+    assert_eq!(
+        refused(&other_id, body.as_bytes()),
+        "Webhook_InvalidSignature"
+    );
     let mut other_time = headers.clone();
     other_time.insert("webhook-timestamp", "1738150201".parse().unwrap());
-    assert_eq!(refused(&other_time, body.as_bytes()), "Webhook_InvalidSignature");
+    assert_eq!(
+        refused(&other_time, body.as_bytes()),
+        "Webhook_InvalidSignature"
+    );
     // The same JSON, serialized again: other bytes.
     let value: serde_json::Value = serde_json::from_str(body).unwrap();
     let reserialized = serde_json::to_vec_pretty(&value).unwrap();
     assert_eq!(refused(&headers, &reserialized), "Webhook_InvalidSignature");
     // The MAC in hex instead of base64.
     let mut hex = headers.clone();
-    hex.insert("webhook-signature", "v1,1aa4ec31a0edae879e34dec7ac0cc44a".parse().unwrap());
+    hex.insert(
+        "webhook-signature",
+        "v1,1aa4ec31a0edae879e34dec7ac0cc44a".parse().unwrap(),
+    );
     assert_eq!(refused(&hex, body.as_bytes()), "Webhook_InvalidSignature");
     // Each header missing.
     for name in ["webhook-id", "webhook-timestamp", "webhook-signature"] {
         let mut missing = headers.clone();
         missing.remove(name);
-        assert_eq!(refused(&missing, body.as_bytes()), "Webhook_MissingHeaders", "{name}");
+        assert_eq!(
+            refused(&missing, body.as_bytes()),
+            "Webhook_MissingHeaders",
+            "{name}"
+        );
     }
     assert!(layer.verify(&headers, body.as_bytes()).is_ok());
     let _ = signature;
@@ -130,7 +138,9 @@ fn a_timestamp_301_seconds_off_either_way_is_refused_and_two_secrets_both_verify
         .unwrap();
     let body = V1.2.as_bytes();
     for secret in ["old-secret", "new-secret"] {
-        assert!(layer.verify(&sign_delivery(secret, "msg_1", body, now()), body).is_ok());
+        assert!(layer
+            .verify(&sign_delivery(secret, "msg_1", body, now()), body)
+            .is_ok());
     }
     for when in [now() - 301, now() + 301] {
         let rejection = layer
@@ -170,7 +180,11 @@ impl Handler {
     }
 }
 
-async fn handle(State(handler): State<Arc<Handler>>, event: WebhookEvent, body: Bytes) -> StatusCode {
+async fn handle(
+    State(handler): State<Arc<Handler>>,
+    event: WebhookEvent,
+    body: Bytes,
+) -> StatusCode {
     handler.calls.fetch_add(1, Ordering::SeqCst);
     handler.entered.send_modify(|n| *n += 1);
     *handler.last.lock().unwrap() = Some((event, body));
@@ -187,15 +201,28 @@ async fn serve_hook(layer: ComposioWebhookLayer, handler: Arc<Handler>) -> Socke
 }
 
 /// POSTs `body` with `headers` to the hook; status, `Allow`, body.
-async fn deliver(addr: SocketAddr, headers: &HeaderMap, body: &[u8]) -> (u16, Option<String>, String) {
+async fn deliver(
+    addr: SocketAddr,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> (u16, Option<String>, String) {
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let mut request = client.post(format!("http://{addr}/hook")).body(body.to_vec());
+    let mut request = client
+        .post(format!("http://{addr}/hook"))
+        .body(body.to_vec());
     for (name, value) in headers {
         request = request.header(name.as_str(), value.to_str().unwrap());
     }
     let response = request.send().await.unwrap();
-    let allow = response.headers().get("allow").map(|v| v.to_str().unwrap().to_owned());
-    (response.status().as_u16(), allow, response.text().await.unwrap())
+    let allow = response
+        .headers()
+        .get("allow")
+        .map(|v| v.to_str().unwrap().to_owned());
+    (
+        response.status().as_u16(),
+        allow,
+        response.text().await.unwrap(),
+    )
 }
 
 #[tokio::test]
@@ -208,21 +235,33 @@ async fn over_tcp_the_handler_gets_the_same_bytes_and_the_event_and_refusals_nev
     let handler = Handler::new(false);
     let addr = serve_hook(layer, Arc::clone(&handler)).await;
     let body = V3.2.as_bytes();
-    let (status, _, _) = deliver(addr, &sign_delivery(SECRET, "msg_tcp_1", body, now()), body).await;
+    let (status, _, _) =
+        deliver(addr, &sign_delivery(SECRET, "msg_tcp_1", body, now()), body).await;
     assert_eq!(status, 200);
     let (event, seen) = handler.last.lock().unwrap().take().unwrap();
     assert_eq!((event.id(), seen.as_ref()), ("msg_tcp_1", body));
     // Refusals, each answered before the handler.
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let get = client.get(format!("http://{addr}/hook")).send().await.unwrap();
+    let get = client
+        .get(format!("http://{addr}/hook"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(get.status(), 405);
     let large = format!(r#"{{"trigger_name":"T","payload":"{}"}}"#, "x".repeat(2048));
     let signed = sign_delivery(SECRET, "msg_tcp_2", large.as_bytes(), now());
     assert_eq!(deliver(addr, &signed, large.as_bytes()).await.0, 413);
-    let exact = format!(r#"{{"trigger_name":"T","payload":"{}"}}"#, "x".repeat(1024 - 33));
+    let exact = format!(
+        r#"{{"trigger_name":"T","payload":"{}"}}"#,
+        "x".repeat(1024 - 33)
+    );
     assert_eq!(exact.len(), 1024);
     let signed = sign_delivery(SECRET, "msg_tcp_3", exact.as_bytes(), now());
-    assert_eq!(deliver(addr, &signed, exact.as_bytes()).await.0, 200, "exactly the limit");
+    assert_eq!(
+        deliver(addr, &signed, exact.as_bytes()).await.0,
+        200,
+        "exactly the limit"
+    );
     let stale = sign_delivery(SECRET, "msg_tcp_4", body, now() - 301);
     assert_eq!(deliver(addr, &stale, body).await.0, 401);
     let unsigned = sign_delivery("another", "msg_tcp_5", body, now());
@@ -240,7 +279,11 @@ async fn a_405_says_allow_post() {
     let layer = fixtures_layer();
     let addr = serve_hook(layer, Handler::new(false)).await;
     let client = reqwest::Client::builder().no_proxy().build().unwrap();
-    let response = client.put(format!("http://{addr}/hook")).send().await.unwrap();
+    let response = client
+        .put(format!("http://{addr}/hook"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 405);
     assert_eq!(response.headers()["allow"], "POST");
 }
@@ -248,7 +291,10 @@ async fn a_405_says_allow_post() {
 #[tokio::test(flavor = "current_thread")]
 async fn twenty_copies_with_the_handler_held_reach_it_once_and_all_get_its_200() {
     let (capture, _guard) = Capture::install();
-    let layer = ComposioWebhookLayer::builder().secret(SECRET).build().unwrap();
+    let layer = ComposioWebhookLayer::builder()
+        .secret(SECRET)
+        .build()
+        .unwrap();
     let handler = Handler::new(true);
     let addr = serve_hook(layer, Arc::clone(&handler)).await;
     let body = V2.2.as_bytes();
@@ -260,7 +306,9 @@ async fn twenty_copies_with_the_handler_held_reach_it_once_and_all_get_its_200()
         })
         .collect();
     // One copy is in the handler; nineteen wait for it.
-    capture.wait_for_point(pause_point::DELIVERY_WAITING, 19).await;
+    capture
+        .wait_for_point(pause_point::DELIVERY_WAITING, 19)
+        .await;
     assert_eq!(handler.calls(), 1);
     handler.gate.add_permits(Semaphore::MAX_PERMITS);
     for copy in copies {
@@ -276,7 +324,10 @@ async fn twenty_copies_with_the_handler_held_reach_it_once_and_all_get_its_200()
 #[tokio::test(flavor = "current_thread")]
 async fn a_delivery_whose_handler_failed_is_handled_again_by_the_copy_waiting_or_the_retry() {
     let (capture, _guard) = Capture::install();
-    let layer = ComposioWebhookLayer::builder().secret(SECRET).build().unwrap();
+    let layer = ComposioWebhookLayer::builder()
+        .secret(SECRET)
+        .build()
+        .unwrap();
     let handler = Handler::new(true);
     handler.status.store(500, Ordering::SeqCst);
     let addr = serve_hook(layer, Arc::clone(&handler)).await;
@@ -287,16 +338,25 @@ async fn a_delivery_whose_handler_failed_is_handled_again_by_the_copy_waiting_or
         async move { deliver(addr, &headers, body).await.0 }
     });
     let mut entered = handler.entered.subscribe();
-    common::within("the first copy in the handler", entered.wait_for(|n| *n == 1)).await.unwrap();
+    common::within(
+        "the first copy in the handler",
+        entered.wait_for(|n| *n == 1),
+    )
+    .await
+    .unwrap();
     let copy = tokio::spawn({
         let headers = headers.clone();
         async move { deliver(addr, &headers, body).await.0 }
     });
-    capture.wait_for_point(pause_point::DELIVERY_WAITING, 1).await;
+    capture
+        .wait_for_point(pause_point::DELIVERY_WAITING, 1)
+        .await;
     // The first fails; the copy that waited is handled itself, and succeeds.
     handler.gate.add_permits(1);
     assert_eq!(first.await.unwrap(), 500);
-    common::within("the copy in the handler", entered.wait_for(|n| *n == 2)).await.unwrap();
+    common::within("the copy in the handler", entered.wait_for(|n| *n == 2))
+        .await
+        .unwrap();
     handler.status.store(200, Ordering::SeqCst);
     handler.gate.add_permits(1);
     assert_eq!(copy.await.unwrap(), 200);

@@ -39,15 +39,48 @@ pub mod fixtures {
     /// The SDKs' golden vectors: id, timestamp, body, secret, signature. Their
     /// bodies are no event payload.
     pub const GOLDEN: [(&str, &str, &str, &str, &str); 5] = [
-        ("msg_test_001", "1700000000", r#"{"test":"data"}"#, "test-secret", "v1,4Fay6rvxXDEbH+4oA1fYP2BR/Bwzn3/7ONj40iJQagY="),
-        ("msg_test_002", "1700000001", r#"{"message":"Hello World"}"#, "unicode-secret-key", "v1,ICmAFUlesRqIFA44bU6Wlce5GszoHjG+w7nurcu5EWc="),
-        ("msg_test_003", "1700000002", r#"{"nested":{"array":[1,2,3],"object":{"key":"value"}}}"#, "complex-secret", "v1,Vx/pw0yOiRRoxdfifaZ3zBKt4B3KkRKFVr6gLQNJs9Q="),
-        ("msg_test_004", "1700000003", r#"{"data":{}}"#, "empty-data-secret", "v1,IbLtu+G65OH8Gw7ZFqy38ru+Jrg96yWfueYMMdaFYs0="),
-        ("msg_test_005", "1700000004", r#"{"test":true}"#, "secret!@#$%^&*()", "v1,kUvMXJ0rouLoROxY70WIzV+zLQGpSRuCXv8evLTPjXg="),
+        (
+            "msg_test_001",
+            "1700000000",
+            r#"{"test":"data"}"#,
+            "test-secret",
+            "v1,4Fay6rvxXDEbH+4oA1fYP2BR/Bwzn3/7ONj40iJQagY=",
+        ),
+        (
+            "msg_test_002",
+            "1700000001",
+            r#"{"message":"Hello World"}"#,
+            "unicode-secret-key",
+            "v1,ICmAFUlesRqIFA44bU6Wlce5GszoHjG+w7nurcu5EWc=",
+        ),
+        (
+            "msg_test_003",
+            "1700000002",
+            r#"{"nested":{"array":[1,2,3],"object":{"key":"value"}}}"#,
+            "complex-secret",
+            "v1,Vx/pw0yOiRRoxdfifaZ3zBKt4B3KkRKFVr6gLQNJs9Q=",
+        ),
+        (
+            "msg_test_004",
+            "1700000003",
+            r#"{"data":{}}"#,
+            "empty-data-secret",
+            "v1,IbLtu+G65OH8Gw7ZFqy38ru+Jrg96yWfueYMMdaFYs0=",
+        ),
+        (
+            "msg_test_005",
+            "1700000004",
+            r#"{"test":true}"#,
+            "secret!@#$%^&*()",
+            "v1,kUvMXJ0rouLoROxY70WIzV+zLQGpSRuCXv8evLTPjXg=",
+        ),
     ];
 
     /// Now, in Unix seconds.
     pub fn now() -> u64 {
-        SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
     }
 }
