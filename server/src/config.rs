@@ -98,8 +98,9 @@ pub struct Config {
     pub redis_pepper_file: Option<PathBuf>,
 
     /// Relay Composio's webhook deliveries to this URL (`http://` or `https://`):
-    /// a POST to `--webhook-path` is verified and deduplicated, then forwarded
-    /// with its headers and body, and the app's answer goes back. Off by default.
+    /// a POST to `--webhook-path` is verified (bodies up to 1 MiB, the library's
+    /// limit) and deduplicated, then forwarded with its headers and body, and the
+    /// app's answer goes back. Off by default.
     #[arg(
         long,
         env = "COMPOSIO_AUTH_WEBHOOK_FORWARD",
@@ -436,6 +437,47 @@ mod tests {
         assert_eq!(duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(duration("5m"), Ok(Duration::from_secs(300)));
         assert!(duration("soon").unwrap_err().contains("like 60s"));
+    }
+
+    #[test]
+    fn a_webhook_path_is_plain_and_free() {
+        assert_eq!(
+            webhook_path("/composio/webhook").unwrap(),
+            "/composio/webhook"
+        );
+        assert_eq!(
+            webhook_path("/hooks/composio-v3").unwrap(),
+            "/hooks/composio-v3"
+        );
+        for taken in [
+            "/verify",
+            "/healthz",
+            "/metrics",
+            "/ext-authz",
+            "/ext-authz/x",
+        ] {
+            assert!(
+                webhook_path(taken).unwrap_err().contains("taken"),
+                "{taken}"
+            );
+        }
+        for bad in ["", "hook", "/{id}", "/*rest", "/a?b", "/a b", "/%41"] {
+            assert!(webhook_path(bad).unwrap_err().contains("like"), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_webhook_secret_file_loses_its_trailing_newline_only() {
+        let dir = std::env::temp_dir().join(format!("composio-auth-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (one, two) = (dir.join("one"), dir.join("two"));
+        std::fs::write(&one, "whsec_a b\r\n").unwrap();
+        std::fs::write(&two, " spaced-secret").unwrap();
+        assert_eq!(
+            webhook_secrets(&[one, two]).unwrap(),
+            ["whsec_a b", " spaced-secret"]
+        );
+        std::fs::remove_dir_all(dir).unwrap();
     }
 
     #[test]
