@@ -1,7 +1,9 @@
 //! [`ComposioWebhook`]: the service [`ComposioWebhookLayer`](crate::ComposioWebhookLayer)
 //! makes. `call` checks the method and headers at once; its future reads the body
 //! up to the limit, verifies it, claims the delivery, and calls the inner service
-//! with the same bytes and a [`WebhookEvent`] in the request's extensions.
+//! with the same bytes and a [`WebhookEvent`] in the request's extensions. A
+//! refusal first reads what is left of an HTTP/1.x body within the drain limits
+//! (`drain.rs`), as the key layer's do.
 //!
 //! The future is boxed: a delivery reads a body and checks an HMAC, next to which
 //! one allocation is nothing.
@@ -13,13 +15,15 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use bytes::Bytes;
-use http::{Request, Response, StatusCode};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use http::header::CONNECTION;
+use http::{HeaderValue, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
+use http_body_util::BodyExt;
 use tower_service::Service;
 use tracing::Instrument;
 
+use crate::adapters::tower::drain::Unread;
 use crate::body::RejectionBody;
 use crate::webhook::check::Delivery;
 use crate::webhook::deliveries::Claim;
@@ -94,7 +98,10 @@ where
         let (parts, body) = request.into_parts();
         let delivery = match self.state.headers(&parts.method, &parts.headers) {
             Ok(delivery) => delivery,
-            Err(rejection) => return Box::pin(std::future::ready(Ok(reject(rejection)))),
+            Err(rejection) => {
+                let request = Request::from_parts(parts, body);
+                return Box::pin(async move { Ok(drained(request, reject(rejection)).await) });
+            }
         };
         // The service polled ready goes with the delivery; a clone stays.
         let clone = self.inner.clone();
@@ -124,9 +131,13 @@ where
     ResBody: RejectionBody,
 {
     let (parts, body) = request.into_parts();
-    let bytes = match read(body, state.rules.max_body_bytes).await {
+    let bytes = match read(Box::pin(body), state.rules.max_body_bytes).await {
         Ok(bytes) => bytes,
-        Err(reason) => return Ok(reject(state.refused(WebhookRejection::new(reason)))),
+        Err((reason, rest)) => {
+            let rejection = state.refused(WebhookRejection::new(reason));
+            let request = Request::from_parts(parts, rest);
+            return Ok(drained(request, reject(rejection)).await);
+        }
     };
     let event = match state.event(delivery, bytes.clone()) {
         Ok(event) => event,
@@ -150,20 +161,51 @@ where
     response
 }
 
-/// The body, whole, if it is at most `limit` bytes (read no further).
-async fn read<B>(body: B, limit: usize) -> Result<Bytes, Reason>
-where
-    B: Body,
-    B::Error: Into<Box<dyn StdError + Send + Sync>>,
-{
+/// The body, whole, if it is at most `limit` bytes: read no further than the
+/// limit, and on a refusal the rest is handed back, to drain.
+async fn read<B: Body>(
+    mut body: Pin<Box<B>>,
+    limit: usize,
+) -> Result<Bytes, (Reason, Pin<Box<B>>)> {
     if body.size_hint().lower() > limit as u64 {
-        return Err(Reason::TooLarge);
+        return Err((Reason::TooLarge, body));
     }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(Reason::TooLarge),
-        Err(_) => Err(Reason::Unreadable),
+    let mut bytes = BytesMut::new();
+    loop {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                let Ok(mut data) = frame.into_data() else {
+                    continue; // trailers
+                };
+                if bytes.len() + data.remaining() > limit {
+                    return Err((Reason::TooLarge, body));
+                }
+                bytes.put(&mut data);
+            }
+            Some(Err(_)) => return Err((Reason::Unreadable, body)),
+            None => return Ok(bytes.freeze()),
+        }
     }
+}
+
+/// `response`, once what is left of `request`'s body has been read within the
+/// drain limits (as the key layer's rejections do: a client still writing would
+/// otherwise see a reset, and a proxy would answer 502), or with `Connection:
+/// close` past them.
+async fn drained<B: Body, R>(request: Request<B>, mut response: Response<R>) -> Response<R> {
+    let ended = match Unread::of(request) {
+        Unread::Nothing => true,
+        Unread::Drain(drain) => {
+            let mut drain = std::pin::pin!(drain);
+            std::future::poll_fn(|cx| drain.as_mut().poll_drain(cx)).await
+        }
+        Unread::Close => false,
+    };
+    if !ended {
+        let headers = response.headers_mut();
+        headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    }
+    response
 }
 
 fn reject<B: RejectionBody>(rejection: WebhookRejection) -> Response<B> {

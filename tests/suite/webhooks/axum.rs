@@ -365,3 +365,50 @@ async fn a_delivery_whose_handler_failed_is_handled_again_by_the_copy_waiting_or
     assert_eq!(deliver(addr, &headers, body).await.0, 200);
     assert_eq!(handler.calls(), 2, "acknowledged now");
 }
+
+/// Writes a whole request (`head`, then `body`) before reading its answer, as
+/// Python's `http.client` does; the answer's status line.
+async fn write_all_then_read(addr: SocketAddr, head: String, body: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(head.as_bytes()).await.unwrap();
+    stream
+        .write_all(body)
+        .await
+        .expect("the whole body is read, not reset");
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await.unwrap();
+    String::from_utf8_lossy(&answer)
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[tokio::test]
+async fn a_refused_upload_is_read_to_its_end_before_the_answer() {
+    let layer = ComposioWebhookLayer::builder()
+        .secret(SECRET)
+        .max_body_bytes(1024)
+        .build()
+        .unwrap();
+    let handler = Handler::new(false);
+    let addr = serve_hook(layer, Arc::clone(&handler)).await;
+    let large = vec![b'x'; 4 * 1024 * 1024];
+    let signed = sign_delivery(SECRET, "msg_large", &large, now());
+    let mut head = format!(
+        "POST /hook HTTP/1.1\r\nhost: x\r\nconnection: close\r\ncontent-length: {}\r\n",
+        large.len()
+    );
+    for (name, value) in &signed {
+        head.push_str(&format!("{name}: {}\r\n", value.to_str().unwrap()));
+    }
+    head.push_str("\r\n");
+    let status = write_all_then_read(addr, head.clone(), &large).await;
+    assert!(status.contains(" 413 "), "{status}");
+    // Refused on its headers (another method), with a body on its way: the same.
+    let put = head.replacen("POST", "PUT", 1);
+    let status = write_all_then_read(addr, put, &large).await;
+    assert!(status.contains(" 405 "), "{status}");
+    assert_eq!(handler.calls(), 0);
+}
