@@ -280,8 +280,7 @@ impl Config {
         if timeout.is_zero() {
             return Err("--webhook-timeout must be more than 0".to_owned());
         }
-        let max_body_bytes = DEFAULT_MAX_BODY_BYTES;
-        let mut builder = ComposioWebhookLayer::builder().max_body_bytes(max_body_bytes);
+        let mut builder = ComposioWebhookLayer::builder().max_body_bytes(DEFAULT_MAX_BODY_BYTES);
         for secret in webhook_secrets(&self.webhook_secret_files)? {
             builder = builder.secret(secret);
         }
@@ -294,7 +293,6 @@ impl Config {
             forward,
             timeout,
             layer,
-            max_body_bytes,
         }))
     }
 

@@ -4,20 +4,16 @@
 //! (502) or does not answer in time (504) is a non-2xx answer: the layer does not
 //! acknowledge the delivery, and Composio's retry is forwarded again.
 
-use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::{Body, Bytes, HttpBody};
+use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use axum::http::{Method, StatusCode};
-use axum::middleware::{self, Next};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
-use composio_auth::limits::{DRAIN_IDLE_TIME, DRAIN_TIME, MAX_DRAINING};
 use composio_auth::{ComposioWebhookLayer, ErrorBody, ErrorEnvelope};
 
 /// The largest answer of the app passed back to Composio (which reads no more
@@ -34,8 +30,6 @@ pub struct Webhooks {
     pub timeout: Duration,
     /// Verification and once-delivery.
     pub layer: ComposioWebhookLayer,
-    /// The layer's body limit.
-    pub max_body_bytes: usize,
 }
 
 /// The forwarding handler's state.
@@ -63,88 +57,11 @@ pub fn route(router: Router, webhooks: Webhooks) -> Result<Router, String> {
         forward: webhooks.forward,
         timeout: webhooks.timeout,
     });
-    let oversized = Arc::new(Oversized {
-        limit: webhooks.max_body_bytes,
-        body: OnceLock::new(),
-    });
-    let handler = any(forward)
-        .with_state(relay)
-        .layer(webhooks.layer)
-        .layer(middleware::from_fn_with_state(oversized, linger));
+    // The layer refuses what it must (an oversized body too, read to its end
+    // within the library's drain limits first, so a proxy in front sees the answer
+    // and not a reset).
+    let handler = any(forward).with_state(relay).layer(webhooks.layer);
     Ok(router.route(&webhooks.path, handler))
-}
-
-/// What [`linger`] hands the layer for a body over its limit.
-struct Oversized {
-    limit: usize,
-    /// `limit + 1` bytes, made the first time one is needed.
-    body: OnceLock<Bytes>,
-}
-
-/// Deliveries being drained now.
-static LINGERING: AtomicUsize = AtomicUsize::new(0);
-
-/// A POST whose `Content-Length` is over the layer's limit: the layer answers 413
-/// without reading it, and a connection closed with a body still arriving is a
-/// reset that a proxy in front (nginx, Caddy) turns into its own 502. So its body
-/// is read and discarded first, as nginx's lingering close does (at most the
-/// library's `DRAIN_TIME`, `DRAIN_IDLE_TIME` between bytes, `MAX_DRAINING` at
-/// once), and the layer is handed `limit + 1` bytes instead: its own 413, or the
-/// 401 of headers it refuses first. Anything else goes to the layer untouched.
-async fn linger(State(oversized): State<Arc<Oversized>>, request: Request, next: Next) -> Response {
-    let declared = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|length| length.to_str().ok()?.parse::<u64>().ok());
-    let over = declared.is_some_and(|length| length > oversized.limit as u64);
-    // A client that asked `Expect: 100-continue` sends nothing until answered.
-    let expects = request.headers().contains_key(header::EXPECT);
-    if !over || expects || request.method() != Method::POST {
-        return next.run(request).await;
-    }
-    let Some(place) = Lingering::enter() else {
-        return next.run(request).await;
-    };
-    let (parts, body) = request.into_parts();
-    discard(body).await;
-    drop(place);
-    let stand_in = oversized
-        .body
-        .get_or_init(|| Bytes::from(vec![b' '; oversized.limit + 1]))
-        .clone();
-    next.run(Request::from_parts(parts, Body::from(stand_in)))
-        .await
-}
-
-/// A place among the `MAX_DRAINING` deliveries drained at once, given back when
-/// dropped (a delivery cancelled while it is drained too).
-struct Lingering;
-
-impl Lingering {
-    fn enter() -> Option<Self> {
-        let before = LINGERING.fetch_add(1, Ordering::SeqCst);
-        let place = Self;
-        (before < MAX_DRAINING).then_some(place)
-    }
-}
-
-impl Drop for Lingering {
-    fn drop(&mut self) {
-        LINGERING.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Reads `body` to its end and drops it, within the library's drain limits.
-async fn discard(mut body: Body) {
-    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
-    loop {
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx));
-        let idle = tokio::time::Instant::now() + DRAIN_IDLE_TIME;
-        match tokio::time::timeout_at(deadline.min(idle), frame).await {
-            Ok(Some(Ok(_))) => {}
-            _ => return,
-        }
-    }
 }
 
 /// Why a delivery was not passed on (or its answer not passed back).
