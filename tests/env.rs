@@ -1,5 +1,6 @@
 //! `ComposioAuthLayer::new()` honours `COMPOSIO_BASE_URL`, and fails closed (503, no
-//! panic) when it is unusable. One test in its own binary: it changes the process
+//! panic) when it is unusable; `ComposioWebhookLayer::from_env()` reads
+//! `COMPOSIO_WEBHOOK_SECRET`. One test in its own binary: it changes the process
 //! environment.
 
 mod common;
@@ -40,4 +41,35 @@ async fn new_reads_composio_base_url() {
     assert_eq!(layer.base_url(), composio.base_url());
     std::env::remove_var(BASE_URL_ENV);
     assert_eq!(ComposioAuthLayer::new().base_url(), DEFAULT_BASE_URL);
+
+    // The webhook guard's secret, from the SDKs' variable (in this one test: the
+    // process environment is not to be changed by two tests at once).
+    #[cfg(feature = "webhook")]
+    webhook_secret_from_the_environment();
+}
+
+#[cfg(feature = "webhook")]
+fn webhook_secret_from_the_environment() {
+    use composio_auth::{ComposioWebhookLayer, WEBHOOK_SECRET_ENV};
+    const SECRET: &str = "whsec_from_the_environment";
+    for unusable in [None, Some(""), Some("  ")] {
+        match unusable {
+            None => std::env::remove_var(WEBHOOK_SECRET_ENV),
+            Some(value) => std::env::set_var(WEBHOOK_SECRET_ENV, value),
+        }
+        let error = ComposioWebhookLayer::from_env().unwrap_err().to_string();
+        assert!(error.contains(WEBHOOK_SECRET_ENV), "{error}");
+    }
+    std::env::set_var(WEBHOOK_SECRET_ENV, SECRET);
+    let layer = ComposioWebhookLayer::from_env().unwrap();
+    std::env::remove_var(WEBHOOK_SECRET_ENV);
+    let body = br#"{"trigger_name":"T","payload":{}}"#;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let headers = composio_auth::testing::sign_delivery(SECRET, "msg_env", body, now);
+    assert!(layer.verify(&headers, body).is_ok());
+    let other = composio_auth::testing::sign_delivery("another", "msg_env", body, now);
+    assert!(layer.verify(&other, body).is_err());
 }

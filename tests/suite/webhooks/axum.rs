@@ -412,3 +412,38 @@ async fn a_refused_upload_is_read_to_its_end_before_the_answer() {
     assert!(status.contains(" 405 "), "{status}");
     assert_eq!(handler.calls(), 0);
 }
+
+#[tokio::test]
+async fn over_tcp_the_published_vectors_get_what_verify_gives() {
+    let layer = fixtures_layer();
+    let handler = Handler::new(false);
+    let addr = serve_hook(layer.clone(), Arc::clone(&handler)).await;
+    let mut cases: Vec<(HeaderMap, Vec<u8>, u16)> = Vec::new();
+    for fixture in [V3, V2, V1] {
+        cases.push((fixture_headers(fixture), fixture.2.as_bytes().to_vec(), 200));
+        let mut changed = fixture.2.as_bytes().to_vec();
+        changed[5] ^= 1;
+        cases.push((fixture_headers(fixture), changed, 401));
+    }
+    for (id, timestamp, body, secret, signature) in GOLDEN {
+        // Signed with their own secrets: refused here for the signature...
+        let mut headers = HeaderMap::new();
+        headers.insert("webhook-id", id.parse().unwrap());
+        headers.insert("webhook-timestamp", timestamp.parse().unwrap());
+        headers.insert("webhook-signature", signature.parse().unwrap());
+        cases.push((headers, body.as_bytes().to_vec(), 401));
+        // ...and with this layer's secret, verified, but no event: 400.
+        let resigned = sign_delivery(SECRET, id, body.as_bytes(), timestamp.parse().unwrap());
+        cases.push((resigned, body.as_bytes().to_vec(), 400));
+        let _ = secret;
+    }
+    for (headers, body, status) in &cases {
+        let expected = match layer.verify(headers, body) {
+            Ok(_) => 200,
+            Err(rejection) => rejection.status().as_u16(),
+        };
+        assert_eq!(expected, *status);
+        assert_eq!(deliver(addr, headers, body).await.0, *status);
+    }
+    assert_eq!(handler.calls(), 3, "the three fixtures, once each");
+}
