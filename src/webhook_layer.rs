@@ -184,9 +184,10 @@ impl ComposioWebhookBuilder {
         self
     }
 
-    /// The largest body read (default [`DEFAULT_MAX_BODY_BYTES`]); a body of
-    /// exactly this size is accepted, a larger one answered 413 without reading
-    /// further.
+    /// The largest body kept (default [`DEFAULT_MAX_BODY_BYTES`]); a body of
+    /// exactly this size is accepted, a larger one answered 413: the rest is read
+    /// and dropped first within the drain limits (`limits::DRAIN_TIME`), so that a
+    /// client still writing sees the answer, not a reset.
     pub fn max_body_bytes(mut self, bytes: usize) -> Self {
         self.max_body_bytes = bytes;
         self
@@ -233,6 +234,11 @@ impl ComposioWebhookBuilder {
         if self.tolerance > Duration::from_secs(24 * 3600) {
             return Err(Error::new("tolerance must be at most a day"));
         }
+        if !self.tolerance.is_zero() && self.tolerance < Duration::from_secs(1) {
+            return Err(Error::new(
+                "tolerance must be zero (no check) or at least a second: webhook-timestamp counts seconds",
+            ));
+        }
         let rules = Rules {
             keys: Keys::new(self.secrets.iter().map(String::as_str)),
             tolerance: self.tolerance,
@@ -265,6 +271,10 @@ mod tests {
             .max_body_bytes(0);
         let message = error(zero);
         assert!(message.contains("max_body_bytes") && !message.contains("s3cr3t"));
+        let short = ComposioWebhookLayer::builder()
+            .secret("s")
+            .tolerance(Duration::from_millis(500));
+        assert!(error(short).contains("at least a second"));
         let layer = ComposioWebhookLayer::builder()
             .secret("s3cr3t-value")
             .build()

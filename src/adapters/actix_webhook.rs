@@ -248,7 +248,9 @@ async fn read(mut payload: Payload, length: Option<u64>, limit: usize) -> Result
         Some(length) => usize::try_from(length).unwrap_or(limit),
         None => 0,
     };
-    let mut body = BytesMut::with_capacity(length);
+    // Grown as bytes arrive: a declared length reserves at most 64 KiB up front,
+    // before anything is signed.
+    let mut body = BytesMut::with_capacity(length.min(64 * 1024));
     while let Some(chunk) = payload.next().await {
         let chunk = chunk.map_err(|_| Reason::Unreadable)?;
         if chunk.len() > limit - body.len() {

@@ -178,12 +178,22 @@ impl Name {
 }
 
 /// A request's one credential: the header it came in, the key, and (for a user
-/// key with its selectors) the scope it chose.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// key with its selectors) the scope it chose. (`Debug` leaves the key out.)
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Credential<'a> {
     pub(crate) header: CredentialHeader,
     pub(crate) key: &'a [u8],
     pub(crate) scope: Option<Scope<'a>>,
+}
+
+impl std::fmt::Debug for Credential<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Credential")
+            .field("header", &self.header)
+            .field("key", &"[redacted]")
+            .field("scope", &self.scope)
+            .finish()
+    }
 }
 
 /// The organization and project a user key's selectors choose, as sent.

@@ -73,7 +73,10 @@ impl ScopeIndex {
             scopes: VecDeque::new(),
             until: now,
         });
-        if listed.scopes.contains(&scope) {
+        if let Some(at) = listed.scopes.iter().position(|s| *s == scope) {
+            // Started again: the most recent now, the last to be displaced.
+            listed.scopes.remove(at);
+            listed.scopes.push_back(scope);
             return None;
         }
         let displaced = (listed.scopes.len() >= MAX_SCOPES_PER_KEY)
@@ -133,7 +136,7 @@ mod tests {
     }
 
     #[test]
-    fn a_key_holds_its_scopes_up_to_the_limit_then_displaces_the_oldest() {
+    fn a_key_holds_its_scopes_up_to_the_limit_then_displaces_the_least_recently_started() {
         let (mut index, now) = (ScopeIndex::new(), Instant::now());
         let key = digest(0);
         for n in 1..=MAX_SCOPES_PER_KEY as u32 {
@@ -144,12 +147,13 @@ mod tests {
             None,
             "listed once"
         );
+        // 1 was started again: 2 is now the least recently started.
         assert_eq!(
             index.list(key, digest(100), now, |_| false),
-            Some(digest(1))
+            Some(digest(2))
         );
         assert_eq!(index.scopes(&key).count(), MAX_SCOPES_PER_KEY);
-        assert!(!index.scopes(&key).any(|s| *s == digest(1)));
+        assert!(!index.scopes(&key).any(|s| *s == digest(2)));
         assert_eq!(index.take(&key).len(), MAX_SCOPES_PER_KEY);
         assert_eq!(index.scopes(&key).count(), 0);
     }

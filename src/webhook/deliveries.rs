@@ -79,11 +79,19 @@ pub(crate) struct Ticket {
 impl Deliveries {
     /// Deliveries checked against a timestamp `tolerance` (zero: off).
     pub(crate) fn new(tolerance: Duration) -> Self {
+        Self::remembering(tolerance, MAX_ACKNOWLEDGED)
+    }
+
+    /// As [`new`](Self::new), remembering at most `capacity` acknowledged ids.
+    fn remembering(tolerance: Duration, capacity: u64) -> Self {
         Self {
             in_progress: Mutex::new(HashMap::new()),
             acknowledged: Cache::builder()
                 .name("composio-auth webhook deliveries")
-                .max_capacity(MAX_ACKNOWLEDGED)
+                .max_capacity(capacity)
+                // Least recently seen out first: moka's default admission would
+                // refuse every new id once full (ids are looked up, never read).
+                .eviction_policy(moka::policy::EvictionPolicy::lru())
                 .time_to_live(Self::retention(tolerance))
                 .build(),
             #[cfg(feature = "redis")]
@@ -249,6 +257,29 @@ mod tests {
             Deliveries::retention(Duration::ZERO),
             RETENTION_WITHOUT_TOLERANCE
         );
+    }
+
+    #[tokio::test]
+    async fn a_full_memory_forgets_the_least_recently_seen_id_and_remembers_the_new_one() {
+        let deliveries = Arc::new(Deliveries::remembering(Duration::from_secs(300), 10));
+        for n in 0..10 {
+            ticket(deliveries.claim(&format!("msg_{n}")).await).finish(true);
+        }
+        // msg_0 seen again: the most recent now.
+        assert!(matches!(
+            deliveries.claim("msg_0").await,
+            Claim::Acknowledged
+        ));
+        for n in 10..15 {
+            ticket(deliveries.claim(&format!("msg_{n}")).await).finish(true);
+            deliveries.acknowledged.run_pending_tasks();
+        }
+        for n in [0, 10, 14] {
+            let claim = deliveries.claim(&format!("msg_{n}")).await;
+            assert!(matches!(claim, Claim::Acknowledged), "msg_{n} remembered");
+        }
+        // The least recently seen ones went first.
+        ticket(deliveries.claim("msg_1").await).finish(false);
     }
 
     #[tokio::test]

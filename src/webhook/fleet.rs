@@ -252,7 +252,8 @@ impl DeliveryFleet {
                 .arg(self.retention_ms);
             let Some((code, ack)) = (self.run)(&invocation).await.as_ref().and_then(read) else {
                 self.unavailable();
-                held.token.clear();
+                // The token stays: the script may have run and taken the claim, which
+                // the ticket then releases (its writes are token-guarded).
                 held.unavailable = true;
                 return FleetClaim::Handle;
             };
@@ -313,6 +314,11 @@ impl DeliveryFleet {
         };
         let written = (self.run)(&invocation).await.is_some();
         tracing::debug!(target: TRACING_TARGET, acknowledged, written, "webhook delivery settled in Redis");
+        if !written {
+            // A lost acknowledgement leaves the claim to its lease, and copies on
+            // other replicas are handled again after it: said, as any Redis outage.
+            self.unavailable();
+        }
     }
 
     /// A delivery handled without Redis: logged at `warn` at most every
