@@ -268,19 +268,41 @@ impl VerdictCache {
             .filter(|refusal| refusal.refuses_key())
     }
 
-    /// Whether Composio's refusal of the key whose digest is `key` is cached, from
-    /// a call sent after `sent_at`.
-    pub(crate) fn key_refused_after(&self, key: &Digest, sent_at: Instant) -> bool {
-        self.rejections
-            .get(key)
-            .is_some_and(|cached| cached.refusal.refuses_key() && cached.sent_at > sent_at)
+    /// Settles `refusal` (a refusal of the key itself, from a call sent at
+    /// `sent_at`) under each of `digests` whose session, if any, was verified
+    /// before that call: a newer session is newer news.
+    pub(crate) fn refuse_sessions_before(
+        &self,
+        digests: &[&Digest],
+        refusal: &Verdict,
+        sent_at: Instant,
+    ) {
+        for digest in digests.iter().copied() {
+            let newer = self
+                .sessions
+                .get(digest)
+                .is_some_and(|s| s.verified() > sent_at);
+            if !newer {
+                self.settle(digest, refusal, sent_at);
+            }
+        }
     }
 
-    /// Drops the sessions of `scopes` (and revokes those it had): the scopes of a
-    /// key Composio refused.
-    pub(crate) fn drop_sessions<'a>(&self, scopes: impl IntoIterator<Item = &'a Digest>) {
+    /// Drops the sessions of `scopes` verified before `sent_at` (and revokes them):
+    /// the scopes of a key Composio refused in a call sent then.
+    pub(crate) fn drop_sessions_before<'a>(
+        &self,
+        scopes: impl IntoIterator<Item = &'a Digest>,
+        sent_at: Instant,
+    ) {
         for scope in scopes {
-            self.remove_session(scope);
+            if self
+                .sessions
+                .get(scope)
+                .is_some_and(|s| s.verified() <= sent_at)
+            {
+                self.remove_session(scope);
+            }
         }
     }
 

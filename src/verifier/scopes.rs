@@ -15,7 +15,10 @@
 //!   the key's oldest, whose flight then settles nothing and whose verdicts are
 //!   removed: a key's scopes cannot fill the cache or the index.
 //! - **A key's list goes when nothing it lists can be cached any more**: no flight,
-//!   and the last verdict settled under it past the longest life a verdict has.
+//!   and the last verdict settled under it past the longest life a verdict has. A
+//!   key refused without selectors has a list too, holding only when its refusal
+//!   was learned (so no older session is cached after it): as many as user keys
+//!   refused within a verdict's life, each of which cost an upstream call.
 //!   Lists are swept when the index has doubled since the last sweep, so the index
 //!   stays bounded by the keys with live scopes, at a constant cost per listing.
 
@@ -41,11 +44,13 @@ pub(crate) struct ScopeIndex {
     sweep_at: usize,
 }
 
-/// One key's scopes, oldest first, and until when a verdict settled under one of
-/// them may be cached.
+/// One key's scopes, least recently started first; until when a verdict settled
+/// under one of them may be cached; and when the call was sent that last learned
+/// the key itself is refused (in any scope).
 struct Listed {
     scopes: VecDeque<Digest>,
     until: Instant,
+    refused_at: Option<Instant>,
 }
 
 impl ScopeIndex {
@@ -72,6 +77,7 @@ impl ScopeIndex {
         let listed = self.keys.entry(key).or_insert_with(|| Listed {
             scopes: VecDeque::new(),
             until: now,
+            refused_at: None,
         });
         if let Some(at) = listed.scopes.iter().position(|s| *s == scope) {
             // Started again: the most recent now, the last to be displaced.
@@ -91,6 +97,32 @@ impl ScopeIndex {
         if let Some(listed) = self.keys.get_mut(key) {
             listed.until = listed.until.max(until);
         }
+    }
+
+    /// Records that a call sent at `sent_at` learned that `key` is refused, which
+    /// matters until `until` (the longest a verdict settled now is cached).
+    pub(crate) fn refuse(
+        &mut self,
+        key: Digest,
+        sent_at: Instant,
+        (now, until): (Instant, Instant),
+        in_flight: impl Fn(&Digest) -> bool,
+    ) {
+        if self.keys.len() >= self.sweep_at {
+            self.sweep(now, in_flight);
+        }
+        let listed = self.keys.entry(key).or_insert_with(|| Listed {
+            scopes: VecDeque::new(),
+            until,
+            refused_at: None,
+        });
+        listed.refused_at = listed.refused_at.max(Some(sent_at));
+        listed.until = listed.until.max(until);
+    }
+
+    /// When the call was sent that last learned `key` is refused, if one did.
+    pub(crate) fn refused_at(&self, key: &Digest) -> Option<Instant> {
+        self.keys.get(key).and_then(|listed| listed.refused_at)
     }
 
     /// The scopes listed under `key`.

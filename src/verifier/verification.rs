@@ -272,7 +272,10 @@ impl Verifications {
         let guard = FlightGuard {
             flights: Arc::clone(&self.flights),
             digest,
-            key: key_digest,
+            user_key: match subject.header {
+                CredentialHeader::UserApiKey => Some(key_digest.unwrap_or(digest)),
+                _ => None,
+            },
             id,
         };
         let header = subject.header;
@@ -477,8 +480,9 @@ impl Flights {
 struct FlightGuard {
     flights: Arc<Flights>,
     digest: Digest,
-    /// The key's digest, when this flight is one of a user key's scopes.
-    key: Option<Digest>,
+    /// The key's digest, when this flight is a user key's (one of its scopes', or
+    /// its default scope's, whose digest is the key's).
+    user_key: Option<Digest>,
     id: u64,
 }
 
@@ -493,32 +497,9 @@ impl FlightGuard {
             tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::VERDICT_NOT_CACHED, verdict = verdict.kind(), "verdict not cached: invalidated or replaced while in flight");
             return;
         }
-        let cache = &self.flights.cache;
-        match self.key {
-            Some(key) => {
-                // A session from a call sent before another scope's call learned
-                // that the key is refused is older news: not cached.
-                let older = matches!(verdict, Verdict::Allowed(_))
-                    && cache.key_refused_after(&key, sent_at);
-                if older {
-                    tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::VERDICT_NOT_CACHED, "session not cached: its key was refused since its call was sent");
-                } else {
-                    cache.settle(&self.digest, verdict, sent_at);
-                }
-                in_flight
-                    .scopes
-                    .keep(&key, Instant::now() + cache.longest_life());
-            }
-            None => cache.settle(&self.digest, verdict, sent_at),
-        }
-        if let Verdict::Rejected(refusal) = verdict {
-            if refusal.refuses_key() {
-                let key = self.key.unwrap_or(self.digest);
-                if self.key.is_some() {
-                    cache.settle(&key, verdict, sent_at);
-                }
-                cache.drop_sessions(in_flight.scopes.scopes(&key));
-            }
+        match self.user_key {
+            Some(key) => self.settle_user_key(&mut in_flight, key, verdict, sent_at),
+            None => self.flights.cache.settle(&self.digest, verdict, sent_at),
         }
         in_flight.remove(&self.digest);
         drop(in_flight);
@@ -526,6 +507,42 @@ impl FlightGuard {
             .instruments
             .entries(|| self.flights.cache.entry_counts());
         tracing::trace!(target: TRACING_TARGET, verdict = verdict.kind(), "verdict settled");
+    }
+
+    /// [`settle`](Self::settle) for a user key's flight (a scope's, or the key's
+    /// default one), whose key's digest is `key`: newer news wins across the key's
+    /// scopes. A session from a call sent before the key's latest refusal (learned
+    /// in any scope) is not cached; a refusal of the key reaches the key and its
+    /// scopes, but no session verified after the refusal's call was sent.
+    fn settle_user_key(
+        &self,
+        in_flight: &mut InFlight,
+        key: Digest,
+        verdict: &Verdict,
+        sent_at: Instant,
+    ) {
+        let cache = &self.flights.cache;
+        let now = Instant::now();
+        let until = now + cache.longest_life();
+        let InFlight { flights, scopes } = in_flight;
+        let refused_since = scopes.refused_at(&key).is_some_and(|at| at > sent_at);
+        match verdict {
+            Verdict::Allowed(_) if refused_since => {
+                tracing::debug!(target: TRACING_TARGET, pause_point = crate::verifier::pause_point::VERDICT_NOT_CACHED, "session not cached: its key was refused since its call was sent");
+            }
+            Verdict::Rejected(refusal) if refusal.refuses_key() => {
+                let flying = |digest: &Digest| flights.contains_key(digest);
+                scopes.refuse(key, sent_at, (now, until), flying);
+                let digests = [&self.digest, &key];
+                let distinct = if self.digest == key { 1 } else { 2 };
+                cache.refuse_sessions_before(&digests[..distinct], verdict, sent_at);
+                cache.drop_sessions_before(scopes.scopes(&key), sent_at);
+            }
+            _ => cache.settle(&self.digest, verdict, sent_at),
+        }
+        if self.digest != key {
+            scopes.keep(&key, until);
+        }
     }
 }
 

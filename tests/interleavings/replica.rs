@@ -265,50 +265,74 @@ fn scoped_request(key: &str, (org, project): (&str, &str)) -> Request<Body> {
         .unwrap()
 }
 
-#[test]
-fn a_scopes_session_older_than_its_keys_refusal_is_never_cached() {
+/// Scope A's (or, with `a` None, the key's default scope's) call is answered with
+/// a session and paused before it settles, while the key is revoked and a call in
+/// scope B learns it: the older session must not be cached.
+fn an_older_session_than_the_keys_refusal_is_never_cached(
+    a: Option<(&'static str, &'static str)>,
+    configure: impl FnOnce(ComposioAuthBuilder) -> ComposioAuthBuilder,
+) {
     const USER: &str = "uak_interleaved_0123456789abcdefghijklmnopqrstu";
-    let (a, b) = (("org_a", "proj_a"), ("org_b", "proj_b"));
+    let b = ("org_b", "proj_b");
     let points = Points::get();
     let _serial = points.serial();
     let (upstream_rt, composio) = upstream();
-    for (email, (org, project)) in [("a@example.com", a), ("b@example.com", b)] {
+    composio.add_session(
+        USER,
+        StandIn::document_for("d@example.com", "User", "admin"),
+    );
+    for (email, (org, project)) in [("a@example.com", ("org_a", "proj_a")), ("b@example.com", b)] {
         let document = StandIn::document_for(email, "User", "admin");
         composio.add_scoped_session(USER, org, project, document);
     }
-    let layer = layer(&composio, |b| {
-        b.credential_headers([composio_auth::CredentialHeader::UserApiKey])
+    let layer = layer(&composio, |builder| {
+        configure(builder.credential_headers([composio_auth::CredentialHeader::UserApiKey]))
     });
     let app = app(&layer);
-    let ask = |scope| {
+    let ask = |scope: Option<(&'static str, &'static str)>| {
         let app = app.clone();
         thread::spawn(move || {
+            let request = match scope {
+                Some(scope) => scoped_request(USER, scope),
+                None => Request::get("/me")
+                    .header("x-user-api-key", USER)
+                    .body(Body::empty())
+                    .unwrap(),
+            };
             current_thread()
-                .block_on(within(
-                    "an answer",
-                    app.oneshot(scoped_request(USER, scope)),
-                ))
+                .block_on(within("an answer", app.oneshot(request)))
                 .unwrap()
                 .status()
         })
     };
-    // Scope A's call is answered (a session), and its flight is paused before it
-    // settles...
     points.arm(pause_point::UPSTREAM_REPLIED);
     let first = ask(a);
     points.wait_paused(WAIT);
-    // ...while the key is revoked, and a call for scope B learns it (401).
     composio.revoke(USER);
-    assert_eq!(ask(b).join().unwrap(), StatusCode::UNAUTHORIZED);
+    assert_eq!(ask(Some(b)).join().unwrap(), StatusCode::UNAUTHORIZED);
     points.resume();
     // The request that asked before the refusal gets its answer; nobody after.
     assert_eq!(first.join().unwrap(), StatusCode::OK);
-    let calls = composio.calls();
     assert_eq!(ask(a).join().unwrap(), StatusCode::UNAUTHORIZED);
-    assert_eq!(
-        composio.calls(),
-        calls,
-        "refused by the key's cached refusal"
-    );
     drop(upstream_rt);
+}
+
+#[test]
+fn a_scopes_session_older_than_its_keys_refusal_is_never_cached() {
+    an_older_session_than_the_keys_refusal_is_never_cached(Some(("org_a", "proj_a")), |b| b);
+}
+
+#[test]
+fn a_default_scopes_session_older_than_its_keys_refusal_is_never_cached() {
+    an_older_session_than_the_keys_refusal_is_never_cached(None, |b| b);
+}
+
+#[test]
+fn without_a_negative_cache_an_older_session_is_never_cached_either() {
+    let no_negative_cache = |b: ComposioAuthBuilder| b.negative_ttl(std::time::Duration::ZERO);
+    an_older_session_than_the_keys_refusal_is_never_cached(
+        Some(("org_a", "proj_a")),
+        no_negative_cache,
+    );
+    an_older_session_than_the_keys_refusal_is_never_cached(None, no_negative_cache);
 }
