@@ -88,50 +88,85 @@ async fn forward(State(relay): State<Arc<Relay>>, request: Request) -> Response 
         Ok(body) => body,
         Err(error) => return Undelivered::BadGateway(error.to_string()).answer(&id),
     };
-    let exchange = relay.exchange(&parts.method, &parts.headers, body);
-    match tokio::time::timeout(relay.timeout, exchange).await {
+    let deadline = tokio::time::Instant::now() + relay.timeout;
+    let sent = relay.send(&parts.method, &parts.headers, body);
+    let answer = match tokio::time::timeout_at(deadline, sent).await {
         Ok(Ok(answer)) => answer,
-        Ok(Err(failure)) => failure.answer(&id),
-        Err(_) => Undelivered::Timeout.answer(&id),
-    }
+        Ok(Err(failure)) => return failure.answer(&id),
+        Err(_) => return Undelivered::Timeout.answer(&id),
+    };
+    let status = answer.status();
+    let headers = end_to_end(answer.headers());
+    let body = match tokio::time::timeout_at(deadline, read_answer(answer)).await {
+        Ok(Ok(bytes)) => bytes,
+        // The app handled the delivery (its status says so) but its body could
+        // not be passed back: its status goes back, so the delivery is
+        // acknowledged and not handled again on Composio's retry.
+        _ if status.is_success() => {
+            tracing::warn!(status = status.as_u16(), "the app's answer to a webhook delivery could not be read whole; its status is passed back without its body");
+            Vec::new()
+        }
+        Ok(Err(failure)) => return failure.answer(&id),
+        Err(_) => return Undelivered::Timeout.answer(&id),
+    };
+    let mut response = Response::new(Body::from(body));
+    *response.status_mut() = status;
+    *response.headers_mut() = headers;
+    response
 }
 
 impl Relay {
-    /// The delivery sent to the app, and its whole answer.
-    async fn exchange(
+    /// The delivery sent to the app (without any `x-composio-*` identity header a
+    /// sender added: the signature does not cover headers), up to the app's
+    /// status line and headers.
+    async fn send(
         &self,
         method: &axum::http::Method,
         headers: &HeaderMap,
         body: Bytes,
-    ) -> Result<Response, Undelivered> {
-        let mut answer = self
-            .client
+    ) -> Result<reqwest::Response, Undelivered> {
+        let mut headers = end_to_end(headers);
+        let identity: Vec<HeaderName> = headers
+            .keys()
+            .filter(|name| {
+                let name = name.as_str();
+                name.starts_with("x-composio-")
+                    && !matches!(
+                        name,
+                        "x-composio-webhook-version" | "x-composio-delivery-attempt"
+                    )
+            })
+            .cloned()
+            .collect();
+        for name in identity {
+            headers.remove(name);
+        }
+        self.client
             .request(method.clone(), self.forward.clone())
-            .headers(end_to_end(headers))
+            .headers(headers)
             .body(body)
             .send()
             .await
-            .map_err(|error| Undelivered::BadGateway(described(error)))?;
-        let status = answer.status();
-        let headers = end_to_end(answer.headers());
-        let mut bytes = Vec::new();
-        while let Some(chunk) = answer
-            .chunk()
-            .await
-            .map_err(|error| Undelivered::BadGateway(described(error)))?
-        {
-            if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
-                return Err(Undelivered::BadGateway(format!(
-                    "the app's answer is over {MAX_ANSWER_BYTES} bytes"
-                )));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
-        let mut response = Response::new(Body::from(bytes));
-        *response.status_mut() = status;
-        *response.headers_mut() = headers;
-        Ok(response)
+            .map_err(|error| Undelivered::BadGateway(described(error)))
     }
+}
+
+/// The app's whole answer body, up to [`MAX_ANSWER_BYTES`].
+async fn read_answer(mut answer: reqwest::Response) -> Result<Vec<u8>, Undelivered> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = answer
+        .chunk()
+        .await
+        .map_err(|error| Undelivered::BadGateway(described(error)))?
+    {
+        if bytes.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(Undelivered::BadGateway(format!(
+                "the app's answer is over {MAX_ANSWER_BYTES} bytes"
+            )));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
 }
 
 /// A client error without the URL (it may hold credentials), with its causes

@@ -522,3 +522,55 @@ async fn replicas_sharing_redis_forward_once_and_settle_at_shutdown() {
     assert_eq!(copy.status(), 200);
     assert_eq!(copy.text().await.unwrap(), "");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn identity_headers_a_sender_adds_are_never_forwarded() {
+    let files = SecretFiles::new("identity");
+    let port = free_port();
+    let relay = relay(port, &files, &[]);
+    let app = App::start(port).await;
+    let url = relay.url("/composio/webhook");
+    let mut sent = signed(SECRET, "msg_identity", V1.as_bytes(), now());
+    sent.insert(
+        "x-composio-member-email",
+        HeaderValue::from_static("forged@example.com"),
+    );
+    sent.insert(
+        "x-composio-project-id",
+        HeaderValue::from_static("proj_forged"),
+    );
+    assert_eq!(deliver(&url, sent, V1).await.status(), 202);
+    let (seen, _) = app.last();
+    assert!(!seen.contains_key("x-composio-member-email"));
+    assert!(!seen.contains_key("x-composio-project-id"));
+    assert_eq!(
+        seen["x-composio-webhook-version"], "V3",
+        "Composio's own kept"
+    );
+    assert_eq!(seen["x-composio-delivery-attempt"], "1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_app_that_said_2xx_is_acknowledged_even_when_its_body_cannot_be_passed_back() {
+    let files = SecretFiles::new("large-answer");
+    let port = free_port();
+    let relay = relay(port, &files, &[]);
+    let calls = Arc::new(AtomicUsize::new(0));
+    let handler = {
+        let calls = Arc::clone(&calls);
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            (StatusCode::OK, vec![b'x'; 2 * 1024 * 1024])
+        }
+    };
+    let listener = tokio::net::TcpListener::bind(app_addr(port)).await.unwrap();
+    let router = Router::new().route("/hook", any(handler));
+    tokio::spawn(async move { axum::serve(listener, router).await.unwrap() });
+    let url = relay.url("/composio/webhook");
+    let answer = fresh(&url, "msg_large_answer", V2).await;
+    assert_eq!(answer.status(), 200, "the app's status, not a 502");
+    assert!(answer.bytes().await.unwrap().is_empty());
+    // Acknowledged: Composio's retry is not handled again.
+    assert_eq!(fresh(&url, "msg_large_answer", V2).await.status(), 200);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
