@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 use composio_auth::{
     ComposioAuthBuilder, ComposioAuthLayer, ComposioWebhookBuilder, ComposioWebhookLayer,
     CredentialHeader, DEFAULT_MAX_BODY_BYTES, WEBHOOK_SECRET_ENV,
@@ -16,11 +16,25 @@ use crate::relay::Webhooks;
 /// Verifies Composio API keys for nginx `auth_request`, Caddy `forward_auth`,
 /// Traefik ForwardAuth and Envoy `ext_authz`, with one upstream call per key per TTL.
 #[derive(Debug, Parser)]
-#[command(name = "composio-auth-server", version, about)]
+#[command(
+    name = "composio-auth-server",
+    version,
+    about,
+    disable_help_subcommand = true
+)]
 pub struct Config {
+    /// `health`, or none to serve.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Where the HTTP endpoints listen (`/verify`, `/ext-authz/`, `/healthz`,
-    /// `/metrics`).
-    #[arg(long, env = "COMPOSIO_AUTH_LISTEN", default_value = "127.0.0.1:8080")]
+    /// `/readyz`, `/metrics`).
+    #[arg(
+        long,
+        env = "COMPOSIO_AUTH_LISTEN",
+        default_value = "127.0.0.1:8080",
+        global = true
+    )]
     pub listen: SocketAddr,
 
     /// Where Envoy's gRPC `envoy.service.auth.v3.Authorization/Check` listens; off
@@ -143,6 +157,18 @@ pub struct Config {
     )]
     pub webhook_timeout: Option<Duration>,
 
+    /// After SIGTERM or SIGINT, how long requests in flight get to finish (`/readyz`
+    /// answers 503 from the signal on); one still in flight then is answered 503
+    /// and the server exits 0.
+    #[arg(
+        long,
+        env = "COMPOSIO_AUTH_SHUTDOWN_GRACE",
+        value_name = "D",
+        value_parser = duration,
+        default_value = DEFAULT_SHUTDOWN_GRACE
+    )]
+    pub shutdown_grace: Duration,
+
     /// Run offline against a local stand-in of Composio with demo keys, and print
     /// the requests to try.
     #[arg(long)]
@@ -153,6 +179,19 @@ pub struct Config {
     pub exit: bool,
 }
 
+/// What the server does instead of serving.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
+pub enum Command {
+    /// GET `/readyz` on `--listen` (on loopback for 0.0.0.0 or [::]): exit 0 if it
+    /// answers 200 within 2s, else 1. For a container's HEALTHCHECK.
+    Health,
+}
+
+/// The grace unless `--shutdown-grace` says otherwise: the longest a request
+/// normally takes (a webhook delivery, `--webhook-timeout`, 10s) and more, within
+/// Kubernetes' 30s before SIGKILL, with room for a `preStop` pause.
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "20s";
+
 /// Where deliveries arrive unless `--webhook-path` says otherwise.
 pub const DEFAULT_WEBHOOK_PATH: &str = "/composio/webhook";
 
@@ -160,7 +199,7 @@ pub const DEFAULT_WEBHOOK_PATH: &str = "/composio/webhook";
 pub const DEFAULT_WEBHOOK_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The paths of `--listen` a webhook path may not take.
-const ROUTED: [&str; 4] = ["/verify", "/healthz", "/metrics", "/ext-authz"];
+const ROUTED: [&str; 5] = ["/verify", "/healthz", "/readyz", "/metrics", "/ext-authz"];
 
 /// A credential header, as `--credential-header` names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -450,6 +489,7 @@ mod tests {
         for taken in [
             "/verify",
             "/healthz",
+            "/readyz",
             "/metrics",
             "/ext-authz",
             "/ext-authz/x",
@@ -483,6 +523,8 @@ mod tests {
         let config = Config::try_parse_from(["composio-auth-server"]).unwrap();
         assert_eq!(config.listen, "127.0.0.1:8080".parse().unwrap());
         assert!(config.admin_listen.is_none() && !config.demo);
+        assert_eq!(config.shutdown_grace, Duration::from_secs(20));
+        assert_eq!(config.command, None);
         let config = Config::try_parse_from([
             "composio-auth-server",
             "--credential-header",
@@ -496,5 +538,22 @@ mod tests {
         assert_eq!(config.credential_headers, [Header::ApiKey, Header::Bearer]);
         assert_eq!(config.ttl, Some(Duration::from_secs(120)));
         assert!(Config::try_parse_from(["composio-auth-server", "--exit"]).is_err());
+    }
+
+    #[test]
+    fn health_reads_the_listen_address_before_or_after_it() {
+        for args in [
+            &["composio-auth-server", "health", "--listen", "0.0.0.0:9000"][..],
+            &["composio-auth-server", "--listen", "0.0.0.0:9000", "health"],
+        ] {
+            let config = Config::try_parse_from(args).unwrap();
+            assert_eq!(config.command, Some(Command::Health));
+            assert_eq!(config.listen, "0.0.0.0:9000".parse().unwrap());
+        }
+        let config =
+            Config::try_parse_from(["composio-auth-server", "--shutdown-grace", "2s"]).unwrap();
+        assert_eq!(config.shutdown_grace, Duration::from_secs(2));
+        assert!(Config::try_parse_from(["composio-auth-server", "--shutdown-grace", "x"]).is_err());
+        assert!(Config::try_parse_from(["composio-auth-server", "help"]).is_err());
     }
 }

@@ -1,5 +1,5 @@
 //! The HTTP endpoints: what a proxy asks (`/verify`, `/ext-authz/`), liveness,
-//! metrics, and the operators' endpoints on their own listener.
+//! readiness, metrics, and the operators' endpoints on their own listener.
 
 use std::sync::Arc;
 
@@ -12,6 +12,7 @@ use axum::Router;
 use composio_auth::ComposioAuthLayer;
 use metrics_exporter_prometheus::PrometheusHandle;
 
+use crate::health::Drain;
 use crate::identity;
 use crate::route_policy::{self, Policies};
 
@@ -19,6 +20,7 @@ use crate::route_policy::{self, Policies};
 pub struct Shared {
     pub policies: Policies,
     pub metrics: PrometheusHandle,
+    pub drain: Arc<Drain>,
 }
 
 /// The endpoints proxies and monitoring reach.
@@ -29,6 +31,7 @@ pub fn service(shared: Arc<Shared>) -> Router {
         .route("/ext-authz/", any(ext_authz))
         .route("/ext-authz/{*client_path}", any(ext_authz))
         .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(ready))
         .route("/metrics", get(metrics))
         .with_state(shared)
 }
@@ -70,6 +73,16 @@ async fn answer(layer: &ComposioAuthLayer, headers: &HeaderMap) -> Response {
             response
         }
         Err(rejection) => rejection.into_response(),
+    }
+}
+
+/// Readiness: 200 until SIGTERM or SIGINT, then 503 while the server drains.
+/// Never Composio's or Redis's reachability (see `health`).
+async fn ready(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.drain.is_ready() {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response()
     }
 }
 

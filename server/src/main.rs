@@ -34,12 +34,15 @@ mod config;
 mod demo;
 mod endpoints;
 mod grpc;
+mod health;
 mod identity;
 mod relay;
 mod route_policy;
 
-use config::Config;
+use composio_auth::ComposioAuthLayer;
+use config::{Command, Config};
 use endpoints::Shared;
+use health::Drain;
 use route_policy::Policies;
 
 /// Bad configuration: one line on stderr, this exit code.
@@ -55,6 +58,9 @@ fn main() -> ExitCode {
         }
         Err(error) => return refuse(&first_line(&error.to_string())),
     };
+    if config.command == Some(Command::Health) {
+        return health(config.listen);
+    }
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
@@ -66,7 +72,10 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return refuse(&format!("cannot start the runtime: {error}")),
     };
-    match runtime.block_on(run(config)) {
+    let outcome = runtime.block_on(run(config));
+    // A blocking task (a DNS lookup) never holds the exit back.
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Configuration(line)) => refuse(&line),
         Err(Failure::Demo(line)) => {
@@ -82,6 +91,21 @@ enum Failure {
     Configuration(String),
     /// `--demo --exit` saw an answer it did not expect (exit 1).
     Demo(String),
+}
+
+/// `composio-auth-server health`: one line, exit 0 if `/readyz` answered 200,
+/// else 1.
+fn health(listen: SocketAddr) -> ExitCode {
+    match health::check(listen) {
+        Ok(line) => {
+            say!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(line) => {
+            tell!("{line}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn refuse(line: &str) -> ExitCode {
@@ -107,6 +131,9 @@ fn first_line(message: &str) -> String {
 
 async fn run(config: Config) -> Result<(), Failure> {
     let configuration = Failure::Configuration;
+    // Listened for before any listener: a signal from the first answer on drains.
+    let signal = health::stop_signal()
+        .map_err(|error| configuration(format!("cannot listen for signals: {error}")))?;
     // The recorder first: the layer registers its metrics when it is built.
     let metrics = PrometheusBuilder::new()
         .install_recorder()
@@ -124,72 +151,104 @@ async fn run(config: Config) -> Result<(), Failure> {
     let layer = config
         .layer(stand_in.as_ref().map(|s| s.base_url()), &fleet)
         .map_err(configuration)?;
+    let drain = Drain::new(config.shutdown_grace);
     let shared = Arc::new(Shared {
         policies: Policies::new(layer.clone()),
         metrics,
+        drain: Arc::clone(&drain),
     });
-
-    let listen = if config.demo && config.exit {
-        SocketAddr::from(([127, 0, 0, 1], 0))
-    } else {
-        config.listen
-    };
     let webhooks = config.webhooks(&fleet).map_err(configuration)?;
     let settles = webhooks.is_some() && fleet.is_shared();
-    let service = bind(listen).await?;
-    let addr = local_addr(&service)?;
-    say!("composio-auth-server listening on http://{addr}");
-    let mut app = endpoints::service(Arc::clone(&shared));
-    if let Some(webhooks) = webhooks {
-        let path = webhooks.path.clone();
-        app = relay::route(app, webhooks).map_err(configuration)?;
-        say!("composio-auth-server webhooks on http://{addr}{path}");
-    }
-    let mut servers = tokio::task::JoinSet::new();
-    servers.spawn(serve(service, app));
-    if let Some(grpc_listen) = config.grpc_listen {
-        let grpc = bind(grpc_listen).await?;
-        say!("composio-auth-server grpc on {}", local_addr(&grpc)?);
-        let check = grpc::Check::new(Arc::clone(&shared), config.hidden());
-        servers.spawn(serve_grpc(grpc, check));
-    }
-    if let Some(admin_listen) = config.admin_listen {
-        let admin = bind(admin_listen).await?;
-        say!(
-            "composio-auth-server admin on http://{}",
-            local_addr(&admin)?
-        );
-        servers.spawn(serve(admin, endpoints::admin(layer.clone())));
-    }
+    let (servers, addr) = start(&config, &shared, layer, webhooks).await?;
     if let Some(stand_in) = &stand_in {
         let tried = demo::show(stand_in, addr, config.exit).await;
         if config.exit {
             return tried.map_err(Failure::Demo);
         }
     }
-    until_stopped(servers, settles).await
+    tokio::select! {
+        stopped = until_stopped(servers) => stopped?,
+        // The grace is over: whatever is still in flight was answered 503.
+        () = drain.run(signal) => {}
+    }
+    // With deliveries claimed in Redis, their last writes get SETTLE_TIME: a
+    // claim left behind would hold Composio's retry back on every replica for
+    // its lease.
+    if settles {
+        tokio::time::sleep(SETTLE_TIME).await;
+    }
+    Ok(())
 }
+
+/// Binds every listener, then serves them all (so `/readyz` answers only once
+/// each listens); the address of `--listen`'s.
+async fn start(
+    config: &Config,
+    shared: &Arc<Shared>,
+    layer: ComposioAuthLayer,
+    webhooks: Option<relay::Webhooks>,
+) -> Result<(Servers, SocketAddr), Failure> {
+    let listen = if config.demo && config.exit {
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    } else {
+        config.listen
+    };
+    let service = bind(listen).await?;
+    let addr = local_addr(&service)?;
+    say!("composio-auth-server listening on http://{addr}");
+    let mut app = endpoints::service(Arc::clone(shared));
+    if let Some(webhooks) = webhooks {
+        let path = webhooks.path.clone();
+        app = relay::route(app, webhooks).map_err(Failure::Configuration)?;
+        say!("composio-auth-server webhooks on http://{addr}{path}");
+    }
+    let grpc = match config.grpc_listen {
+        Some(grpc_listen) => {
+            let grpc = bind(grpc_listen).await?;
+            say!("composio-auth-server grpc on {}", local_addr(&grpc)?);
+            Some(grpc)
+        }
+        None => None,
+    };
+    let admin = match config.admin_listen {
+        Some(admin_listen) => {
+            let admin = bind(admin_listen).await?;
+            say!(
+                "composio-auth-server admin on http://{}",
+                local_addr(&admin)?
+            );
+            Some(admin)
+        }
+        None => None,
+    };
+    let drain = &shared.drain;
+    let mut servers = Servers::new();
+    servers.spawn(serve(service, app, Arc::clone(drain)));
+    if let Some(grpc) = grpc {
+        let check = grpc::Check::new(Arc::clone(shared), config.hidden());
+        servers.spawn(serve_grpc(grpc, check, Arc::clone(drain)));
+    }
+    if let Some(admin) = admin {
+        servers.spawn(serve(admin, endpoints::admin(layer), Arc::clone(drain)));
+    }
+    Ok((servers, addr))
+}
+
+/// The listeners being served.
+type Servers = tokio::task::JoinSet<std::io::Result<()>>;
 
 /// How long the Redis writes that end the last deliveries (acknowledged, or
 /// their claims released), which the library spawns as each delivery ends, are
 /// given once every listener has stopped.
 const SETTLE_TIME: Duration = Duration::from_secs(1);
 
-/// Until a signal has stopped every listener (each finishes the requests it
-/// has, deliveries being forwarded included), or one fails. With deliveries
-/// claimed in Redis (`settles`), their last writes get [`SETTLE_TIME`]: a claim
-/// left behind would hold Composio's retry back on every replica for its lease.
-async fn until_stopped(
-    mut servers: tokio::task::JoinSet<std::io::Result<()>>,
-    settles: bool,
-) -> Result<(), Failure> {
+/// Until the drain has stopped every listener (each finishes the requests it
+/// has, deliveries being forwarded included), or one fails.
+async fn until_stopped(mut servers: Servers) -> Result<(), Failure> {
     while let Some(stopped) = servers.join_next().await {
         if let Ok(Err(error)) = stopped {
             return Err(Failure::Configuration(format!("serving stopped: {error}")));
         }
-    }
-    if settles {
-        tokio::time::sleep(SETTLE_TIME).await;
     }
     Ok(())
 }
@@ -206,41 +265,36 @@ fn local_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, Failure>
         .map_err(|error| Failure::Configuration(format!("no local address: {error}")))
 }
 
-async fn serve_grpc(listener: tokio::net::TcpListener, check: grpc::Check) -> std::io::Result<()> {
+async fn serve_grpc(
+    listener: tokio::net::TcpListener,
+    check: grpc::Check,
+    drain: Arc<Drain>,
+) -> std::io::Result<()> {
+    let stopping = drain.stopping();
+    let routes = tonic::service::Routes::new(
+        envoy_types::ext_authz::v3::pb::AuthorizationServer::new(check),
+    )
+    .into_axum_router()
+    .layer(axum::middleware::from_fn_with_state(drain, health::counted));
     tonic::transport::Server::builder()
-        .add_service(envoy_types::ext_authz::v3::pb::AuthorizationServer::new(
-            check,
-        ))
+        .add_routes(tonic::service::Routes::from(routes))
         .serve_with_incoming_shutdown(
             // Without it, Nagle and delayed ACKs hold each answer ~40 ms.
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown(),
+            stopping,
         )
         .await
         .map_err(std::io::Error::other)
 }
 
-async fn serve(listener: tokio::net::TcpListener, app: axum::Router) -> std::io::Result<()> {
+async fn serve(
+    listener: tokio::net::TcpListener,
+    app: axum::Router,
+    drain: Arc<Drain>,
+) -> std::io::Result<()> {
+    let stopping = drain.stopping();
+    let app = app.layer(axum::middleware::from_fn_with_state(drain, health::counted));
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown())
+        .with_graceful_shutdown(stopping)
         .await
-}
-
-/// Ctrl-C or SIGTERM.
-async fn shutdown() {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut terminate =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(terminate) => terminate,
-                Err(_) => return std::future::pending().await,
-            };
-        tokio::select! {
-            _ = interrupt => {}
-            _ = terminate.recv() => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
 }

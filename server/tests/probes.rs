@@ -1,0 +1,278 @@
+//! Probes and shutdown: `/readyz` beside `/healthz`, the `health` subcommand a
+//! container's HEALTHCHECK runs, and the drain on SIGTERM and SIGINT within
+//! `--shutdown-grace`, on the plain binary (a child process whose exit status
+//! each test reads).
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{client, composio, ADMIN, MEMBER};
+
+const BIN: &str = env!("CARGO_BIN_EXE_composio-auth-server");
+
+/// The binary, with none of the server's variables inherited from the tests'.
+fn command() -> Command {
+    let mut command = Command::new(BIN);
+    for name in [
+        "COMPOSIO_BASE_URL",
+        "COMPOSIO_WEBHOOK_SECRET",
+        "COMPOSIO_AUTH_LISTEN",
+        "COMPOSIO_AUTH_SHUTDOWN_GRACE",
+    ] {
+        command.env_remove(name);
+    }
+    command
+}
+
+/// A running server whose exit status the test reads; killed if still running
+/// when dropped.
+struct Running {
+    addr: SocketAddr,
+    grpc: Option<SocketAddr>,
+    child: Child,
+}
+
+impl Running {
+    /// The binary on `--listen 127.0.0.1:0` with `args` and `env`, once it says
+    /// where it listens.
+    fn start(base_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        let mut child = command()
+            .args(["--listen", "127.0.0.1:0", "--base-url", base_url])
+            .args(args)
+            .envs(env.iter().copied())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start composio-auth-server");
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let (mut addr, mut grpc) = (None, None);
+        let wants_grpc = args.contains(&"--grpc-listen");
+        while addr.is_none() || (wants_grpc && grpc.is_none()) {
+            let line = lines.next().expect("the server says where it listens");
+            let line = line.unwrap();
+            let at = |prefix: &str| {
+                line.strip_prefix(prefix)
+                    .map(|a| a.trim_start_matches("http://").parse().unwrap())
+            };
+            addr = addr.or_else(|| at("composio-auth-server listening on "));
+            grpc = grpc.or_else(|| at("composio-auth-server grpc on "));
+        }
+        std::thread::spawn(move || for _ in lines {});
+        Self {
+            addr: addr.unwrap(),
+            grpc,
+            child,
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// SIG`name` to the server.
+    fn signal(&self, name: &str) {
+        support::proxy::signal(name, &self.child.id().to_string());
+    }
+
+    /// The exit status, waited for `within` at most.
+    async fn exit_within(&mut self, within: Duration) -> ExitStatus {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "still running after {within:?}");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `composio-auth-server health` with `args` and `env`: its exit code and its
+/// one line (stdout and stderr together).
+fn health(args: &[&str], env: &[(&str, &str)]) -> (Option<i32>, String) {
+    let output = command()
+        .arg("health")
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .expect("run composio-auth-server health");
+    let mut text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&output.stderr));
+    assert_eq!(text.lines().count(), 1, "one line: {text:?}");
+    (output.status.code(), text)
+}
+
+async fn get(url: &str) -> (u16, String) {
+    let response = client().get(url).send().await.unwrap();
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_is_200_while_serving_and_health_asks_it() {
+    let composio = composio().await;
+    let mut server = Running::start(&composio.base_url(), &[], &[]);
+    assert_eq!(get(&server.url("/readyz")).await, (200, "ok".to_owned()));
+    assert_eq!(get(&server.url("/healthz")).await, (200, "ok".to_owned()));
+    let listen = server.addr.to_string();
+    let (code, line) = health(&["--listen", &listen], &[]);
+    assert_eq!(code, Some(0), "{line}");
+    assert!(line.starts_with("ready: "), "{line}");
+    // The image's `ENV COMPOSIO_AUTH_LISTEN=0.0.0.0:8080`: asked on loopback.
+    let everywhere = format!("0.0.0.0:{}", server.addr.port());
+    let (code, line) = health(&[], &[("COMPOSIO_AUTH_LISTEN", &everywhere)]);
+    assert_eq!(code, Some(0), "{line}");
+    assert!(line.contains(&format!("127.0.0.1:{}", server.addr.port())));
+
+    // The plain binary, nothing in flight: SIGTERM stops it at once (the
+    // default grace is 20s), exit 0.
+    let started = Instant::now();
+    server.signal("TERM");
+    assert!(server.exit_within(Duration::from_secs(5)).await.success());
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let (code, line) = health(&["--listen", &listen], &[]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.starts_with("not ready: "), "{line}");
+
+    // SIGINT (Ctrl-C) likewise.
+    let mut server = Running::start(&composio.base_url(), &[], &[]);
+    server.signal("INT");
+    assert!(server.exit_within(Duration::from_secs(3)).await.success());
+}
+
+#[test]
+fn health_and_the_grace_refuse_bad_configuration() {
+    let (code, stderr) = support::run_to_exit(&["--shutdown-grace", "soon"]);
+    assert_eq!(code, Some(2));
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("--shutdown-grace"), "{stderr}");
+    // Nothing listens on port 1: not ready, exit 1 within the 2 s budget.
+    let started = Instant::now();
+    let (code, line) = health(&["--listen", "127.0.0.1:1"], &[]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+/// SIGTERM with a verification in flight on each listener (held at the
+/// stand-in): `/readyz` turns 503 while `/healthz` stays 200, the listener still
+/// answers, each request is answered once Composio answers, then exit 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_with_verifications_in_flight_answers_them_then_exits_0() {
+    let composio = composio().await;
+    let args = ["--shutdown-grace", "10s", "--grpc-listen", "127.0.0.1:0"];
+    let mut server = Running::start(&composio.base_url(), &args, &[]);
+    composio.hold();
+    let verify = client()
+        .get(server.url("/verify"))
+        .header("x-api-key", ADMIN)
+        .send();
+    let verify = tokio::spawn(verify);
+    let grpc = server.grpc.unwrap();
+    let check =
+        tokio::spawn(async move { support::check(grpc, &[("x-api-key", MEMBER)], &[]).await });
+    support::eventually("both calls at Composio", || composio.calls() >= 2).await;
+
+    server.signal("TERM");
+    let draining = Instant::now() + Duration::from_secs(5);
+    while get(&server.url("/readyz")).await != (503, "draining".to_owned()) {
+        assert!(Instant::now() < draining, "/readyz never turned 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(get(&server.url("/healthz")).await.0, 200);
+    let (code, line) = health(&["--listen", &server.addr.to_string()], &[]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.ends_with("answered 503\n"), "{line}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(server.running(), "exited with requests in flight");
+
+    composio.release();
+    let verify = verify.await.unwrap().unwrap();
+    assert_eq!(verify.status(), 200);
+    assert_eq!(
+        verify.headers()["x-composio-member-email"],
+        "alice@example.com"
+    );
+    let check = check.await.unwrap();
+    assert_eq!(check.status.unwrap().code, 0, "gRPC OK");
+    assert!(server.exit_within(Duration::from_secs(5)).await.success());
+}
+
+/// A grace shorter than the hold: the request still in flight at its end is
+/// answered 503 (the envelope, `Retry-After`), and the server exits 0 within
+/// the grace and a small margin. The grace from its variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_grace_a_request_in_flight_gets_503_and_the_exit_is_0() {
+    let composio = composio().await;
+    let grace = [("COMPOSIO_AUTH_SHUTDOWN_GRACE", "1s")];
+    let mut server = Running::start(&composio.base_url(), &[], &grace);
+    composio.hold();
+    let verify = client()
+        .get(server.url("/verify"))
+        .header("x-api-key", ADMIN)
+        .send();
+    let verify = tokio::spawn(verify);
+    support::eventually("the call at Composio", || composio.calls() >= 1).await;
+
+    let signalled = Instant::now();
+    server.signal("TERM");
+    let verify = verify.await.unwrap().unwrap();
+    let answered = signalled.elapsed();
+    assert_eq!(verify.status(), 503);
+    assert_eq!(verify.headers()["retry-after"], "1");
+    let envelope: Value = verify.json().await.unwrap();
+    assert_eq!(envelope["error"]["code"], 10503, "{envelope}");
+    assert!(server.exit_within(Duration::from_secs(5)).await.success());
+    let exited = signalled.elapsed();
+    assert!(answered >= Duration::from_millis(900), "{answered:?}");
+    assert!(exited < Duration::from_secs(3), "{exited:?}");
+    composio.release();
+}
+
+/// Readiness is not Redis's reachability: Redis stopped, `/readyz` is still 200
+/// and a key never seen is still verified, by Composio.
+#[cfg(feature = "redis")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readiness_ignores_a_stopped_redis() {
+    use support::redis::{RedisServer, PEPPER};
+    let composio = composio().await;
+    let mut redis = RedisServer::start();
+    let dir = std::env::temp_dir().join(format!("composio-auth-probes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pepper = dir.join("pepper");
+    std::fs::write(&pepper, PEPPER).unwrap();
+    let (url, pepper) = (redis.url(), pepper.display().to_string());
+    let args = ["--redis-url", &url, "--redis-pepper-file", &pepper];
+    let server = Running::start(&composio.base_url(), &args, &[]);
+    let verify = |key: &'static str| {
+        client()
+            .get(server.url("/verify"))
+            .header("x-api-key", key)
+            .send()
+    };
+    assert_eq!(verify(ADMIN).await.unwrap().status(), 200);
+
+    redis.kill();
+    assert_eq!(get(&server.url("/readyz")).await, (200, "ok".to_owned()));
+    assert_eq!(verify(MEMBER).await.unwrap().status(), 200);
+    assert_eq!(composio.calls_for(MEMBER), 1);
+    assert_eq!(verify(ADMIN).await.unwrap().status(), 200);
+    let (code, line) = health(&["--listen", &server.addr.to_string()], &[]);
+    assert_eq!(code, Some(0), "{line}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
