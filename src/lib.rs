@@ -137,6 +137,12 @@ pub mod limits {
         check::MAX_WEBHOOK_ID_LEN,
         deliveries::{MAX_ACKNOWLEDGED, RETENTION_WITHOUT_TOLERANCE},
     };
+    /// How long a replica's claim on a webhook delivery holds in Redis (features
+    /// `webhook` and `redis`): a handler that takes longer may see the delivery
+    /// handled again on another replica.
+    #[cfg(all(feature = "webhook", feature = "redis"))]
+    #[cfg_attr(docsrs, doc(cfg(all(feature = "webhook", feature = "redis"))))]
+    pub use crate::webhook::fleet::LEASE as WEBHOOK_CLAIM_LEASE;
 }
 
 /// Guides and reference, one topic each (the crate-level docs list them).

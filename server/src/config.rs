@@ -319,6 +319,14 @@ impl Config {
         if timeout.is_zero() {
             return Err("--webhook-timeout must be more than 0".to_owned());
         }
+        #[cfg(feature = "redis")]
+        if fleet.is_shared() && timeout >= composio_auth::limits::WEBHOOK_CLAIM_LEASE {
+            // Past the claim's lease another replica would forward the same delivery.
+            return Err(format!(
+                "--webhook-timeout must be under the {}s claim lease of deliveries shared through --redis-url",
+                composio_auth::limits::WEBHOOK_CLAIM_LEASE.as_secs()
+            ));
+        }
         let mut builder = ComposioWebhookLayer::builder().max_body_bytes(DEFAULT_MAX_BODY_BYTES);
         for secret in webhook_secrets(&self.webhook_secret_files)? {
             builder = builder.secret(secret);

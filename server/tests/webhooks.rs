@@ -395,7 +395,13 @@ async fn every_setting_from_the_environment_and_the_secret_from_composios_variab
 fn bad_webhook_flags_are_one_line_and_exit_2_without_secrets() {
     let files = SecretFiles::new("flags");
     std::fs::write(files.path("empty"), "\n").unwrap();
+    std::fs::write(
+        files.path("pepper"),
+        "a pepper of at least thirty-two bytes!",
+    )
+    .unwrap();
     let (secret, empty) = (files.path("secret"), files.path("empty"));
+    let pepper = files.path("pepper");
     let app = "http://127.0.0.1:1/hook";
     let with_secret = |more: &[&'static str]| -> Vec<String> {
         let mut args = vec!["--webhook-forward", app, "--webhook-secret-file", &secret];
@@ -429,6 +435,19 @@ fn bad_webhook_flags_are_one_line_and_exit_2_without_secrets() {
         with_secret(&["--webhook-timeout", "0s"]),
         with_secret(&["--webhook-path", "/verify"]),
         with_secret(&["--webhook-path", "composio/webhook"]),
+        // Past the claim's lease, another replica would forward it too.
+        owned(&[
+            "--webhook-forward",
+            app,
+            "--webhook-secret-file",
+            &secret,
+            "--webhook-timeout",
+            "30s",
+            "--redis-url",
+            "redis://127.0.0.1:9",
+            "--redis-pepper-file",
+            &pepper,
+        ]),
     ];
     for args in cases {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();

@@ -48,7 +48,7 @@ use crate::TRACING_TARGET;
 /// How long a claim is held: past it, another replica handles the delivery (a
 /// handler still running then may see its delivery handled twice, which
 /// Composio's own retry of a request that long would do too).
-pub(crate) const LEASE: Duration = Duration::from_secs(30);
+pub const LEASE: Duration = Duration::from_secs(30);
 
 /// The first pause between two looks at a claim held elsewhere.
 const FIRST_PAUSE: Duration = Duration::from_millis(5);
