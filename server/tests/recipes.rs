@@ -264,6 +264,35 @@ fn the_envoy_http_recipe_sends_a_user_key_and_its_selectors() {
     assert!(!grpc.lines().any(|l| l.trim() == "allowed_headers:"));
 }
 
+/// Traefik deletes a client's copies only of the headers a `forwardAuth` lists in
+/// `authResponseHeaders`: every middleware of the recipe lists every identity
+/// header the server answers.
+#[test]
+fn every_traefik_middleware_lists_every_identity_header() {
+    let recipe = std::fs::read_to_string(recipes().join("traefik/dynamic.yml")).unwrap();
+    let middlewares = recipe.matches("forwardAuth:").count();
+    assert!(middlewares >= 2, "{middlewares}");
+    for header in [
+        "Project-Id",
+        "Project-Name",
+        "Org-Id",
+        "Org-Name",
+        "Org-Plan",
+        "Api-Key-Id",
+        "Member-Id",
+        "Member-Email",
+        "Member-Name",
+        "Member-Role",
+        "User-Id",
+    ] {
+        let listed = recipe
+            .lines()
+            .filter(|l| l.trim() == format!("- X-Composio-{header}"))
+            .count();
+        assert_eq!(listed, middlewares, "X-Composio-{header}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_503_with_retry_after_when_composio_cannot_decide() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
