@@ -20,6 +20,8 @@ pub(crate) enum Outcome {
     Unauthorized,
     Forbidden,
     Unavailable,
+    /// A request the layer refused as malformed (400: a user key's selectors).
+    BadRequest,
 }
 
 impl Outcome {
@@ -28,6 +30,7 @@ impl Outcome {
         match status {
             http::StatusCode::UNAUTHORIZED => Self::Unauthorized,
             http::StatusCode::FORBIDDEN => Self::Forbidden,
+            http::StatusCode::BAD_REQUEST => Self::BadRequest,
             _ => Self::Unavailable,
         }
     }
@@ -171,7 +174,7 @@ mod handles {
 
     /// Every handle of a layer, indexed by label (the enums' order).
     pub(super) struct LayerHandles {
-        pub(super) requests: [Counter; 5],
+        pub(super) requests: [Counter; 6],
         pub(super) cache: [Counter; 3],
         pub(super) upstream: [Counter; 3],
         pub(super) duration: Histogram,
@@ -207,6 +210,7 @@ mod handles {
                 "unauthorized",
                 "forbidden",
                 "unavailable",
+                "bad_request",
             ]
             .map(|result| counter!("composio_auth_requests_total", "result" => result));
             let cache = ["hit", "negative_hit", "miss"]

@@ -316,3 +316,26 @@ async fn webhook_deliveries_move_their_metrics_as_documented() {
         (1, 1, 0)
     );
 }
+
+#[tokio::test]
+async fn a_user_keys_bad_selectors_count_as_bad_request_not_unavailable() {
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let composio = composio().await;
+    let layer = metrics::with_local_recorder(&recorder, || {
+        builder(&composio)
+            .credential_headers([composio_auth::CredentialHeader::UserApiKey])
+            .build()
+            .unwrap()
+    });
+    let client = Client::new(serve(app(layer)).await);
+    let lone = [
+        ("x-user-api-key", "uak_metrics_0123456789"),
+        ("x-org-id", "org_1"),
+    ];
+    assert_eq!(client.get("/me", &lone).await.status, 400);
+    let values = Values::take(&snapshotter);
+    let requests = |result| values.counter("composio_auth_requests_total", ("result", result));
+    assert_eq!((requests("bad_request"), requests("unavailable")), (1, 0));
+    assert_eq!(composio.calls(), 0);
+}
