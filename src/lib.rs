@@ -131,18 +131,18 @@ pub mod limits {
     pub use crate::verifier::envelope::{MAX_GRPC_MESSAGE_BYTES, MAX_REQUEST_ID_BYTES};
     pub use crate::verifier::scopes::MAX_SCOPES_PER_KEY;
     pub use crate::verifier::upstream::MAX_UPSTREAM_BODY_BYTES;
-    #[cfg(feature = "webhook")]
-    #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
-    pub use crate::webhook::{
-        check::MAX_WEBHOOK_ID_LEN,
-        deliveries::{MAX_ACKNOWLEDGED, RETENTION_WITHOUT_TOLERANCE},
-    };
     /// How long a replica's claim on a webhook delivery holds in Redis (features
     /// `webhook` and `redis`): a handler that takes longer may see the delivery
     /// handled again on another replica.
     #[cfg(all(feature = "webhook", feature = "redis"))]
     #[cfg_attr(docsrs, doc(cfg(all(feature = "webhook", feature = "redis"))))]
     pub use crate::webhook::fleet::LEASE as WEBHOOK_CLAIM_LEASE;
+    #[cfg(feature = "webhook")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "webhook")))]
+    pub use crate::webhook::{
+        check::MAX_WEBHOOK_ID_LEN,
+        deliveries::{MAX_ACKNOWLEDGED, RETENTION_WITHOUT_TOLERANCE},
+    };
 }
 
 /// Guides and reference, one topic each (the crate-level docs list them).
