@@ -12,6 +12,7 @@ use composio_auth::{
 };
 
 use crate::relay::Webhooks;
+use crate::traces::Otlp;
 
 /// Verifies Composio API keys for nginx `auth_request`, Caddy `forward_auth`,
 /// Traefik ForwardAuth and Envoy `ext_authz`, with one upstream call per key per TTL.
@@ -169,6 +170,14 @@ pub struct Config {
     )]
     pub shutdown_grace: Duration,
 
+    /// Export traces over OTLP to this collector: a span per check, continuing the
+    /// proxy's `traceparent`. Its base URL (http/protobuf posts to `URL/v1/traces`;
+    /// OTEL_EXPORTER_OTLP_PROTOCOL=grpc for gRPC). Without it,
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (as is), else OTEL_EXPORTER_OTLP_ENDPOINT;
+    /// off if none.
+    #[arg(long, value_name = "URL")]
+    pub otlp_endpoint: Option<String>,
+
     /// Run offline against a local stand-in of Composio with demo keys, and print
     /// the requests to try.
     #[arg(long)]
@@ -297,6 +306,18 @@ impl Config {
         builder = builder.credential_headers(self.accepted());
         builder = fleet.keys(builder);
         builder.build().map_err(|error| error.to_string())
+    }
+
+    /// The trace export `--otlp-endpoint` and the `OTEL_EXPORTER_OTLP_*` variables
+    /// describe, if any.
+    ///
+    /// # Errors
+    ///
+    /// An endpoint or protocol that cannot work: one line, never the URL.
+    pub fn otlp(&self) -> Result<Option<Otlp>, String> {
+        Otlp::resolve(self.otlp_endpoint.as_deref(), |name| {
+            std::env::var(name).ok()
+        })
     }
 
     /// The webhook relay these flags describe, if `--webhook-forward` is given.

@@ -11,10 +11,11 @@ use axum::routing::{any, get, post};
 use axum::Router;
 use composio_auth::ComposioAuthLayer;
 use metrics_exporter_prometheus::PrometheusHandle;
+use tracing::{Instrument, Span};
 
 use crate::health::Drain;
-use crate::identity;
 use crate::route_policy::{self, Policies};
+use crate::{identity, traces};
 
 /// What every endpoint shares.
 pub struct Shared {
@@ -48,25 +49,40 @@ pub fn admin(layer: ComposioAuthLayer) -> Router {
 /// headers, the route's policy in the query (written by the proxy's
 /// configuration, never by the client). The body is never read.
 async fn verify(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    let query = request.uri().query().unwrap_or_default();
-    match shared.policies.for_query(query) {
-        Ok(layer) => answer(&layer, request.headers()).await,
-        Err(error) => {
-            route_policy::misconfigured(&error, "the proxy's /verify URI").map(Body::from)
+    let span = traces::check_span("verify", request.headers(), || None);
+    let check = span.clone();
+    async move {
+        let query = request.uri().query().unwrap_or_default();
+        match shared.policies.for_query(query) {
+            Ok(layer) => answer(&layer, request.headers(), &check).await,
+            Err(error) => {
+                let response = route_policy::misconfigured(&error, "the proxy's /verify URI");
+                traces::misconfigured(&check, response.status().as_u16());
+                response.map(Body::from)
+            }
         }
     }
+    .instrument(span)
+    .await
 }
 
 /// Envoy's HTTP `ext_authz` (`path_prefix: /ext-authz`): Envoy appends the
 /// client's own path and query, so both are ignored, or a client could choose its
 /// policy. A route's policy for Envoy goes through gRPC's `context_extensions`.
 async fn ext_authz(State(shared): State<Arc<Shared>>, request: Request) -> Response {
-    answer(shared.policies.base(), request.headers()).await
+    let span = traces::check_span("ext_authz", request.headers(), || None);
+    answer(shared.policies.base(), request.headers(), &span)
+        .instrument(span.clone())
+        .await
 }
 
 /// Allowed: 200, empty, with the identity headers. Refused: the layer's answer.
-async fn answer(layer: &ComposioAuthLayer, headers: &HeaderMap) -> Response {
-    match layer.verify(headers).await {
+/// Awaited inside `check`, the check's span (the library's verification span is
+/// a child of the span current when `verify` is called).
+async fn answer(layer: &ComposioAuthLayer, headers: &HeaderMap, check: &Span) -> Response {
+    let verdict = layer.verify(headers).await;
+    traces::checked(check, &verdict);
+    match verdict {
         Ok(session) => {
             let mut response = Response::new(Body::empty());
             *response.headers_mut() = identity::of(&session);

@@ -13,10 +13,11 @@ use envoy_types::ext_authz::v3::pb::{
 use envoy_types::pb::envoy::config::core::v3::HeaderValue as EnvoyHeader;
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::pb::google::rpc;
+use tracing::{Instrument, Span};
 
 use crate::endpoints::Shared;
-use crate::identity;
 use crate::route_policy::{self, RoutePolicy};
+use crate::{identity, traces};
 
 /// gRPC status codes of the answers.
 const OK: i32 = 0;
@@ -48,22 +49,47 @@ impl Authorization for Check {
         &self,
         request: tonic::Request<CheckRequest>,
     ) -> Result<tonic::Response<CheckResponse>, tonic::Status> {
-        let attributes = request.into_inner().attributes.unwrap_or_default();
+        let (metadata, _, request) = request.into_parts();
+        let attributes = request.attributes.unwrap_or_default();
         let http = attributes
             .request
             .and_then(|request| request.http)
             .unwrap_or_default();
         let headers = header_map(http.headers.iter());
-        let policy = match RoutePolicy::from_context(&attributes.context_extensions) {
+        // The client's request's trace, else that of Envoy's call to `Check`.
+        let span = traces::check_span("grpc", &headers, || Some(metadata.into_headers()));
+        let answer = self
+            .answer(&attributes.context_extensions, &headers, &span)
+            .instrument(span.clone())
+            .await;
+        Ok(tonic::Response::new(answer))
+    }
+}
+
+impl Check {
+    /// The answer to the client's `headers` on a route with `context_extensions`,
+    /// awaited inside `check`, the check's span.
+    async fn answer(
+        &self,
+        context_extensions: &std::collections::HashMap<String, String>,
+        headers: &HeaderMap,
+        check: &Span,
+    ) -> CheckResponse {
+        let policy = match RoutePolicy::from_context(context_extensions) {
             Ok(policy) => policy,
-            Err(error) => return Ok(tonic::Response::new(misconfigured(&error))),
+            Err(error) => {
+                // `route_policy::misconfigured`'s 500.
+                traces::misconfigured(check, 500);
+                return misconfigured(&error);
+            }
         };
         let layer = self.shared.policies.for_policy(policy);
-        let answer = match layer.verify(&headers).await {
-            Ok(session) => allowed(&session, &headers, &self.hide),
+        let verdict = layer.verify(headers).await;
+        traces::checked(check, &verdict);
+        match verdict {
+            Ok(session) => allowed(&session, headers, &self.hide),
             Err(rejection) => denied(&rejection),
-        };
-        Ok(tonic::Response::new(answer))
+        }
     }
 }
 

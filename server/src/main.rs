@@ -38,6 +38,7 @@ mod health;
 mod identity;
 mod relay;
 mod route_policy;
+mod traces;
 
 use composio_auth::ComposioAuthLayer;
 use config::{Command, Config};
@@ -61,10 +62,10 @@ fn main() -> ExitCode {
     if config.command == Some(Command::Health) {
         return health(config.listen);
     }
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
-        .init();
+    let otlp = match config.otlp() {
+        Ok(otlp) => otlp,
+        Err(line) => return refuse(&line),
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -72,7 +73,24 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return refuse(&format!("cannot start the runtime: {error}")),
     };
+    let traces = match otlp
+        .as_ref()
+        .map(|otlp| traces::Traces::start(otlp, runtime.handle()))
+        .transpose()
+    {
+        Ok(traces) => traces,
+        Err(line) => return refuse(&line),
+    };
+    traces::install(traces.as_ref());
+    if let Some(otlp) = &otlp {
+        // Never the URL: it may hold credentials.
+        tracing::info!(target: traces::TARGET, protocol = otlp.protocol().as_str(), "exporting traces over OTLP");
+    }
     let outcome = runtime.block_on(run(config));
+    // The spans still queued, exported on the runtime before it stops.
+    if let Some(traces) = &traces {
+        traces.shutdown();
+    }
     // A blocking task (a DNS lookup) never holds the exit back.
     runtime.shutdown_timeout(Duration::from_millis(100));
     match outcome {
