@@ -12,6 +12,11 @@ use std::time::Duration;
 
 use clap::Parser;
 
+// The image's static (musl) build: musl's own malloc is slow under Tokio's threads.
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// A line on stdout; a closed or full stdout (a supervisor that stopped reading)
 /// loses the line instead of stopping the server.
 macro_rules! say {
