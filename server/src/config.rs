@@ -1,8 +1,10 @@
 //! The server's flags (each with an environment fallback), and the layer they
 //! configure.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -29,25 +31,39 @@ pub struct Config {
     pub command: Option<Command>,
 
     /// Where the HTTP endpoints listen (`/verify`, `/ext-authz/`, `/healthz`,
-    /// `/readyz`, `/metrics`).
+    /// `/readyz`, `/metrics`): an address, or `unix:/path` for a unix domain
+    /// socket (see `--socket-mode`).
     #[arg(
         long,
         env = "COMPOSIO_AUTH_LISTEN",
         default_value = "127.0.0.1:8080",
+        value_parser = Listen::from_str,
         global = true
     )]
-    pub listen: SocketAddr,
+    pub listen: Listen,
 
-    /// Where Envoy's gRPC `envoy.service.auth.v3.Authorization/Check` listens; off
-    /// by default.
-    #[arg(long, env = "COMPOSIO_AUTH_GRPC_LISTEN")]
-    pub grpc_listen: Option<SocketAddr>,
+    /// Where Envoy's gRPC `envoy.service.auth.v3.Authorization/Check` listens (an
+    /// address or `unix:/path`); off by default.
+    #[arg(long, env = "COMPOSIO_AUTH_GRPC_LISTEN", value_parser = Listen::from_str)]
+    pub grpc_listen: Option<Listen>,
 
     /// Where the operators' endpoints listen (`POST /invalidate`,
-    /// `POST /invalidate-all`); off by default. Keep it off the network clients
-    /// reach.
-    #[arg(long, env = "COMPOSIO_AUTH_ADMIN_LISTEN")]
-    pub admin_listen: Option<SocketAddr>,
+    /// `POST /invalidate-all`; an address or `unix:/path`); off by default. Keep
+    /// it off the network clients reach.
+    #[arg(long, env = "COMPOSIO_AUTH_ADMIN_LISTEN", value_parser = Listen::from_str)]
+    pub admin_listen: Option<Listen>,
+
+    /// The permissions of every unix socket the server creates (`unix:/path`),
+    /// in octal: `660` (owner and group read and write, which connecting needs)
+    /// or `0660`; at most 0777. Set right after the socket is bound.
+    #[arg(
+        long,
+        env = "COMPOSIO_AUTH_SOCKET_MODE",
+        value_name = "OCTAL",
+        default_value = DEFAULT_SOCKET_MODE,
+        value_parser = socket_mode
+    )]
+    pub socket_mode: u32,
 
     /// Composio's API (the library's `COMPOSIO_BASE_URL`).
     #[arg(long, env = "COMPOSIO_BASE_URL")]
@@ -191,9 +207,80 @@ pub struct Config {
 /// What the server does instead of serving.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Subcommand)]
 pub enum Command {
-    /// GET `/readyz` on `--listen` (on loopback for 0.0.0.0 or [::]): exit 0 if it
-    /// answers 200 within 2s, else 1. For a container's HEALTHCHECK.
+    /// GET `/readyz` on `--listen` (on loopback for 0.0.0.0 or [::], over the
+    /// socket for unix:/path): exit 0 if it answers 200 within 2s, else 1. For a
+    /// container's HEALTHCHECK.
     Health,
+}
+
+/// Where a listener listens: a TCP address, or a unix domain socket the server
+/// creates (and removes at exit), written `unix:/run/composio-auth/auth.sock`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Listen {
+    /// An IP address and port, `127.0.0.1:8080` or `[::]:50051`.
+    Tcp(SocketAddr),
+    /// The path of a unix domain socket.
+    Unix(PathBuf),
+}
+
+/// The longest path of a unix socket: Linux's `sun_path` holds 108 bytes, the
+/// last of them the terminating NUL.
+pub const MAX_SOCKET_PATH: usize = 107;
+
+impl FromStr for Listen {
+    type Err = String;
+
+    /// `unix:` and a path of at most [`MAX_SOCKET_PATH`] bytes, else an IP
+    /// address and port.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let Some(path) = text.strip_prefix("unix:") else {
+            return text
+                .parse()
+                .map(Self::Tcp)
+                .map_err(|_| "write an address like 127.0.0.1:8080, or unix:/path".to_owned());
+        };
+        if path.is_empty() {
+            return Err(
+                "unix: needs the socket's path, like unix:/run/composio-auth/auth.sock".to_owned(),
+            );
+        }
+        if path.len() > MAX_SOCKET_PATH {
+            return Err(format!(
+                "a unix socket's path is at most {MAX_SOCKET_PATH} bytes, this one is {}",
+                path.len()
+            ));
+        }
+        if path.contains('\0') {
+            return Err("a unix socket's path has no NUL byte".to_owned());
+        }
+        Ok(Self::Unix(PathBuf::from(path)))
+    }
+}
+
+impl fmt::Display for Listen {
+    /// `http://127.0.0.1:8080`, or `unix:/path`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "http://{addr}"),
+            Self::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// The mode of unix sockets unless `--socket-mode` says otherwise: the server's
+/// user and group may connect (nginx's workers in the group), nobody else.
+pub const DEFAULT_SOCKET_MODE: &str = "0660";
+
+/// A socket's permissions in octal, `660` or `0660`, at most `0777`.
+fn socket_mode(text: &str) -> Result<u32, String> {
+    if text.is_empty() || !text.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err("write the mode in octal, like 660 or 0660".to_owned());
+    }
+    match u32::from_str_radix(text, 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        // Setuid, setgid and sticky bits mean nothing on a socket.
+        _ => Err("a socket's mode is at most 0777".to_owned()),
+    }
 }
 
 /// The grace unless `--shutdown-grace` says otherwise: the longest a request
@@ -567,6 +654,53 @@ mod tests {
         assert_eq!(config.credential_headers, [Header::ApiKey, Header::Bearer]);
         assert_eq!(config.ttl, Some(Duration::from_secs(120)));
         assert!(Config::try_parse_from(["composio-auth-server", "--exit"]).is_err());
+    }
+
+    #[test]
+    fn a_listen_address_is_tcp_or_a_unix_socket_path() {
+        let tcp: Listen = "127.0.0.1:8080".parse().unwrap();
+        assert_eq!(tcp, Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 8080))));
+        assert_eq!(tcp.to_string(), "http://127.0.0.1:8080");
+        let unix: Listen = "unix:/run/composio-auth/auth.sock".parse().unwrap();
+        assert_eq!(unix, Listen::Unix("/run/composio-auth/auth.sock".into()));
+        assert_eq!(unix.to_string(), "unix:/run/composio-auth/auth.sock");
+        let longest = format!("unix:/{}", "s".repeat(MAX_SOCKET_PATH - 1));
+        assert!(longest.parse::<Listen>().is_ok());
+        let too_long = format!("unix:/{}", "s".repeat(MAX_SOCKET_PATH));
+        assert!(too_long
+            .parse::<Listen>()
+            .unwrap_err()
+            .contains("107 bytes"));
+        assert!("unix:".parse::<Listen>().unwrap_err().contains("path"));
+        for bad in ["localhost:8080", "8080", "unix", "unix:/a\0b"] {
+            assert!(bad.parse::<Listen>().is_err(), "{bad}");
+        }
+        let config = Config::try_parse_from([
+            "composio-auth-server",
+            "--grpc-listen",
+            "unix:grpc.sock",
+            "--admin-listen",
+            "[::1]:9000",
+        ])
+        .unwrap();
+        assert_eq!(config.grpc_listen, Some(Listen::Unix("grpc.sock".into())));
+        assert_eq!(config.admin_listen, Some("[::1]:9000".parse().unwrap()));
+    }
+
+    #[test]
+    fn a_socket_mode_is_octal_up_to_0777() {
+        assert_eq!(socket_mode("660"), Ok(0o660));
+        assert_eq!(socket_mode("0660"), Ok(0o660));
+        assert_eq!(socket_mode("0777"), Ok(0o777));
+        assert_eq!(socket_mode("0"), Ok(0));
+        for over in ["1777", "10000", "77777777777777777777"] {
+            assert!(socket_mode(over).unwrap_err().contains("0777"), "{over}");
+        }
+        for bad in ["999", "rw", "", "0o660", "+660", " 660"] {
+            assert!(socket_mode(bad).unwrap_err().contains("octal"), "{bad}");
+        }
+        let config = Config::try_parse_from(["composio-auth-server"]).unwrap();
+        assert_eq!(config.socket_mode, 0o660);
     }
 
     #[test]

@@ -1,9 +1,9 @@
 //! `--demo`: the server against a local stand-in of Composio that knows three
 //! keys, and the requests to try (`--demo --exit` makes them itself).
 
-use std::net::SocketAddr;
-
 use composio_auth::testing::StandIn;
+
+use crate::config::Listen;
 
 /// An admin of a project on the `pro` plan.
 pub const ADMIN: &str = "ak_demo_alice_0123456789";
@@ -53,12 +53,13 @@ const TRIES: [(&str, &str, Option<&str>, u16); 5] = [
     ("no key", "/verify", None, 401),
 ];
 
-/// Prints the requests to try; with `exit`, makes them and checks each status.
+/// Prints the requests to try on `listen`; with `exit`, makes them (`listen` is
+/// then TCP) and checks each status.
 ///
 /// # Errors
 ///
 /// With `exit`, the first answer that is not what the demo expects.
-pub async fn show(stand_in: &StandIn, addr: SocketAddr, exit: bool) -> Result<(), String> {
+pub async fn show(stand_in: &StandIn, listen: &Listen, exit: bool) -> Result<(), String> {
     say!(
         "Verifying keys against a local stand-in of Composio at {}",
         stand_in.base_url()
@@ -69,11 +70,23 @@ pub async fn show(stand_in: &StandIn, addr: SocketAddr, exit: bool) -> Result<()
             let header = key
                 .map(|k| format!(" -H 'x-api-key: {k}'"))
                 .unwrap_or_default();
-            say!("  # {what}\n  curl -i{header} 'http://{addr}{path}'\n");
+            let target = match listen {
+                Listen::Tcp(addr) => format!("'http://{addr}{path}'"),
+                Listen::Unix(socket) => {
+                    format!(
+                        "--unix-socket {} 'http://localhost{path}'",
+                        socket.display()
+                    )
+                }
+            };
+            say!("  # {what}\n  curl -i{header} {target}\n");
         }
         say!("Ctrl-C to stop.");
         return Ok(());
     }
+    let Listen::Tcp(addr) = listen else {
+        return Err("--demo --exit asks over TCP".to_owned());
+    };
     let client = reqwest::Client::builder()
         .no_proxy()
         .build()

@@ -8,6 +8,8 @@
 use std::future::Future;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering::SeqCst};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,6 +20,8 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use composio_auth::{ErrorBody, ErrorEnvelope};
 use tokio::sync::{watch, Notify};
+
+use crate::config::Listen;
 
 /// Where the server is in its life, in this order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -216,25 +220,38 @@ pub fn stop_signal() -> std::io::Result<impl Future<Output = ()> + Send + 'stati
 pub const CHECK_TIME: Duration = Duration::from_secs(2);
 
 /// The `health` subcommand: GET `/readyz` on `listen` (on loopback for an
-/// unspecified address, `0.0.0.0` or `[::]`). The line to print, `Ok` if it
-/// answered 200 within [`CHECK_TIME`].
+/// unspecified address, `0.0.0.0` or `[::]`; over the socket for a unix one).
+/// The line to print, `Ok` if it answered 200 within [`CHECK_TIME`].
 ///
 /// # Errors
 ///
 /// Not ready: no connection, no answer in time, or another status.
-pub fn check(listen: SocketAddr) -> Result<String, String> {
-    let target = asked(listen);
-    let url = format!("http://{target}/readyz");
-    match status_of(target, Instant::now() + CHECK_TIME) {
-        Ok(200) => Ok(format!("ready: {url} answered 200")),
-        Ok(status) => Err(format!("not ready: {url} answered {status}")),
+pub fn check(listen: &Listen) -> Result<String, String> {
+    let deadline = Instant::now() + CHECK_TIME;
+    let (asked_at, answer) = match listen {
+        Listen::Tcp(listen) => {
+            let target = asked(*listen);
+            let answer = left(deadline)
+                .and_then(|time| TcpStream::connect_timeout(&target, time))
+                .and_then(|stream| status_of(stream, &target.to_string(), deadline));
+            (format!("http://{target}/readyz"), answer)
+        }
+        Listen::Unix(path) => {
+            let answer = connect_unix(path, deadline)
+                .and_then(|stream| status_of(stream, "localhost", deadline));
+            (format!("/readyz on {listen}"), answer)
+        }
+    };
+    match answer {
+        Ok(200) => Ok(format!("ready: {asked_at} answered 200")),
+        Ok(status) => Err(format!("not ready: {asked_at} answered {status}")),
         Err(error) if matches!(error.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
             Err(format!(
-                "not ready: {url}: no answer within {}s",
+                "not ready: {asked_at}: no answer within {}s",
                 CHECK_TIME.as_secs()
             ))
         }
-        Err(error) => Err(format!("not ready: {url}: {error}")),
+        Err(error) => Err(format!("not ready: {asked_at}: {error}")),
     }
 }
 
@@ -249,24 +266,61 @@ fn asked(listen: SocketAddr) -> SocketAddr {
     SocketAddr::new(ip, listen.port())
 }
 
-/// The status of `GET /readyz` at `addr`, read by `deadline`.
-fn status_of(addr: SocketAddr, deadline: Instant) -> std::io::Result<u16> {
-    let left = || {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            Err(std::io::Error::from(ErrorKind::TimedOut))
-        } else {
-            Ok(left)
-        }
-    };
-    let mut stream = TcpStream::connect_timeout(&addr, left()?)?;
-    stream.set_write_timeout(Some(left()?))?;
-    let request = format!("GET /readyz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+/// The time left until `deadline`, or `TimedOut` past it.
+fn left(deadline: Instant) -> std::io::Result<Duration> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    if left.is_zero() {
+        Err(std::io::Error::from(ErrorKind::TimedOut))
+    } else {
+        Ok(left)
+    }
+}
+
+/// A connection to the socket at `path`, made by `deadline`: a server whose
+/// backlog is full holds a unix socket's `connect` back, with no timeout of its
+/// own, so it waits on a thread of its own (left behind as the process exits).
+fn connect_unix(path: &Path, deadline: Instant) -> std::io::Result<UnixStream> {
+    let (connected, connection) = std::sync::mpsc::channel();
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        let _ = connected.send(UnixStream::connect(path));
+    });
+    connection
+        .recv_timeout(left(deadline)?)
+        .unwrap_or_else(|_| Err(std::io::Error::from(ErrorKind::TimedOut)))
+}
+
+/// A connection `health` asks on, TCP or a unix socket, with its timeouts.
+trait Connection: Read + Write {
+    /// Reads and writes given up after `read` and `write`.
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()>;
+}
+
+impl Connection for TcpStream {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(read))?;
+        self.set_write_timeout(Some(write))
+    }
+}
+
+impl Connection for UnixStream {
+    fn set_timeouts(&self, read: Duration, write: Duration) -> std::io::Result<()> {
+        self.set_read_timeout(Some(read))?;
+        self.set_write_timeout(Some(write))
+    }
+}
+
+/// The status of `GET /readyz` on `stream` (to `host`), read by `deadline`.
+fn status_of(mut stream: impl Connection, host: &str, deadline: Instant) -> std::io::Result<u16> {
+    let time = left(deadline)?;
+    stream.set_timeouts(time, time)?;
+    let request = format!("GET /readyz HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes())?;
     let mut head = Vec::new();
     let mut buffer = [0; 256];
     while !head.contains(&b'\n') && head.len() < 1024 {
-        stream.set_read_timeout(Some(left()?))?;
+        let time = left(deadline)?;
+        stream.set_timeouts(time, time)?;
         match stream.read(&mut buffer)? {
             0 => break,
             n => head.extend_from_slice(&buffer[..n]),

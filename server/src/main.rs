@@ -41,14 +41,16 @@ mod endpoints;
 mod grpc;
 mod health;
 mod identity;
+mod listeners;
 mod relay;
 mod route_policy;
 mod traces;
 
 use composio_auth::ComposioAuthLayer;
-use config::{Command, Config};
+use config::{Command, Config, Listen};
 use endpoints::Shared;
 use health::Drain;
+use listeners::{Bound, Listener, SocketFile};
 use route_policy::Policies;
 
 /// Bad configuration: one line on stderr, this exit code.
@@ -65,7 +67,7 @@ fn main() -> ExitCode {
         Err(error) => return refuse(&first_line(&error.to_string())),
     };
     if config.command == Some(Command::Health) {
-        return health(config.listen);
+        return health(&config.listen);
     }
     let otlp = match config.otlp() {
         Ok(otlp) => otlp,
@@ -118,7 +120,7 @@ enum Failure {
 
 /// `composio-auth-server health`: one line, exit 0 if `/readyz` answered 200,
 /// else 1.
-fn health(listen: SocketAddr) -> ExitCode {
+fn health(listen: &Listen) -> ExitCode {
     match health::check(listen) {
         Ok(line) => {
             say!("{line}");
@@ -182,9 +184,10 @@ async fn run(config: Config) -> Result<(), Failure> {
     });
     let webhooks = config.webhooks(&fleet).map_err(configuration)?;
     let settles = webhooks.is_some() && fleet.is_shared();
-    let (servers, addr) = start(&config, &shared, layer, webhooks).await?;
+    // Each socket file goes when `run` returns, whatever ends it.
+    let (servers, listen, _files) = start(&config, &shared, layer, webhooks).await?;
     if let Some(stand_in) = &stand_in {
-        let tried = demo::show(stand_in, addr, config.exit).await;
+        let tried = demo::show(stand_in, &listen, config.exit).await;
         if config.exit {
             return tried.map_err(Failure::Demo);
         }
@@ -204,46 +207,47 @@ async fn run(config: Config) -> Result<(), Failure> {
 }
 
 /// Binds every listener, then serves them all (so `/readyz` answers only once
-/// each listens); the address of `--listen`'s.
+/// each listens); where `--listen`'s listens, and the socket files to remove at
+/// exit.
 async fn start(
     config: &Config,
     shared: &Arc<Shared>,
     layer: ComposioAuthLayer,
     webhooks: Option<relay::Webhooks>,
-) -> Result<(Servers, SocketAddr), Failure> {
+) -> Result<(Servers, Listen, Vec<SocketFile>), Failure> {
     let listen = if config.demo && config.exit {
-        SocketAddr::from(([127, 0, 0, 1], 0))
+        Listen::Tcp(SocketAddr::from(([127, 0, 0, 1], 0)))
     } else {
-        config.listen
+        config.listen.clone()
     };
-    let service = bind(listen).await?;
-    let addr = local_addr(&service)?;
-    say!("composio-auth-server listening on http://{addr}");
+    let mut files = Vec::new();
+    let (service, addr) = bind(&listen, config.socket_mode, &mut files).await?;
+    say!("composio-auth-server listening on {addr}");
     let mut app = endpoints::service(Arc::clone(shared));
     if let Some(webhooks) = webhooks {
         let path = webhooks.path.clone();
         app = relay::route(app, webhooks).map_err(Failure::Configuration)?;
-        say!("composio-auth-server webhooks on http://{addr}{path}");
+        match &addr {
+            Listen::Tcp(_) => say!("composio-auth-server webhooks on {addr}{path}"),
+            Listen::Unix(_) => say!("composio-auth-server webhooks on {addr}, at {path}"),
+        }
     }
-    let grpc = match config.grpc_listen {
-        Some(grpc_listen) => {
-            let grpc = bind(grpc_listen).await?;
-            say!("composio-auth-server grpc on {}", local_addr(&grpc)?);
-            Some(grpc)
+    let mut grpc = None;
+    if let Some(grpc_listen) = &config.grpc_listen {
+        let (listener, addr) = bind(grpc_listen, config.socket_mode, &mut files).await?;
+        match addr {
+            // An address for a gRPC client: no scheme.
+            Listen::Tcp(addr) => say!("composio-auth-server grpc on {addr}"),
+            addr => say!("composio-auth-server grpc on {addr}"),
         }
-        None => None,
-    };
-    let admin = match config.admin_listen {
-        Some(admin_listen) => {
-            let admin = bind(admin_listen).await?;
-            say!(
-                "composio-auth-server admin on http://{}",
-                local_addr(&admin)?
-            );
-            Some(admin)
-        }
-        None => None,
-    };
+        grpc = Some(listener);
+    }
+    let mut admin = None;
+    if let Some(admin_listen) = &config.admin_listen {
+        let (listener, addr) = bind(admin_listen, config.socket_mode, &mut files).await?;
+        say!("composio-auth-server admin on {addr}");
+        admin = Some(listener);
+    }
     let drain = &shared.drain;
     let mut servers = Servers::new();
     servers.spawn(serve(service, app, Arc::clone(drain)));
@@ -254,7 +258,7 @@ async fn start(
     if let Some(admin) = admin {
         servers.spawn(serve(admin, endpoints::admin(layer), Arc::clone(drain)));
     }
-    Ok((servers, addr))
+    Ok((servers, addr, files))
 }
 
 /// The listeners being served.
@@ -276,20 +280,27 @@ async fn until_stopped(mut servers: Servers) -> Result<(), Failure> {
     Ok(())
 }
 
-async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, Failure> {
-    tokio::net::TcpListener::bind(addr)
+/// Binds `listen` (a unix socket with `mode`), its socket file kept in `files`
+/// to be removed at exit (or as soon as `start` fails); the listener and where
+/// it listens.
+async fn bind(
+    listen: &Listen,
+    mode: u32,
+    files: &mut Vec<SocketFile>,
+) -> Result<(Listener, Listen), Failure> {
+    let Bound {
+        listener,
+        address,
+        file,
+    } = listeners::bind(listen, mode)
         .await
-        .map_err(|error| Failure::Configuration(format!("cannot listen on {addr}: {error}")))
-}
-
-fn local_addr(listener: &tokio::net::TcpListener) -> Result<SocketAddr, Failure> {
-    listener
-        .local_addr()
-        .map_err(|error| Failure::Configuration(format!("no local address: {error}")))
+        .map_err(Failure::Configuration)?;
+    files.extend(file);
+    Ok((listener, address))
 }
 
 async fn serve_grpc(
-    listener: tokio::net::TcpListener,
+    listener: Listener,
     check: grpc::Check,
     drain: Arc<Drain>,
 ) -> std::io::Result<()> {
@@ -299,25 +310,41 @@ async fn serve_grpc(
     )
     .into_axum_router()
     .layer(axum::middleware::from_fn_with_state(drain, health::counted));
-    tonic::transport::Server::builder()
-        .add_routes(tonic::service::Routes::from(routes))
-        .serve_with_incoming_shutdown(
-            // Without it, Nagle and delayed ACKs hold each answer ~40 ms.
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            stopping,
-        )
-        .await
-        .map_err(std::io::Error::other)
+    let server =
+        tonic::transport::Server::builder().add_routes(tonic::service::Routes::from(routes));
+    match listener {
+        Listener::Tcp(listener) => {
+            server
+                .serve_with_incoming_shutdown(
+                    // Without it, Nagle and delayed ACKs hold each answer ~40 ms.
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stopping,
+                )
+                .await
+        }
+        Listener::Unix(listener) => {
+            let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+            server
+                .serve_with_incoming_shutdown(incoming, stopping)
+                .await
+        }
+    }
+    .map_err(std::io::Error::other)
 }
 
-async fn serve(
-    listener: tokio::net::TcpListener,
-    app: axum::Router,
-    drain: Arc<Drain>,
-) -> std::io::Result<()> {
+async fn serve(listener: Listener, app: axum::Router, drain: Arc<Drain>) -> std::io::Result<()> {
     let stopping = drain.stopping();
     let app = app.layer(axum::middleware::from_fn_with_state(drain, health::counted));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(stopping)
-        .await
+    match listener {
+        Listener::Tcp(listener) => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping)
+                .await
+        }
+        Listener::Unix(listener) => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(stopping)
+                .await
+        }
+    }
 }

@@ -7,8 +7,8 @@ mod support;
 
 use envoy_types::ext_authz::v3::pb::{CheckResponse, HeaderAppendAction, HttpResponse};
 use support::{
-    check, client, composio, in_scope, Server, ADMIN, MEMBER, NO_PROJECT, SCOPE_A, SCOPE_B, USER,
-    USER_KEYS,
+    check, client, composio, in_scope, mode_of, Server, SocketDir, ADMIN, MEMBER, NO_PROJECT,
+    SCOPE_A, SCOPE_B, USER, USER_KEYS,
 };
 
 fn code(answer: &CheckResponse) -> i32 {
@@ -228,4 +228,45 @@ async fn check_reads_a_user_keys_scope_from_the_clients_headers() {
         assert_eq!(body, direct.text().await.unwrap());
     }
     assert_eq!(composio.calls(), 3, "a lone selector asks nobody");
+}
+
+/// `--grpc-listen unix:/path`: the same verdicts over a unix socket (a tonic
+/// channel through a `UnixStream` connector), the socket's mode the default, and
+/// the socket gone once the server has drained on SIGTERM.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_over_a_unix_socket_answers_as_over_tcp() {
+    let composio = composio().await;
+    let dir = SocketDir::new();
+    let grpc = dir.unix("grpc.sock");
+    let args = ["--grpc-listen", grpc.as_str()];
+    let mut server = Server::start_unix(&composio.base_url(), &dir.join("auth.sock"), &args);
+    let socket = server.grpc.clone().unwrap();
+    assert_eq!(mode_of(&socket), 0o660);
+
+    let answer = check(socket.clone(), &[("x-api-key", ADMIN)], &[]).await;
+    assert_eq!(code(&answer), 0);
+    let (headers, _) = ok_headers(&answer);
+    assert!(headers.contains(&(
+        "x-composio-member-email".to_owned(),
+        "alice@example.com".to_owned(),
+        true,
+        false
+    )));
+    let bad = [("x-api-key", "ak_not_a_key_0123456789")];
+    let answer = check(socket.clone(), &bad, &[]).await;
+    assert_eq!(code(&answer), 16);
+    let (status, _, body) = denied(&answer);
+    assert_eq!(status, 401);
+    assert_eq!(body, server.get("/verify", &bad).await.body);
+    let answer = check(
+        socket.clone(),
+        &[("x-api-key", MEMBER)],
+        &[("role", "admin")],
+    )
+    .await;
+    assert_eq!((code(&answer), denied(&answer).0), (7, 403));
+    assert_eq!(composio.calls(), 3);
+
+    assert!(tokio::task::block_in_place(|| server.terminate()).success());
+    assert!(!socket.exists() && !server.addr.exists());
 }

@@ -11,7 +11,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::{client, composio, ADMIN, MEMBER};
+use support::{client, composio, request, Server, SocketDir, ADMIN, MEMBER};
 
 const BIN: &str = env!("CARGO_BIN_EXE_composio-auth-server");
 
@@ -275,4 +275,62 @@ async fn readiness_ignores_a_stopped_redis() {
     let (code, line) = health(&["--listen", &server.addr.to_string()], &[]);
     assert_eq!(code, Some(0), "{line}");
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Over a unix socket: `health --listen unix:/path` asks `/readyz` through it
+/// (exit 1 while nothing listens), and SIGTERM with a verification in flight
+/// drains as over TCP: `/readyz` 503, the request answered, exit 0, and the
+/// socket gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_unix_socket_health_asks_readyz_and_the_drain_is_the_same() {
+    let composio = composio().await;
+    let dir = SocketDir::new();
+    let listen = dir.unix("auth.sock");
+    let (code, line) = health(&["--listen", &listen], &[]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(
+        line.starts_with(&format!("not ready: /readyz on {listen}: ")),
+        "{line}"
+    );
+
+    let args = ["--shutdown-grace", "10s"];
+    let mut server = Server::start_unix(&composio.base_url(), &dir.join("auth.sock"), &args);
+    let (code, line) = health(&["--listen", &listen], &[]);
+    assert_eq!(code, Some(0), "{line}");
+    assert_eq!(line, format!("ready: /readyz on {listen} answered 200\n"));
+    let (code, line) = health(&[], &[("COMPOSIO_AUTH_LISTEN", &listen)]);
+    assert_eq!(code, Some(0), "{line}");
+
+    composio.hold();
+    let socket = server.addr.clone();
+    let verify = tokio::spawn(async move {
+        request(&socket, "GET", "/verify", &[("x-api-key", ADMIN)], "").await
+    });
+    support::eventually("the call at Composio", || composio.calls() >= 1).await;
+    server.signal("TERM");
+    let draining = Instant::now() + Duration::from_secs(5);
+    loop {
+        let readyz = server.get("/readyz", &[]).await;
+        if (readyz.status, readyz.body.as_str()) == (503, "draining") {
+            break;
+        }
+        assert!(Instant::now() < draining, "/readyz never turned 503");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (code, line) = health(&["--listen", &listen], &[]);
+    assert_eq!(code, Some(1), "{line}");
+    assert!(line.ends_with("answered 503\n"), "{line}");
+    assert!(!server.exited(), "exited with a request in flight");
+
+    composio.release();
+    let verify = verify.await.unwrap();
+    assert_eq!(verify.status, 200);
+    assert_eq!(
+        verify.headers["x-composio-member-email"],
+        "alice@example.com"
+    );
+    assert!(tokio::task::block_in_place(|| server.wait()).success());
+    assert!(!server.addr.exists(), "the socket outlived the server");
+    let (code, line) = health(&["--listen", &listen], &[]);
+    assert_eq!(code, Some(1), "{line}");
 }

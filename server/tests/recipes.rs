@@ -11,8 +11,8 @@ use composio_auth::testing::StandIn;
 use serde_json::Value;
 use support::proxy::{alive_in_group, echo_app, recipes, Proxy, CADDY_RECIPE, NGINX_RECIPES};
 use support::{
-    client, composio, in_scope, Server, ADMIN, MEMBER, NO_PROJECT, SCOPE_A, SCOPE_B, USER,
-    USER_KEYS,
+    client, composio, in_scope, Address, Server, SocketDir, ADMIN, MEMBER, NO_PROJECT, SCOPE_A,
+    SCOPE_B, USER, USER_KEYS,
 };
 
 /// Every file under `dir`, as a path relative to `root`.
@@ -103,7 +103,7 @@ async fn caddy_admits_refuses_and_never_lets_a_client_spoof_identity() {
 
 /// Each verdict row through `proxy`, the identity the app sees,
 /// spoofing, the admin route's policy, and one upstream call per key.
-async fn every_verdict_through(proxy: &Proxy, server: &Server, composio: &StandIn) {
+async fn every_verdict_through<A: Address>(proxy: &Proxy, server: &Server<A>, composio: &StandIn) {
     // Allowed: the app sees the server's identity, not the client's.
     let spoofed = [
         ("x-api-key", ADMIN),
@@ -129,13 +129,9 @@ async fn every_verdict_through(proxy: &Proxy, server: &Server, composio: &StandI
     assert_eq!(seen["x-composio-member-name"], "Carol%20Zo%C3%AB");
 
     // Refused: the server's own envelope and challenge, not proxy's HTML.
-    let direct = client()
-        .get(format!("http://{}/verify", server.addr))
-        .send()
-        .await
-        .unwrap();
-    let direct_challenge = direct.headers()["www-authenticate"].clone();
-    let direct_body = direct.text().await.unwrap();
+    let direct = server.get("/verify", &[]).await;
+    let direct_challenge = direct.headers["www-authenticate"].clone();
+    let direct_body = direct.body;
     let refused = through(proxy, "/orders", &[]).await;
     assert_eq!(refused.status(), 401);
     assert_eq!(refused.headers()["www-authenticate"], direct_challenge);
@@ -188,7 +184,7 @@ async fn caddy_passes_a_user_keys_scope_and_its_400_through() {
 
 /// A user key's selectors through `proxy`: each scope's identity reaches the app,
 /// verified once; a lone selector reaches the client as the server's 400.
-async fn scopes_through(proxy: &Proxy, server: &Server, composio: &StandIn) {
+async fn scopes_through<A: Address>(proxy: &Proxy, server: &Server<A>, composio: &StandIn) {
     for _ in 0..3 {
         for (scope, email) in [(SCOPE_A, "ann@example.com"), (SCOPE_B, "ben@example.com")] {
             let mut headers = in_scope(scope).to_vec();
@@ -206,15 +202,9 @@ async fn scopes_through(proxy: &Proxy, server: &Server, composio: &StandIn) {
     // nginx's 500 made a 503 "could not verify".
     for lone in [("x-org-id", SCOPE_A.0), ("x-project-id", SCOPE_A.1)] {
         let headers = [("x-user-api-key", USER), lone];
-        let direct = client()
-            .get(format!("http://{}/verify", server.addr))
-            .header(headers[0].0, headers[0].1)
-            .header(lone.0, lone.1)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(direct.status(), 400);
-        let direct_body = direct.text().await.unwrap();
+        let direct = server.get("/verify", &headers).await;
+        assert_eq!(direct.status, 400);
+        let direct_body = direct.body;
         let answer = through(proxy, "/orders", &headers).await;
         assert_eq!(answer.status(), 400, "{}", proxy.log());
         assert_eq!(answer.headers()["content-type"], "application/json");
@@ -233,6 +223,40 @@ async fn scopes_through(proxy: &Proxy, server: &Server, composio: &StandIn) {
     assert_eq!(answer.status(), 401, "{}", proxy.log());
     let envelope: Value = answer.json().await.unwrap();
     assert_eq!(envelope["error"]["request_id"], "standin-request");
+}
+
+// nginx reaching the server over a unix socket (`server unix:/path;` in the
+// upstream): the same verdicts, scopes and refusals as over TCP.
+
+/// The server's flags for nginx's workers (`nobody` under a root master) to
+/// connect to its socket.
+const OPEN_TO_NGINX: [&str; 2] = ["--socket-mode", "666"];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_over_a_unix_socket_admits_refuses_and_never_lets_a_client_spoof_identity() {
+    let composio = composio().await;
+    let dir = SocketDir::new();
+    let mut server =
+        Server::start_unix(&composio.base_url(), &dir.join("auth.sock"), &OPEN_TO_NGINX);
+    let nginx = Proxy::nginx(server.addr.as_path(), echo_app().await);
+    every_verdict_through(&nginx, &server, &composio).await;
+
+    // The server stopped, its socket gone with it: the same JSON 503.
+    assert!(tokio::task::block_in_place(|| server.terminate()).success());
+    assert!(!server.addr.exists());
+    let answer = through(&nginx, "/orders", &[("x-api-key", ADMIN)]).await;
+    assert_eq!(answer.status(), 503, "{}", nginx.log());
+    assert_eq!(answer.headers()["retry-after"], "5");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_over_a_unix_socket_passes_a_user_keys_scope_and_its_400_through() {
+    let composio = composio().await;
+    let dir = SocketDir::new();
+    let args = [&USER_KEYS[..], &OPEN_TO_NGINX].concat();
+    let server = Server::start_unix(&composio.base_url(), &dir.join("auth.sock"), &args);
+    let nginx = Proxy::nginx(server.addr.as_path(), echo_app().await);
+    scopes_through(&nginx, &server, &composio).await;
 }
 
 /// Envoy is not installable here, so its HTTP recipe is read, not run: its

@@ -1,18 +1,21 @@
-//! `composio-auth-server` over TCP, the real binary against the stand-in: the
-//! verdicts a proxy gets, the identity headers, per-route policies on one cache,
-//! a user key's scopes, the operators' endpoints, and bad input.
+//! `composio-auth-server` over TCP and unix sockets, the real binary against the
+//! stand-in: the verdicts a proxy gets, the identity headers, per-route policies
+//! on one cache, a user key's scopes, the operators' endpoints, bad input, and a
+//! unix socket's mode, stale file and removal.
 
 mod support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::Duration;
 
 use composio_auth::ComposioAuthLayer;
 use serde_json::Value;
 use support::{
-    bad_selectors, client, composio, in_scope, run_to_exit, Server, ADMIN, MEMBER, NO_PROJECT,
-    SCOPE_A, SCOPE_B, USER, USER_KEYS,
+    bad_selectors, client, composio, in_scope, mode_of, request, run_to_exit, Server, SocketDir,
+    ADMIN, MEMBER, NO_PROJECT, SCOPE_A, SCOPE_B, USER, USER_KEYS,
 };
 
 async fn get(server: &Server, path: &str, key: Option<&str>) -> reqwest::Response {
@@ -470,4 +473,174 @@ async fn a_closed_stdout_never_stops_the_server() {
     assert!(child.try_wait().unwrap().is_none(), "the server stopped");
     let _ = child.kill();
     let _ = child.wait();
+}
+
+// Unix sockets: `--listen unix:/path` and the admin listener on one, their mode
+// (`--socket-mode`), the stale file a crash leaves, bad paths and modes, and
+// the file removed at exit.
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_a_unix_socket_the_server_answers_and_removes_it_at_exit() {
+    let composio = composio().await;
+    let dir = SocketDir::new();
+    let admin = dir.unix("admin.sock");
+    let args = ["--admin-listen", admin.as_str()];
+    let mut server = Server::start_unix(&composio.base_url(), &dir.join("auth.sock"), &args);
+    let admin = server.admin.clone().unwrap();
+    // The default mode.
+    assert_eq!(mode_of(&server.addr), 0o660);
+    assert_eq!(mode_of(&admin), 0o660);
+
+    let allowed = server.get("/verify", &[("x-api-key", ADMIN)]).await;
+    assert_eq!(allowed.status, 200);
+    assert_eq!(
+        allowed.headers["x-composio-member-email"],
+        "alice@example.com"
+    );
+    assert_eq!(allowed.headers["x-composio-member-role"], "admin");
+    assert!(allowed.headers.contains_key("x-composio-project-id"));
+    for (name, value) in &allowed.headers {
+        assert!(
+            !value.to_str().unwrap().contains(ADMIN),
+            "{name} carries the key"
+        );
+    }
+    assert_eq!(allowed.body, "");
+    let refused = server
+        .get("/verify", &[("x-api-key", "ak_not_a_key_0123456789")])
+        .await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.headers.contains_key("www-authenticate"));
+    let envelope: Value = serde_json::from_str(&refused.body).unwrap();
+    assert_eq!(envelope["error"]["code"], 801);
+    assert_eq!(server.get("/verify", &[]).await.status, 401);
+    for probe in ["/healthz", "/readyz"] {
+        let answer = server.get(probe, &[]).await;
+        assert_eq!(
+            (answer.status, answer.body.as_str()),
+            (200, "ok"),
+            "{probe}"
+        );
+    }
+
+    // The admin socket invalidates.
+    composio.revoke(ADMIN);
+    let done = request(&admin, "POST", "/invalidate", &[], ADMIN).await;
+    assert_eq!(done.status, 204);
+    let revoked = server.get("/verify", &[("x-api-key", ADMIN)]).await;
+    assert_eq!(revoked.status, 401);
+    assert_eq!(composio.calls_for(ADMIN), 2);
+
+    let status = tokio::task::block_in_place(|| server.terminate());
+    assert!(status.success(), "{status}");
+    assert!(!server.addr.exists(), "the socket outlived the server");
+    assert!(!admin.exists(), "the admin socket outlived the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socket_mode_sets_every_sockets_permissions_and_sigint_removes_them() {
+    let composio = composio().await;
+    let dir = SocketDir::new();
+    let admin = dir.unix("admin.sock");
+    let args = ["--socket-mode", "600", "--admin-listen", admin.as_str()];
+    let mut server = Server::start_unix(&composio.base_url(), &dir.join("auth.sock"), &args);
+    let admin = server.admin.clone().unwrap();
+    assert_eq!(mode_of(&server.addr), 0o600);
+    assert_eq!(mode_of(&admin), 0o600);
+    assert_eq!(server.get("/healthz", &[]).await.status, 200);
+    server.signal("INT");
+    assert!(tokio::task::block_in_place(|| server.wait()).success());
+    assert!(!server.addr.exists() && !admin.exists());
+
+    let args = ["--socket-mode", "0666"];
+    let server = Server::start_unix(&composio.base_url(), &dir.join("open.sock"), &args);
+    assert_eq!(mode_of(&server.addr), 0o666);
+    assert_eq!(server.get("/healthz", &[]).await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stale_socket_is_replaced_but_a_live_one_or_another_file_is_refused() {
+    let composio = composio().await;
+    let dir = SocketDir::new();
+    // A crash's leftover: a socket file nobody listens on.
+    let stale = dir.join("stale.sock");
+    drop(UnixListener::bind(&stale).unwrap());
+    assert!(UnixStream::connect(&stale).is_err());
+    let server = Server::start_unix(&composio.base_url(), &stale, &[]);
+    let allowed = server.get("/verify", &[("x-api-key", ADMIN)]).await;
+    assert_eq!(allowed.status, 200);
+    drop(server);
+
+    // Another process listens on it: exit 2, its socket as it was.
+    let live = dir.join("live.sock");
+    let _listener = UnixListener::bind(&live).unwrap();
+    let inode = std::fs::metadata(&live).unwrap().ino();
+    let refused = |name: &str, why: &str| {
+        let (code, stderr) = run_to_exit(&["--listen", &dir.unix(name)]);
+        assert_eq!(code, Some(2), "{name}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{name}: {stderr}");
+        assert!(stderr.contains(why), "{name}: {stderr}");
+    };
+    refused("live.sock", "already in use");
+    assert_eq!(std::fs::metadata(&live).unwrap().ino(), inode);
+    UnixStream::connect(&live).expect("the socket still listens");
+
+    // Not a socket: a file, a directory, a link (to a stale socket): each left
+    // as it is.
+    std::fs::write(dir.join("file.sock"), "keep me").unwrap();
+    refused("file.sock", "not a socket");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("file.sock")).unwrap(),
+        "keep me"
+    );
+    std::fs::create_dir(dir.join("dir.sock")).unwrap();
+    refused("dir.sock", "not a socket");
+    assert!(dir.join("dir.sock").is_dir());
+    let target = dir.join("target.sock");
+    drop(UnixListener::bind(&target).unwrap());
+    std::os::unix::fs::symlink(&target, dir.join("link.sock")).unwrap();
+    refused("link.sock", "not a socket");
+    assert!(dir.join("link.sock").is_symlink() && target.exists());
+}
+
+#[test]
+fn bad_unix_addresses_and_socket_modes_are_one_line_and_exit_2() {
+    let dir = SocketDir::new();
+    std::fs::write(dir.join("file"), "").unwrap();
+    let too_long = format!("unix:/tmp/{}", "s".repeat(103));
+    assert_eq!(too_long.len() - "unix:".len(), 108);
+    let (missing, not_a_dir) = (dir.unix("missing/auth.sock"), dir.unix("file/auth.sock"));
+    // Beside a good --listen, bound first: a failure after it removes it.
+    let ok = dir.unix("ok.sock");
+    let missing_admin = dir.unix("missing/admin.sock");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (vec!["--listen", &missing], "no directory"),
+        (vec!["--listen", &not_a_dir], "not a directory"),
+        (vec!["--listen", &too_long], "at most 107 bytes"),
+        (vec!["--listen", "unix:"], "path"),
+        (vec!["--listen", &ok, "--grpc-listen", "unix:"], "path"),
+        (
+            vec!["--listen", &ok, "--admin-listen", &missing_admin],
+            "no directory",
+        ),
+        (vec!["--listen", &ok, "--socket-mode", "999"], "octal"),
+        (vec!["--listen", &ok, "--socket-mode", "rw"], "octal"),
+        (
+            vec!["--listen", &ok, "--socket-mode", "1777"],
+            "at most 0777",
+        ),
+        (
+            vec!["--listen", &ok, "--socket-mode", "10000"],
+            "at most 0777",
+        ),
+    ];
+    for (args, why) in &cases {
+        let (code, stderr) = run_to_exit(args);
+        assert_eq!(code, Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("composio-auth-server: "), "{stderr}");
+        assert!(stderr.contains(why), "{args:?}: {stderr}");
+        // Bound before the failure, or never: no socket left behind.
+        assert!(!dir.join("ok.sock").exists(), "{args:?} left the socket");
+    }
 }

@@ -1,14 +1,22 @@
 //! The server as the tests run it: the real binary, a real process on free
-//! loopback ports, against the library's stand-in of Composio; killed when
-//! dropped.
+//! loopback ports (or unix sockets), against the library's stand-in of Composio;
+//! killed when dropped.
 #![allow(dead_code)]
 
+use std::future::Future;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
+use axum::body::Bytes;
+use axum::http::HeaderMap;
 use composio_auth::testing::StandIn;
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tonic::transport::{Channel, Endpoint, Uri};
 
 pub mod proxy;
 /// The library's own `redis-server` processes (one source for both crates).
@@ -104,11 +112,128 @@ pub fn bad_selectors() -> Vec<Vec<(&'static str, String)>> {
     ]
 }
 
-/// A running `composio-auth-server`.
-pub struct Server {
-    pub addr: SocketAddr,
-    pub admin: Option<SocketAddr>,
-    pub grpc: Option<SocketAddr>,
+/// Where a listener of the server is: a TCP address (`SocketAddr`), or a unix
+/// socket's path (`PathBuf`), and how a client reaches it.
+pub trait Address: Clone + Send + Sync + 'static {
+    /// A connection to it.
+    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+
+    /// The address as a "... on" line of the server prints it.
+    fn parse(printed: &str) -> Self;
+
+    /// A new connection.
+    fn connect(&self) -> impl Future<Output = std::io::Result<Self::Stream>> + Send;
+
+    /// A gRPC channel to it.
+    fn channel(&self) -> impl Future<Output = Channel> + Send;
+}
+
+impl Address for SocketAddr {
+    type Stream = tokio::net::TcpStream;
+
+    fn parse(printed: &str) -> Self {
+        printed.trim_start_matches("http://").parse().unwrap()
+    }
+
+    async fn connect(&self) -> std::io::Result<Self::Stream> {
+        tokio::net::TcpStream::connect(self).await
+    }
+
+    async fn channel(&self) -> Channel {
+        Endpoint::from_shared(format!("http://{self}"))
+            .unwrap()
+            .connect()
+            .await
+            .expect("connect to the gRPC listener")
+    }
+}
+
+impl Address for PathBuf {
+    type Stream = tokio::net::UnixStream;
+
+    fn parse(printed: &str) -> Self {
+        let path = printed.strip_prefix("unix:");
+        PathBuf::from(path.unwrap_or_else(|| panic!("not a unix socket: {printed}")))
+    }
+
+    async fn connect(&self) -> std::io::Result<Self::Stream> {
+        tokio::net::UnixStream::connect(self).await
+    }
+
+    async fn channel(&self) -> Channel {
+        let path = self.clone();
+        // The URI is tonic's to parse, never dialled: the connector is.
+        Endpoint::try_from("http://[::]:50051")
+            .unwrap()
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let path = path.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(path).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(stream))
+                }
+            }))
+            .await
+            .expect("connect to the gRPC socket")
+    }
+}
+
+/// An answer read with hyper's client (reqwest speaks no unix socket).
+#[derive(Debug)]
+pub struct Answer {
+    /// The status code.
+    pub status: u16,
+    /// The answer's headers.
+    pub headers: HeaderMap,
+    /// The whole body (lossy UTF-8).
+    pub body: String,
+}
+
+/// `method path` with `headers` and `body` to the listener at `addr`, on a
+/// connection of its own.
+pub async fn request<A: Address>(
+    addr: &A,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> Answer {
+    let stream = addr.connect().await.expect("connect to the server");
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .expect("an HTTP/1.1 connection");
+    tokio::spawn(connection);
+    let mut request = axum::http::Request::builder()
+        .method(method)
+        .uri(path)
+        .header("host", "localhost");
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(10), sender.send_request(request))
+        .await
+        .expect("an answer within 10 s")
+        .expect("an HTTP answer");
+    let (parts, body) = response.into_parts();
+    let body = body.collect().await.expect("the whole body").to_bytes();
+    Answer {
+        status: parts.status.as_u16(),
+        headers: parts.headers,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+/// A running `composio-auth-server`, its listeners on TCP (`Server`, from
+/// `start`) or on unix sockets (`Server<PathBuf>`, from `start_unix`).
+pub struct Server<A = SocketAddr> {
+    /// Where `--listen` listens.
+    pub addr: A,
+    /// Where `--admin-listen` listens, if given.
+    pub admin: Option<A>,
+    /// Where `--grpc-listen` listens, if given.
+    pub grpc: Option<A>,
     child: Child,
 }
 
@@ -122,8 +247,27 @@ impl Server {
     /// As `start`, with the environment variables `env` set (none of the
     /// library's or the webhook secret's is inherited from the tests').
     pub fn start_with_env(base_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
+        Self::launch("127.0.0.1:0", base_url, args, env)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+}
+
+impl Server<PathBuf> {
+    /// Starts the binary with `--listen unix:{socket}` and `args` (in which any
+    /// `--grpc-listen` or `--admin-listen` is a unix socket too), waiting for the
+    /// lines that say where it listens.
+    pub fn start_unix(base_url: &str, socket: &Path, args: &[&str]) -> Self {
+        Self::launch(&format!("unix:{}", socket.display()), base_url, args, &[])
+    }
+}
+
+impl<A: Address> Server<A> {
+    fn launch(listen: &str, base_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_composio-auth-server"))
-            .args(["--listen", "127.0.0.1:0", "--base-url", base_url])
+            .args(["--listen", listen, "--base-url", base_url])
             .args(args)
             .env_remove("COMPOSIO_BASE_URL")
             .env_remove("COMPOSIO_WEBHOOK_SECRET")
@@ -143,10 +287,7 @@ impl Server {
                 .next()
                 .expect("the server says where it listens")
                 .unwrap();
-            let at = |prefix: &str| {
-                line.strip_prefix(prefix)
-                    .map(|a| a.trim_start_matches("http://").parse().unwrap())
-            };
+            let at = |prefix: &str| line.strip_prefix(prefix).map(A::parse);
             addr = addr.or_else(|| at("composio-auth-server listening on "));
             admin = admin.or_else(|| at("composio-auth-server admin on "));
             grpc = grpc.or_else(|| at("composio-auth-server grpc on "));
@@ -161,8 +302,9 @@ impl Server {
         }
     }
 
-    pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+    /// GET `path` with `headers` on `--listen`.
+    pub async fn get(&self, path: &str, headers: &[(&str, &str)]) -> Answer {
+        request(&self.addr, "GET", path, headers, "").await
     }
 
     /// The server's process id.
@@ -174,28 +316,95 @@ impl Server {
     pub fn exited(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(Some(_)))
     }
+
+    /// SIG`name` to the server.
+    pub fn signal(&self, name: &str) {
+        proxy::signal(name, &self.pid().to_string());
+    }
+
+    /// SIGTERM, then its exit status once it has exited (see `wait`).
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal("TERM");
+        self.wait()
+    }
+
+    /// Its exit status once it has exited (killed, which fails `success()`, if
+    /// still running 10 s later). Blocks the thread.
+    pub fn wait(&mut self) -> ExitStatus {
+        let pid = self.pid().to_string();
+        let (exited, waited) = std::sync::mpsc::channel::<()>();
+        std::thread::spawn(move || {
+            if waited.recv_timeout(Duration::from_secs(10)).is_err() {
+                proxy::signal("KILL", &pid);
+            }
+        });
+        let status = self.child.wait().expect("wait for the server");
+        let _ = exited.send(());
+        status
+    }
 }
 
-impl Drop for Server {
+impl<A> Drop for Server<A> {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
+/// A directory of its own for unix sockets: a short path (a socket's is at most
+/// 107 bytes), open to nginx's workers (0755); removed when dropped.
+pub struct SocketDir(PathBuf);
+
+impl SocketDir {
+    /// A new, empty directory.
+    pub fn new() -> Self {
+        use std::os::unix::fs::PermissionsExt;
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("composio-auth-uds-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self(dir)
+    }
+
+    /// `name` in the directory.
+    pub fn join(&self, name: &str) -> PathBuf {
+        self.0.join(name)
+    }
+
+    /// `unix:{dir}/{name}`, as `--listen` and the others take it.
+    pub fn unix(&self, name: &str) -> String {
+        format!("unix:{}", self.join(name).display())
+    }
+}
+
+impl Drop for SocketDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The permission bits of the file at `path` (`0o660`), never following a link.
+pub fn mode_of(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::symlink_metadata(path)
+        .unwrap_or_else(|error| panic!("{}: {error}", path.display()));
+    metadata.permissions().mode() & 0o7777
+}
+
 /// Envoy's side of `Check`: what it sends for a client's request with `headers`
 /// on a route with `context_extensions`.
 pub async fn check(
-    addr: SocketAddr,
+    addr: impl Address,
     headers: &[(&str, &str)],
     context_extensions: &[(&str, &str)],
 ) -> envoy_types::ext_authz::v3::pb::CheckResponse {
     use envoy_types::pb::envoy::service::auth::v3::attribute_context::{HttpRequest, Request};
     use envoy_types::pb::envoy::service::auth::v3::authorization_client::AuthorizationClient;
     use envoy_types::pb::envoy::service::auth::v3::{AttributeContext, CheckRequest};
-    let mut client = AuthorizationClient::connect(format!("http://{addr}"))
-        .await
-        .expect("connect to the gRPC listener");
+    let mut client = AuthorizationClient::new(addr.channel().await);
     let owned = |pairs: &[(&str, &str)]| {
         pairs
             .iter()

@@ -73,6 +73,37 @@ fn scratch(what: &str) -> PathBuf {
     dir
 }
 
+/// Where nginx reaches the server: its upstream's `server`, an address or a
+/// unix socket.
+pub enum Upstream {
+    /// `server 127.0.0.1:8080;`
+    Tcp(SocketAddr),
+    /// `server unix:/path;`
+    Unix(PathBuf),
+}
+
+impl From<SocketAddr> for Upstream {
+    fn from(addr: SocketAddr) -> Self {
+        Self::Tcp(addr)
+    }
+}
+
+impl From<&Path> for Upstream {
+    fn from(socket: &Path) -> Self {
+        Self::Unix(socket.to_owned())
+    }
+}
+
+impl std::fmt::Display for Upstream {
+    /// As nginx's `server` takes it: `127.0.0.1:8080`, `unix:/path`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Tcp(addr) => write!(f, "{addr}"),
+            Self::Unix(socket) => write!(f, "unix:{}", socket.display()),
+        }
+    }
+}
+
 /// A running proxy.
 pub struct Proxy {
     pub port: u16,
@@ -82,8 +113,10 @@ pub struct Proxy {
 
 impl Proxy {
     /// nginx with `server/recipes/nginx/`, its upstreams `composio_auth` (the
-    /// server at `auth`) and `app`.
-    pub fn nginx(auth: SocketAddr, app: SocketAddr) -> Self {
+    /// server at `auth`: an address, or a unix socket nginx's workers may
+    /// connect to) and `app`.
+    pub fn nginx(auth: impl Into<Upstream>, app: SocketAddr) -> Self {
+        let auth = auth.into();
         let nginx = installed("nginx", "nginx");
         installed("kill", "procps"); // how `Drop` stops it
         let dir = scratch("nginx");
