@@ -241,7 +241,7 @@ impl<S> Layer<S> for ComposioAuthLayer {
     type Service = ComposioAuth<S>;
 
     fn layer(&self, inner: S) -> ComposioAuth<S> {
-        ComposioAuth::new(inner, Arc::clone(&self.state), Arc::clone(&self.policy))
+        ComposioAuth::new(inner, Arc::new(self.clone()))
     }
 }
 

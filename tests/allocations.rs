@@ -1,8 +1,9 @@
 //! What a warm hit allocates, counted: beyond what any axum layer costs, only the
-//! `SessionInfo` extension's box and the growth of the request's extension map
-//! (axum has filled its first table with its own extensions by then). A wrapper
-//! response body, which axum boxes again, or any other allocation on the hit path
-//! fails this test.
+//! `SessionInfo` extension's box and, added with `Router::layer`, the growth of the
+//! request's extension map (axum has filled its first table with its own
+//! extensions by then). Around the whole router, the layer gives the map room for
+//! axum's extensions as it creates it: the box alone. A wrapper response body,
+//! which axum boxes again, or any other allocation on the hit path fails this test.
 //!
 //! A counting allocator; this file holds one test so that nothing else allocates
 //! meanwhile.
@@ -10,13 +11,15 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use std::convert::Infallible;
+
 use axum::body::Body;
-use axum::http::Request;
+use axum::http::{Request, Response};
 use axum::routing::get;
 use axum::Router;
 use composio_auth::testing::StandIn;
 use composio_auth::ComposioAuthLayer;
-use tower::ServiceExt;
+use tower::{Layer, Service, ServiceExt};
 
 struct Counting;
 
@@ -44,7 +47,10 @@ fn router() -> Router {
 }
 
 /// Allocations per request through `app`, over [`REQUESTS`] requests.
-async fn per_request(app: &Router) -> f64 {
+async fn per_request<S>(app: &S) -> f64
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
     let before = ALLOCATIONS.load(Ordering::Relaxed);
     for _ in 0..REQUESTS {
         let request = Request::get("/")
@@ -65,7 +71,7 @@ async fn a_warm_hit_allocates_the_extension_and_nothing_else() {
         .base_url(composio.base_url())
         .build()
         .unwrap();
-    let protected = router().layer(layer).with_state(());
+    let protected = router().layer(layer.clone()).with_state(());
     // The yardstick: a layer that does nothing, for what axum's layering allocates.
     let pass_through = router()
         .layer(tower::layer::util::Identity::new())
@@ -84,5 +90,19 @@ async fn a_warm_hit_allocates_the_extension_and_nothing_else() {
     );
     // The count is real: the extension itself is allocated on every hit.
     assert!(extra >= 1.0, "{hit} against {pass_through}");
+
+    // Around the router: no layering by axum, and no growth of the map.
+    let around = layer.layer(router().with_state(()));
+    let bare = router().with_state(());
+    per_request(&around).await;
+    per_request(&bare).await;
+    let bare = per_request(&bare).await;
+    let around = per_request(&around).await;
+    assert_eq!(
+        around - bare,
+        1.0,
+        "around the router, a warm hit allocates {around} times per request against \
+         {bare} bare; expected exactly 1 more (the extension's box)"
+    );
     assert_eq!(composio.calls(), 1);
 }

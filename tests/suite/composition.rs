@@ -154,8 +154,27 @@ async fn the_layer_around_a_whole_router_is_served_by_axum_serve_as_it_is() {
     use axum::ServiceExt;
     use tower::Layer;
 
+    use axum::extract::{MatchedPath, OriginalUri, Path};
+
     let composio = composio().await;
-    let app = builder(&composio).build().unwrap().layer(me());
+    // Axum's own extensions go into the map the layer made room in, beside the session.
+    let items = Router::new().route(
+        "/items/{id}",
+        get(
+            |Path(id): Path<String>,
+             matched: MatchedPath,
+             uri: OriginalUri,
+             session: SessionInfo| async move {
+                format!(
+                    "{id} {} {} {}",
+                    matched.as_str(),
+                    uri.0,
+                    session.org_member.email
+                )
+            },
+        ),
+    );
+    let app = builder(&composio).build().unwrap().layer(me().merge(items));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let service = ServiceExt::<axum::extract::Request>::into_make_service(app);
@@ -172,6 +191,18 @@ async fn the_layer_around_a_whole_router_is_served_by_axum_serve_as_it_is() {
     let admitted = client.me(ALICE).await;
     assert_eq!(admitted.status, 200);
     assert!(admitted.body.contains('@'), "{}", admitted.body);
+    let item = client.get("/items/42?x=1", &[("x-api-key", ALICE)]).await;
+    assert_eq!(item.status, 200);
+    assert_eq!(
+        item.body,
+        format!("42 /items/{{id}} /items/42?x=1 {}", admitted.body)
+    );
+    let item = client.get("/items/42?x=1", &[("x-api-key", ALICE)]).await;
+    assert_eq!(item.status, 200);
+    assert_eq!(
+        item.body,
+        format!("42 /items/{{id}} /items/42?x=1 {}", admitted.body)
+    );
 }
 
 #[tokio::test(flavor = "current_thread")]

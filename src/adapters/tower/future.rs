@@ -19,6 +19,7 @@ use pin_project_lite::pin_project;
 use tower_service::Service;
 
 use crate::adapters::tower::drain::{Drain, Unread};
+use crate::adapters::tower::extensions::make_room;
 use crate::body::RejectionBody;
 use crate::verifier::cache::Stale;
 use crate::verifier::decision::Resolution;
@@ -75,6 +76,7 @@ where
 {
     /// Admits the request with `session` if the policy allows it: the inner service
     /// is called at once with the session in the request's extensions.
+    #[inline]
     pub(crate) fn admit(
         policy: &Policy,
         inner: &mut S,
@@ -84,6 +86,7 @@ where
         Self::admit_as(Outcome::Allowed, policy, inner, request, session)
     }
 
+    #[inline]
     fn admit_as(
         outcome: Outcome,
         policy: &Policy,
@@ -94,6 +97,7 @@ where
         if let Some(refusal) = policy.admits(&session, outcome) {
             return Self::reject(policy, refusal, request);
         }
+        make_room(request.extensions_mut());
         request.extensions_mut().insert(session);
         Self {
             stage: Stage::Called {

@@ -3,6 +3,7 @@
 //! rejects (draining what is left of a rejected request's body).
 
 pub(crate) mod drain;
+mod extensions;
 pub(crate) mod future;
 pub(crate) mod service;
 #[cfg(feature = "webhook")]

@@ -13,9 +13,7 @@ use crate::adapters::tower::future::ResponseFuture;
 use crate::body::RejectionBody;
 use crate::verifier::credential;
 use crate::verifier::decision::Step;
-use crate::verifier::policy::Policy;
-use crate::verifier::state::LayerState;
-use crate::TRACING_TARGET;
+use crate::{ComposioAuthLayer, TRACING_TARGET};
 
 /// The service made by [`ComposioAuthLayer`](crate::ComposioAuthLayer): verifies the
 /// request's key, then calls the inner service with
@@ -26,17 +24,14 @@ use crate::TRACING_TARGET;
 #[derive(Clone)]
 pub struct ComposioAuth<S> {
     inner: S,
-    state: Arc<LayerState>,
-    policy: Arc<Policy>,
+    /// Behind one `Arc`: routers clone the service for every request, and one
+    /// reference count to move is cheaper than the layer's two.
+    layer: Arc<ComposioAuthLayer>,
 }
 
 impl<S> ComposioAuth<S> {
-    pub(crate) fn new(inner: S, state: Arc<LayerState>, policy: Arc<Policy>) -> Self {
-        Self {
-            inner,
-            state,
-            policy,
-        }
+    pub(crate) fn new(inner: S, layer: Arc<ComposioAuthLayer>) -> Self {
+        Self { inner, layer }
     }
 
     /// The wrapped service.
@@ -59,7 +54,7 @@ impl<S: fmt::Debug> fmt::Debug for ComposioAuth<S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ComposioAuth")
             .field("inner", &self.inner)
-            .field("base_url", &self.state.base_url)
+            .field("base_url", &self.layer.state.base_url)
             .finish_non_exhaustive()
     }
 }
@@ -79,8 +74,8 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let state = &*self.state;
-        let policy = &self.policy;
+        let state = &*self.layer.state;
+        let policy = &self.layer.policy;
         let (header, digest, scoped) =
             match credential::extract(request.headers_mut(), state.accepted) {
                 Ok(credential) => (
