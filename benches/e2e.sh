@@ -1,18 +1,27 @@
 #!/usr/bin/env bash
 # End to end over TCP: the same app unprotected and behind a warm ComposioAuthLayer,
 # served on one worker thread pinned to core 0, driven by wrk pinned to core 1.
-# Runs alternate (unprotected, protected) ROUNDS times; prints requests/s and p99 of
-# each run and the ratio of the medians.
 #
-#   bash benches/e2e.sh            # 5 rounds of 10 s
-#   ROUNDS=9 SECS=20 bash benches/e2e.sh
+# A run is ROUNDS rounds; a round measures both apps for SECS seconds each, in ABBA
+# order (unprotected first in odd rounds, protected first in even ones), so that the
+# machine's drift over a run weighs on both alike. A run's figure is the ratio of
+# the medians of its rounds' requests/s (protected / unprotected). RUNS runs; the
+# result is the median of their figures, with the spread (lowest-highest).
+#
+#   bash benches/e2e.sh                       # 3 runs of 10 rounds of 2 s
+#   RUNS=5 ROUNDS=20 SECS=2 bash benches/e2e.sh
+#   FORM=per_route bash benches/e2e.sh       # the layer added with Router::layer
 #   TARGET=actix_load_target bash benches/e2e.sh   # the same in actix-web
 set -euo pipefail
 cd "$(dirname "$0")/.."
-ROUNDS=${ROUNDS:-5}
-SECS=${SECS:-10}
+RUNS=${RUNS:-3}
+ROUNDS=${ROUNDS:-10}
+SECS=${SECS:-2}
 CONNECTIONS=${CONNECTIONS:-32}
 TARGET=${TARGET:-load_target}
+# Which protected server: "protected" (the README's: around the whole axum router;
+# actix-web's wrap) or "per_route" (axum only: added with Router::layer).
+FORM=${FORM:-protected}
 
 if ! command -v wrk >/dev/null; then
   echo "installing wrk (Debian package)" >&2
@@ -27,7 +36,7 @@ trap 'kill $server 2>/dev/null || true; rm -f "$out"' EXIT
 until grep -q protected= "$out"; do sleep 0.1; done
 read -r line <"$out"
 unprotected=$(sed -E 's/.*unprotected=([^ ]+).*/\1/' <<<"$line")
-protected=$(sed -E 's/.* protected=([^ ]+).*/\1/' <<<"$line")
+protected=$(sed -E "s/.* $FORM=([^ ]+).*/\\1/" <<<"$line")
 key=$(sed -E 's/.*key=([^ ]+).*/\1/' <<<"$line")
 
 # Prints "requests_per_second p99_in_microseconds".
@@ -40,22 +49,35 @@ measure() {
       /Non-2xx/ { bad = $NF }
       END { if (bad) { print "non-2xx answers: " bad > "/dev/stderr"; exit 1 } print rps, p99 }'
 }
+median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
+ratio() { awk -v p="$1" -v u="$2" 'BEGIN { printf "%.3f", p / u }'; }
 
 # Warm-up, not reported.
 SECS=2 measure "$unprotected" >/dev/null
 SECS=2 measure "$protected" >/dev/null
 
-echo "| round | unprotected req/s | unprotected p99 | protected req/s | protected p99 |"
+echo "| run | unprotected req/s (median) | protected req/s (median) | ratio | rounds' ratios, lowest-highest |"
 echo "|---|---|---|---|---|"
-u_all=(); p_all=()
-for round in $(seq 1 "$ROUNDS"); do
-  read -r u_rps u_p99 < <(measure "$unprotected")
-  read -r p_rps p_p99 < <(measure "$protected")
-  u_all+=("$u_rps"); p_all+=("$p_rps")
-  echo "| $round | $u_rps | ${u_p99} µs | $p_rps | ${p_p99} µs |"
+figures=()
+for run in $(seq 1 "$RUNS"); do
+  u_all=(); p_all=(); pairs=()
+  for round in $(seq 1 "$ROUNDS"); do
+    if ((round % 2)); then
+      read -r u_rps _ < <(measure "$unprotected")
+      read -r p_rps _ < <(measure "$protected")
+    else
+      read -r p_rps _ < <(measure "$protected")
+      read -r u_rps _ < <(measure "$unprotected")
+    fi
+    u_all+=("$u_rps"); p_all+=("$p_rps"); pairs+=("$(ratio "$p_rps" "$u_rps")")
+  done
+  u_med=$(median "${u_all[@]}"); p_med=$(median "${p_all[@]}")
+  figure=$(ratio "$p_med" "$u_med")
+  figures+=("$figure")
+  spread=$(printf '%s\n' "${pairs[@]}" | sort -g | sed -n '1p;$p' | paste -sd-)
+  echo "| $run | $u_med | $p_med | $figure | $spread |"
 done
-median() { printf '%s\n' "$@" | sort -g | awk '{ a[NR] = $1 } END { print a[int((NR + 1) / 2)] }'; }
-u_med=$(median "${u_all[@]}")
-p_med=$(median "${p_all[@]}")
 echo
-echo "median req/s: unprotected $u_med, protected $p_med, ratio $(awk -v p="$p_med" -v u="$u_med" 'BEGIN { printf "%.3f", p / u }') (target >= 0.95)"
+lowest=$(printf '%s\n' "${figures[@]}" | sort -g | head -1)
+highest=$(printf '%s\n' "${figures[@]}" | sort -g | tail -1)
+echo "ratio, median of $RUNS runs: $(median "${figures[@]}") (runs $lowest-$highest; target >= 0.97)"

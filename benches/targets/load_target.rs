@@ -1,17 +1,21 @@
 //! The target of the end-to-end benchmark (`benches/e2e.sh`): the same one-route
-//! axum app served twice on one Tokio worker thread, unprotected and behind a warm
-//! `ComposioAuthLayer`, for a load generator to compare.
+//! axum app served three times on one Tokio worker thread: unprotected, behind a
+//! warm `ComposioAuthLayer` around the whole router (before routing, as the README
+//! does), and with the same layer added with `Router::layer` (on every route), for
+//! a load generator to compare.
 //!
 //! ```text
 //! cargo run --release --example load_target
 //! ```
 //!
-//! Prints `unprotected=ADDR protected=ADDR key=KEY`, then serves until killed.
+//! Prints `unprotected=ADDR protected=ADDR per_route=ADDR key=KEY`, then serves
+//! until killed.
 
 use axum::routing::get;
-use axum::Router;
+use axum::{Router, ServiceExt};
 use composio_auth::testing::StandIn;
 use composio_auth::ComposioAuthLayer;
+use tower::Layer;
 
 const KEY: &str = "ak_load_target_0123456789";
 
@@ -29,14 +33,21 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
         let unprotected = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let protected = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let per_route = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         println!(
-            "unprotected={} protected={} key={KEY}",
+            "unprotected={} protected={} per_route={} key={KEY}",
             unprotected.local_addr()?,
-            protected.local_addr()?
+            protected.local_addr()?,
+            per_route.local_addr()?
         );
         let warm = reqwest::Client::builder().no_proxy().build()?;
         let protected_addr = protected.local_addr()?;
-        let serve_protected = axum::serve(protected, app().layer(layer));
+        // The same layer (one cache): warming one warms both.
+        let serve_protected = axum::serve(
+            protected,
+            ServiceExt::<axum::extract::Request>::into_make_service(layer.layer(app())),
+        );
+        let serve_per_route = axum::serve(per_route, app().layer(layer));
         let serve_unprotected = axum::serve(unprotected, app());
         tokio::spawn(async move {
             // Warm the cache so that every measured request is a hit.
@@ -46,9 +57,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 .send()
                 .await;
         });
-        tokio::try_join!(async { serve_protected.await }, async {
-            serve_unprotected.await
-        })?;
+        tokio::try_join!(
+            async { serve_protected.await },
+            async { serve_per_route.await },
+            async { serve_unprotected.await }
+        )?;
         Ok(())
     })
 }

@@ -6,8 +6,11 @@
 #   (c) the same behind auth_request -> composio-auth-server /verify over TCP, warm;
 #   (d) the same over a unix socket (`server unix:...` in the upstream), to a
 #       second server process (`--listen unix:... --socket-mode 666`), warm.
-# Then the server alone (/verify over TCP, warm). nginx is pinned to core 0, wrk
-# runs on core 1; the servers float on both (SERVER_CPUS=0 pins them beside nginx).
+# Then the server alone (/verify over TCP, warm, moved to core 0 where nginx then
+# idles). nginx is pinned to core 0, wrk runs on core 1, and so do the servers, one
+# Tokio worker each: nginx keeps its core to itself, as beside a sidecar that has a
+# core of its own (SERVER_CPUS=0-1 TOKIO_WORKER_THREADS=2 lets them float on both,
+# where a server's second worker takes turns on nginx's core: p99 suffers).
 # Prints each round, each target's medians with their spread (min-max), and the
 # ratios of the medians to the floor (b).
 #
@@ -33,9 +36,9 @@ server_port=$(free_port); a=$(free_port); b=$(free_port); c=$(free_port); d=$(fr
 socket=$dir/auth.sock
 key=ak_demo_alice_0123456789   # one of --demo's keys
 
-SERVER_CPUS=${SERVER_CPUS:-0-1}
+SERVER_CPUS=${SERVER_CPUS:-1}
 # Tokio's worker threads (its default: one per core).
-export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-2}
+export TOKIO_WORKER_THREADS=${TOKIO_WORKER_THREADS:-1}
 servers=()
 trap 'kill ${servers[*]} 2>/dev/null || true; [ -f "$dir/nginx.pid" ] && kill "$(cat "$dir/nginx.pid")" 2>/dev/null || true; rm -rf "$dir"' EXIT
 # start_server NAME FLAGS...: a --demo server, once it says where it listens.
@@ -131,7 +134,8 @@ echo "(c)/(b), TCP:         req/s $(ratio "${m_rps[c]}" "${m_rps[b]}") (target >
 echo "(d)/(b), unix socket: req/s $(ratio "${m_rps[d]}" "${m_rps[b]}") (target >= 1.2), p99 $(ratio "${m_p99[d]}" "${m_p99[b]}")x (target <= 1.0)"
 
 echo
-echo "the server alone, /verify warm, on cores $SERVER_CPUS (wrk on core 1):"
+echo "the server alone, /verify warm, on core 0 (wrk on core 1):"
+taskset -a -p -c 0 "${servers[0]}" >/dev/null
 all=()
 for round in $(seq 1 "$ROUNDS"); do
   read -r r p50 q < <(measure "http://127.0.0.1:$server_port/verify")
