@@ -533,11 +533,7 @@ mod tests {
     }
 
     fn document() -> SessionDocument {
-        serde_json::from_value(serde_json::json!({
-            "project": null, "api_key": null,
-            "org_member": {"id": "m", "email": "a@b.c", "name": "A", "role": "admin"}
-        }))
-        .unwrap()
+        SessionDocument::for_tests()
     }
 
     fn digest(n: u8) -> Digest {

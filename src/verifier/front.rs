@@ -107,13 +107,7 @@ mod tests {
     use std::time::Duration;
 
     fn session() -> SessionInfo {
-        SessionInfo::new(
-            serde_json::from_value(serde_json::json!({
-                "project": null, "api_key": null,
-                "org_member": {"id": "m", "email": "a@b.c", "name": "A", "role": "admin"}
-            }))
-            .unwrap(),
-        )
+        SessionInfo::for_tests()
     }
 
     /// A cache id no real cache uses (they count up from zero).

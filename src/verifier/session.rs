@@ -73,6 +73,12 @@ impl SessionInfo {
         Self::verified_at(document, Instant::now())
     }
 
+    /// A session of [`SessionDocument::for_tests`], for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        Self::new(SessionDocument::for_tests())
+    }
+
     /// A session whose upstream request was sent at `sent_at`.
     pub(crate) fn verified_at(document: SessionDocument, sent_at: Instant) -> Self {
         Self {
@@ -219,6 +225,17 @@ pub struct SessionDocument {
 }
 
 impl SessionDocument {
+    /// A minimal document (an organization member; no project, no key), for unit
+    /// tests.
+    #[cfg(test)]
+    pub(crate) fn for_tests() -> Self {
+        serde_json::from_value(serde_json::json!({
+            "project": null, "api_key": null,
+            "org_member": {"id": "m", "email": "a@b.c", "name": "A", "role": "admin"}
+        }))
+        .expect("a minimal session document")
+    }
+
     /// Whether Composio marks the key or its project as deleted.
     #[must_use]
     pub fn is_deleted(&self) -> bool {

@@ -57,13 +57,7 @@ mod tests {
     struct Held<const N: usize>;
 
     fn session() -> SessionInfo {
-        SessionInfo::new(
-            serde_json::from_value(serde_json::json!({
-                "project": null, "api_key": null,
-                "org_member": {"id": "m", "email": "a@b.c", "name": "A", "role": "admin"}
-            }))
-            .unwrap(),
-        )
+        SessionInfo::for_tests()
     }
 
     #[test]
