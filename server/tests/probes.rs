@@ -5,9 +5,7 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -15,7 +13,8 @@ use support::{client, composio, request, Server, SocketDir, ADMIN, MEMBER};
 
 const BIN: &str = env!("CARGO_BIN_EXE_composio-auth-server");
 
-/// The binary, with none of the server's variables inherited from the tests'.
+/// The binary, with none of the server's variables inherited from the tests' (as
+/// `Server` starts it).
 fn command() -> Command {
     let mut command = Command::new(BIN);
     for name in [
@@ -27,80 +26,6 @@ fn command() -> Command {
         command.env_remove(name);
     }
     command
-}
-
-/// A running server whose exit status the test reads; killed if still running
-/// when dropped.
-struct Running {
-    addr: SocketAddr,
-    grpc: Option<SocketAddr>,
-    child: Child,
-}
-
-impl Running {
-    /// The binary on `--listen 127.0.0.1:0` with `args` and `env`, once it says
-    /// where it listens.
-    fn start(base_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
-        let mut child = command()
-            .args(["--listen", "127.0.0.1:0", "--base-url", base_url])
-            .args(args)
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start composio-auth-server");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let (mut addr, mut grpc) = (None, None);
-        let wants_grpc = args.contains(&"--grpc-listen");
-        while addr.is_none() || (wants_grpc && grpc.is_none()) {
-            let line = lines.next().expect("the server says where it listens");
-            let line = line.unwrap();
-            let at = |prefix: &str| {
-                line.strip_prefix(prefix)
-                    .map(|a| a.trim_start_matches("http://").parse().unwrap())
-            };
-            addr = addr.or_else(|| at("composio-auth-server listening on "));
-            grpc = grpc.or_else(|| at("composio-auth-server grpc on "));
-        }
-        std::thread::spawn(move || for _ in lines {});
-        Self {
-            addr: addr.unwrap(),
-            grpc,
-            child,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    /// SIG`name` to the server.
-    fn signal(&self, name: &str) {
-        support::proxy::signal(name, &self.child.id().to_string());
-    }
-
-    /// The exit status, waited for `within` at most.
-    async fn exit_within(&mut self, within: Duration) -> ExitStatus {
-        let deadline = Instant::now() + within;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(Instant::now() < deadline, "still running after {within:?}");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    }
-
-    fn running(&mut self) -> bool {
-        self.child.try_wait().unwrap().is_none()
-    }
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// `composio-auth-server health` with `args` and `env`: its exit code and its
@@ -127,7 +52,7 @@ async fn get(url: &str) -> (u16, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_is_200_while_serving_and_health_asks_it() {
     let composio = composio().await;
-    let mut server = Running::start(&composio.base_url(), &[], &[]);
+    let mut server = Server::start_with_env(&composio.base_url(), &[], &[]);
     assert_eq!(get(&server.url("/readyz")).await, (200, "ok".to_owned()));
     assert_eq!(get(&server.url("/healthz")).await, (200, "ok".to_owned()));
     let listen = server.addr.to_string();
@@ -151,7 +76,7 @@ async fn readyz_is_200_while_serving_and_health_asks_it() {
     assert!(line.starts_with("not ready: "), "{line}");
 
     // SIGINT (Ctrl-C) likewise.
-    let mut server = Running::start(&composio.base_url(), &[], &[]);
+    let mut server = Server::start_with_env(&composio.base_url(), &[], &[]);
     server.signal("INT");
     assert!(server.exit_within(Duration::from_secs(3)).await.success());
 }
@@ -176,7 +101,7 @@ fn health_and_the_grace_refuse_bad_configuration() {
 async fn sigterm_with_verifications_in_flight_answers_them_then_exits_0() {
     let composio = composio().await;
     let args = ["--shutdown-grace", "10s", "--grpc-listen", "127.0.0.1:0"];
-    let mut server = Running::start(&composio.base_url(), &args, &[]);
+    let mut server = Server::start_with_env(&composio.base_url(), &args, &[]);
     composio.hold();
     let verify = client()
         .get(server.url("/verify"))
@@ -199,7 +124,7 @@ async fn sigterm_with_verifications_in_flight_answers_them_then_exits_0() {
     assert_eq!(code, Some(1), "{line}");
     assert!(line.ends_with("answered 503\n"), "{line}");
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert!(server.running(), "exited with requests in flight");
+    assert!(!server.exited(), "exited with requests in flight");
 
     composio.release();
     let verify = verify.await.unwrap().unwrap();
@@ -220,7 +145,7 @@ async fn sigterm_with_verifications_in_flight_answers_them_then_exits_0() {
 async fn past_the_grace_a_request_in_flight_gets_503_and_the_exit_is_0() {
     let composio = composio().await;
     let grace = [("COMPOSIO_AUTH_SHUTDOWN_GRACE", "1s")];
-    let mut server = Running::start(&composio.base_url(), &[], &grace);
+    let mut server = Server::start_with_env(&composio.base_url(), &[], &grace);
     composio.hold();
     let verify = client()
         .get(server.url("/verify"))
@@ -258,7 +183,7 @@ async fn readiness_ignores_a_stopped_redis() {
     std::fs::write(&pepper, PEPPER).unwrap();
     let (url, pepper) = (redis.url(), pepper.display().to_string());
     let args = ["--redis-url", &url, "--redis-pepper-file", &pepper];
-    let server = Running::start(&composio.base_url(), &args, &[]);
+    let server = Server::start_with_env(&composio.base_url(), &args, &[]);
     let verify = |key: &'static str| {
         client()
             .get(server.url("/verify"))

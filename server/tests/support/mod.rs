@@ -245,7 +245,8 @@ impl Server {
     }
 
     /// As `start`, with the environment variables `env` set (none of the
-    /// library's or the webhook secret's is inherited from the tests').
+    /// server's own, `--listen`'s, the shutdown grace's or the webhook secret's is
+    /// inherited from the tests').
     pub fn start_with_env(base_url: &str, args: &[&str], env: &[(&str, &str)]) -> Self {
         Self::launch("127.0.0.1:0", base_url, args, env)
     }
@@ -271,6 +272,8 @@ impl<A: Address> Server<A> {
             .args(args)
             .env_remove("COMPOSIO_BASE_URL")
             .env_remove("COMPOSIO_WEBHOOK_SECRET")
+            .env_remove("COMPOSIO_AUTH_LISTEN")
+            .env_remove("COMPOSIO_AUTH_SHUTDOWN_GRACE")
             .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
@@ -320,6 +323,22 @@ impl<A: Address> Server<A> {
     /// SIG`name` to the server.
     pub fn signal(&self, name: &str) {
         proxy::signal(name, &self.pid().to_string());
+    }
+
+    /// Its exit status, waited for `within` at most (the test fails past it),
+    /// without blocking the runtime.
+    pub async fn exit_within(&mut self, within: Duration) -> ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still running after {within:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
     }
 
     /// SIGTERM, then its exit status once it has exited (see `wait`).
