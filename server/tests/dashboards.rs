@@ -21,7 +21,7 @@ use axum::routing::any;
 use axum::Router;
 use composio_auth::testing::{sign_delivery, Reply, StandIn};
 use serde_json::Value;
-use support::proxy::{free_port, signal};
+use support::proxy::{free_port, installed, signal};
 use support::redis::{RedisServer, PEPPER};
 use support::{client, composio, Server, ADMIN, MEMBER};
 
@@ -68,21 +68,9 @@ fn read(path: &str) -> String {
     std::fs::read_to_string(deploy(path)).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
 
-/// The program `name`, or a failure that says how to install it.
-fn installed(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/bin"), PathBuf::from("/usr/sbin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} is not installed: `apt-get install -y prometheus` (.ci/run does it)")
-        })
-}
-
 /// Runs promtool in deploy/prometheus/ (the files name each other relatively).
 fn promtool(args: &[&str]) -> String {
-    let output = Command::new(installed("promtool"))
+    let output = Command::new(installed("promtool", "prometheus"))
         .args(args)
         .current_dir(deploy("prometheus"))
         .output()
@@ -885,7 +873,7 @@ impl Prometheus {
         );
         let config = dir.write("prometheus.yml", &config);
         let log = std::fs::File::create(dir.0.join("prometheus.log")).unwrap();
-        let child = Command::new(installed("prometheus"))
+        let child = Command::new(installed("prometheus", "prometheus"))
             .arg(format!("--config.file={config}"))
             .arg(format!(
                 "--storage.tsdb.path={}",

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use support::proxy::free_port;
+use support::proxy::{free_port, installed};
 use support::{client, composio, ADMIN, MEMBER};
 
 const TAG: &str = "localhost/composio-auth-server:test";
@@ -44,24 +44,11 @@ fn containers_conf() -> &'static Path {
     })
 }
 
-/// `name` on the PATH (or in /usr/sbin, /usr/bin), or a failure that says how
-/// to install it: this test never passes without podman.
-fn installed(name: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} is not installed: `apt-get install -y podman runc` (.ci/run does it)")
-        })
-}
-
 fn podman_command() -> Command {
     static PODMAN: OnceLock<PathBuf> = OnceLock::new();
     let podman = PODMAN.get_or_init(|| {
-        installed("runc");
-        installed("podman")
+        installed("runc", "runc");
+        installed("podman", "podman")
     });
     let mut command = Command::new(podman);
     command.env("CONTAINERS_CONF", containers_conf());

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use composio_auth::testing::StandIn;
 use serde_json::{json, Value};
-use support::proxy::{alive_in_group, echo_app, free_port, recipes, signal, NGINX_RECIPES};
+use support::proxy::{
+    alive_in_group, echo_app, free_port, installed, recipes, signal, NGINX_RECIPES,
+};
 use support::{client, Server};
 
 /// The recipe this file tests.
@@ -60,18 +62,6 @@ async fn composio() -> StandIn {
         composio.add_session(key, document);
     }
     composio
-}
-
-/// The program `name` (copied from `support::proxy`, where it is private).
-fn installed(name: &str, package: &str) -> PathBuf {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
-        .map(|dir| dir.join(name))
-        .find(|candidate| candidate.is_file())
-        .unwrap_or_else(|| {
-            panic!("{name} is not installed: `apt-get install -y {package}` (.ci/run does it)")
-        })
 }
 
 /// `text` with `from` (which must be there) replaced by `to`.

@@ -34,9 +34,10 @@ pub fn free_port() -> u16 {
         .expect("a free port")
 }
 
-/// The program `name`, or a failure that says how to install it: a recipe test
-/// never passes without its proxy.
-fn installed(name: &str, package: &str) -> PathBuf {
+/// The program `name` (on the PATH, or in /usr/sbin or /usr/bin), or a failure
+/// that says how to install it (`package`): a test never passes without the
+/// real program.
+pub fn installed(name: &str, package: &str) -> PathBuf {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
         .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
